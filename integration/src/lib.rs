@@ -1,0 +1,1 @@
+//! Test harness for multi-node ha-sidecar tests.

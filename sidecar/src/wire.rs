@@ -1,0 +1,78 @@
+//! Network message types exchanged between peer sidecars (`POST /v1/peer/batch`).
+//! Golden-tested against `fixtures/wire/`; change them only compatibly.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Instance ids name directories and metric labels, so they are kept to a safe alphabet.
+pub fn valid_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && id != "."
+        && id != ".."
+}
+
+/// An ordered batch of messages from one origin, as sent by the origin's forwarder.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Batch<'a> {
+    pub origin: String,
+    /// Kept raw: each message is decoded on its own so one bad message never spoils the batch.
+    #[serde(borrow)]
+    pub messages: Vec<&'a RawValue>,
+}
+
+/// One message of a batch: its origin sequence number plus the body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub body: MessageBody,
+}
+
+/// What a message asks the receiver to do. The `kind` tag names the variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MessageBody {
+    /// Evict these keys of one cache.
+    Eviction { cache: String, keys: Vec<String> },
+    /// Empty one cache.
+    Flush { cache: String },
+    /// Upsert (`doc` present) or delete (`deleted`) one index document at `version`.
+    Index {
+        index: String,
+        id: String,
+        version: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        doc: Option<serde_json::Value>,
+    },
+    /// One stream event of the batch's origin, with the origin's event sequence number.
+    /// `event` is Gerrit's event JSON, kept byte for byte.
+    Event {
+        event_seq: u64,
+        event: Box<RawValue>,
+    },
+}
+
+/// The receiver's answer to a batch it accepted (HTTP 200).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchReply {
+    /// Messages applied now.
+    pub applied: u64,
+    /// Messages already applied before (seq at or below the high-water mark).
+    pub duplicates: u64,
+    /// Messages refused for good (bad content, unknown kind): the sender sets them aside.
+    #[serde(default)]
+    pub rejected: Vec<Rejection>,
+}
+
+/// One message the receiver will never accept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub seq: u64,
+    pub error: String,
+}
