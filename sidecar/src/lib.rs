@@ -1,6 +1,16 @@
 //! ha-sidecar: keeps caches, secondary indexes, stream events and web sessions of several
 //! code-review masters in step. The binary (`main.rs`) is a thin shell over this library.
 
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod demo;
 pub mod events;
+pub mod health;
 pub mod index;
+pub mod metrics;
+pub mod peers;
+pub mod receiver;
 pub mod wire;

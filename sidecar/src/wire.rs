@@ -15,6 +15,15 @@ pub fn valid_instance_id(id: &str) -> bool {
         && id != ".."
 }
 
+/// Cache names travel in URLs, metric labels and messages: a safe alphabet, bounded length.
+pub fn valid_cache_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// An ordered batch of messages from one origin, as sent by the origin's forwarder.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Batch<'a> {

@@ -1,0 +1,74 @@
+//! The one place that maps errors to HTTP status codes. Every error body is `{"error": "..."}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(e) = self {
+            tracing::error!(error = %e, "request failed inside the sidecar");
+        }
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<crate::cache::CacheError> for ApiError {
+    fn from(e: crate::cache::CacheError) -> Self {
+        match e {
+            crate::cache::CacheError::BadName(_) => ApiError::BadRequest(e.to_string()),
+            crate::cache::CacheError::TooMany => ApiError::TooLarge(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::peers::outbox::OutboxError> for ApiError {
+    fn from(e: crate::peers::outbox::OutboxError) -> Self {
+        ApiError::Internal(format!("cannot queue for peers: {e}"))
+    }
+}
+
+impl From<crate::receiver::ReceiveError> for ApiError {
+    fn from(e: crate::receiver::ReceiveError) -> Self {
+        match e {
+            crate::receiver::ReceiveError::BadOrigin(_) => ApiError::BadRequest(e.to_string()),
+            crate::receiver::ReceiveError::Persist { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// Parses a JSON body, naming the problem (with line and column) when it is not.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+}

@@ -1,0 +1,182 @@
+//! The master's local API (SPEC §4.1): caches here; index, events and sessions join later.
+//! Handlers apply locally, append to the outbox, answer; they never wait on peers.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::{bearer, read_body, ApiError, AppState};
+use crate::metrics::Metrics;
+use crate::wire::MessageBody;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/livez", web::get().to(super::ops::livez))
+        .route("/readyz", web::get().to(super::ops::readyz))
+        .route("/health", web::get().to(super::ops::health_get))
+        .route("/health", web::post().to(health_post))
+        .route("/health", web::delete().to(health_delete))
+        .route("/v1/cache/{cache}/evict", web::post().to(evict))
+        .route("/v1/cache/{cache}/flush", web::post().to(flush))
+        .route("/v1/cache/{cache}/{key:.+}", web::put().to(put))
+        .route("/v1/cache/{cache}/{key:.+}", web::get().to(get));
+}
+
+/// The local API trusts loopback; `localToken`, when set, is required on every mutation and read.
+fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    match &state.config.local_token {
+        None => Ok(()),
+        Some(t) if bearer(req).is_some_and(|p| t.matches(p)) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized(
+            "missing or wrong bearer token (sidecar.localToken)".into(),
+        )),
+    }
+}
+
+fn check_key(state: &AppState, key: &str) -> Result<(), ApiError> {
+    if key.len() > state.config.limits.max_key_bytes {
+        return Err(ApiError::BadRequest(format!(
+            "key is {} bytes; the limit is {}",
+            key.len(),
+            state.config.limits.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+async fn put(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (cache, key) = path.into_inner();
+    check_key(&state, &key)?;
+    let body = read_body(payload, state.config.limits.max_local_body).await?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the value must be JSON: {e}")))?;
+    state.caches.put(&cache, &key, body)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (cache, key) = path.into_inner();
+    match state.caches.get(&cache, &key) {
+        Some(v) => Ok(HttpResponse::Ok().content_type("application/json").body(v)),
+        None => Err(ApiError::NotFound(format!(
+            "no entry `{key}` in cache `{cache}`"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvictBody {
+    keys: Vec<KeyValue>,
+}
+
+/// Keys are strings; numbers are accepted and used in their decimal form.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KeyValue {
+    S(String),
+    N(serde_json::Number),
+}
+
+async fn evict(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let cache = path.into_inner();
+    if !crate::wire::valid_cache_name(&cache) {
+        return Err(crate::cache::CacheError::BadName(cache).into());
+    }
+    let body = read_body(payload, state.config.limits.max_local_body).await?;
+    let parsed: EvictBody = super::error::parse_json(&body)?;
+    let limits = &state.config.limits;
+    if parsed.keys.len() > limits.max_keys_per_request {
+        return Err(ApiError::TooLarge(format!(
+            "{} keys in one request; the limit is {}",
+            parsed.keys.len(),
+            limits.max_keys_per_request
+        )));
+    }
+    let keys: Vec<String> = parsed
+        .keys
+        .into_iter()
+        .map(|k| match k {
+            KeyValue::S(s) => s,
+            KeyValue::N(n) => n.to_string(),
+        })
+        .collect();
+    for k in &keys {
+        check_key(&state, k)?;
+    }
+    let evicted = state.caches.evict(&cache, &keys);
+    let forwarded = state.caches.is_forwarded(&cache);
+    let mut seq = None;
+    if forwarded && !keys.is_empty() {
+        seq = forward(&state, MessageBody::Eviction { cache, keys }).await?;
+    }
+    state
+        .metrics
+        .local_mutations
+        .get_or_create(&Metrics::kind("eviction"))
+        .inc();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "evicted": evicted, "forwarded": forwarded, "seq": seq,
+    })))
+}
+
+async fn flush(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let cache = path.into_inner();
+    if !crate::wire::valid_cache_name(&cache) {
+        return Err(crate::cache::CacheError::BadName(cache).into());
+    }
+    state.caches.flush(&cache);
+    let forwarded = state.caches.is_forwarded(&cache);
+    let mut seq = None;
+    if forwarded {
+        seq = forward(&state, MessageBody::Flush { cache }).await?;
+    }
+    state
+        .metrics
+        .local_mutations
+        .get_or_create(&Metrics::kind("flush"))
+        .inc();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "forwarded": forwarded, "seq": seq })))
+}
+
+/// Durably queues a message for every peer (group-committed with concurrent requests).
+pub(crate) async fn forward(state: &AppState, body: MessageBody) -> Result<Option<u64>, ApiError> {
+    let payload = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(state.outbox.append(payload).await?)
+}
+
+async fn health_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    super::ops::set_drained(&state, false)
+}
+
+async fn health_delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    super::ops::set_drained(&state, true)
+}

@@ -1,0 +1,152 @@
+//! Health, readiness, metrics, peers and status (SPEC §4.3) on `listenUrl`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+
+use super::{bearer, ApiError, AppState};
+use crate::peers::outbox::now_ms;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/livez", web::get().to(livez))
+        .route("/readyz", web::get().to(readyz))
+        .route("/health", web::get().to(health_get))
+        .route("/health", web::post().to(health_post))
+        .route("/health", web::delete().to(health_delete))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/peers", web::get().to(peers))
+        .route("/v1/status", web::get().to(status));
+}
+
+pub async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.health.is_ready() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not ready"}))
+    }
+}
+
+pub async fn health_get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if !state.config.healthcheck_enable {
+        return Err(ApiError::NotFound(
+            "the health check is disabled (healthcheck.enable = false)".into(),
+        ));
+    }
+    Ok(match state.health.unhealthy_reason() {
+        None => HttpResponse::NoContent().finish(),
+        Some(why) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": why})),
+    })
+}
+
+fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    match &state.config.admin_token {
+        Some(t) if bearer(req).is_some_and(|p| t.matches(p)) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized(
+            "missing or wrong bearer token (sidecar.adminToken)".into(),
+        )),
+        None => Err(ApiError::Unauthorized(
+            "no sidecar.adminToken is configured: use the local API to drain".into(),
+        )),
+    }
+}
+
+pub(crate) fn set_drained(state: &AppState, drained: bool) -> Result<HttpResponse, ApiError> {
+    state
+        .health
+        .set_drained(drained)
+        .map_err(|e| ApiError::Internal(format!("cannot persist the drain flag: {e}")))?;
+    tracing::info!(drained, "health changed by an operator");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn health_post(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    set_drained(&state, false)
+}
+
+async fn health_delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    admin(&state, &req)?;
+    set_drained(&state, true)
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.peers.update_gauges(&state.metrics);
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.encode())
+}
+
+#[derive(Serialize)]
+struct PeerView {
+    url: String,
+    reachable: Option<bool>,
+    outbox_depth: u64,
+    oldest_undelivered_age_ms: Option<u64>,
+    last_success_ms: Option<u64>,
+    last_error: Option<String>,
+    last_error_ms: Option<u64>,
+    consecutive_failures: u64,
+    level: &'static str,
+}
+
+async fn peers(state: web::Data<AppState>) -> HttpResponse {
+    let list: Vec<_> = state
+        .peers
+        .list()
+        .iter()
+        .map(|p| serde_json::json!({"url": p.key}))
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "peers": list }))
+}
+
+async fn status(state: web::Data<AppState>) -> HttpResponse {
+    let now = now_ms();
+    let peers: Vec<PeerView> = state
+        .peers
+        .list()
+        .iter()
+        .map(|p| {
+            let q = p.queue.stats();
+            let s = p.status();
+            let age = q
+                .oldest_pending_ms
+                .filter(|_| q.pending > 0)
+                .map(|t| now.saturating_sub(t));
+            let level = if q.pending >= 100_000 || age.is_some_and(|a| a > 3_600_000) {
+                "error"
+            } else if q.pending >= 1_000 || s.reachable == Some(false) {
+                "warning"
+            } else {
+                "ok"
+            };
+            PeerView {
+                url: p.key.clone(),
+                reachable: s.reachable,
+                outbox_depth: q.pending,
+                oldest_undelivered_age_ms: age,
+                last_success_ms: s.last_success_ms,
+                last_error: s.last_error,
+                last_error_ms: s.last_error_ms,
+                consecutive_failures: s.consecutive_failures,
+                level,
+            }
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "instance_id": state.config.instance_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "health": state.health.unhealthy_reason().unwrap_or("healthy"),
+        "drained": state.health.is_drained(),
+        "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
+        "peers": peers,
+    }))
+}

@@ -1,0 +1,214 @@
+//! Wiring: builds one node from a validated [`Config`] and pre-bound listeners. No globals, so a
+//! test can start several nodes in one process on `127.0.0.1:0`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::auth::Verifier;
+use crate::cache::Caches;
+use crate::config::{Config, Discovery};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::peers::client::PeerClient;
+use crate::peers::deadletter::DeadLetters;
+use crate::peers::forwarder::ForwarderCtx;
+use crate::peers::outbox::{Outbox, OutboxOptions};
+use crate::peers::Peers;
+use crate::receiver::{Receiver, Stores};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the outbox: {0}")]
+    Outbox(#[from] crate::peers::outbox::OutboxError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The two listening sockets of a node, bound before the node starts.
+pub struct Listeners {
+    pub peer: TcpListener,
+    pub local: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let bind = |what, addr: SocketAddr| {
+            TcpListener::bind(addr).map_err(|source| StartError::Bind { what, addr, source })
+        };
+        Ok(Listeners {
+            peer: bind("listenUrl", config.listen.addr)?,
+            local: bind("localListenUrl", config.local_listen.addr)?,
+        })
+    }
+}
+
+/// Node construction options that are not operator configuration.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    pub outbox: OutboxOptions,
+}
+
+/// A running node.
+pub struct Node {
+    state: Arc<AppState>,
+    handles: Vec<ServerHandle>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+}
+
+impl Node {
+    pub async fn start(config: Config, listeners: Listeners) -> Result<Node, StartError> {
+        Self::start_with(config, listeners, NodeOptions::default()).await
+    }
+
+    pub async fn start_with(
+        config: Config,
+        listeners: Listeners,
+        opts: NodeOptions,
+    ) -> Result<Node, StartError> {
+        for dir in [&config.data_dir, &config.shared_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let caches = Arc::new(Caches::new(config.cache.clone()));
+        let health = Arc::new(Health::new(&config.data_dir));
+        let outbox = Arc::new(Outbox::open(&config.data_dir, opts.outbox.clone())?);
+        let receiver = Receiver::new(
+            &config.data_dir,
+            Stores {
+                caches: caches.clone(),
+            },
+            metrics.clone(),
+        )
+        .map_err(|source| StartError::Dir {
+            path: config.data_dir.join("inbox").display().to_string(),
+            source,
+        })?;
+        let verifier = Verifier::new(config.auth.secrets.clone(), config.auth.max_clock_skew);
+        let client = PeerClient::new(
+            &config.http,
+            config.auth.secrets.first().cloned(),
+            &config.instance_id,
+        )
+        .map_err(StartError::Other)?;
+        let peers = Arc::new(Peers::new(
+            outbox.clone(),
+            ForwarderCtx {
+                origin: config.instance_id.clone(),
+                client,
+                metrics: metrics.clone(),
+                dead: Arc::new(DeadLetters::new(&config.data_dir)),
+                max_messages: config.http.max_batch_messages,
+                max_bytes: config.http.max_batch_bytes,
+                retry_interval: config.http.retry_interval,
+                max_retry_interval: config.http.max_retry_interval,
+            },
+            CancellationToken::new(),
+        ));
+        match &config.peers.discovery {
+            Discovery::Static { urls } => {
+                for u in urls {
+                    peers.add(u.clone())?;
+                }
+            }
+            other => {
+                return Err(StartError::Other(format!(
+                    "peer discovery {other:?} is not available in this version; use peerInfo.strategy = static"
+                )))
+            }
+        }
+        let state = Arc::new(AppState {
+            config: config.clone(),
+            caches,
+            outbox,
+            peers,
+            receiver: Arc::new(receiver),
+            verifier: Arc::new(verifier),
+            metrics,
+            health: health.clone(),
+        });
+        let peer_addr = listeners
+            .peer
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let local_addr = listeners
+            .local
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let io = |source, addr, what| StartError::Bind { what, addr, source };
+        let peer_server = api::serve_peer(state.clone(), listeners.peer)
+            .map_err(|e| io(e, peer_addr, "listenUrl"))?;
+        let local_server = api::serve_local(state.clone(), listeners.local)
+            .map_err(|e| io(e, local_addr, "localListenUrl"))?;
+        let handles = vec![local_server.handle(), peer_server.handle()];
+        let servers = vec![tokio::spawn(local_server), tokio::spawn(peer_server)];
+        health.set_ready();
+        tracing::info!(
+            instance = %config.instance_id,
+            listen = %peer_addr,
+            local = %local_addr,
+            peers = state.peers.list().len(),
+            "node started"
+        );
+        Ok(Node {
+            state,
+            handles,
+            servers,
+            peer_addr,
+            local_addr,
+        })
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// `http://addr/` of the peer/ops listener.
+    pub fn peer_url(&self) -> String {
+        format!("http://{}/", self.peer_addr)
+    }
+
+    /// `http://addr/` of the local API listener.
+    pub fn local_url(&self) -> String {
+        format!("http://{}/", self.local_addr)
+    }
+
+    /// Graceful stop: health goes 503, listeners stop accepting, in-flight requests finish,
+    /// forwarders stop, the outbox commits what it holds and closes.
+    pub async fn shutdown(self) {
+        self.state.health.set_stopping();
+        for h in &self.handles {
+            h.stop(true).await;
+        }
+        for s in self.servers {
+            let _ = s.await;
+        }
+        self.state.peers.shutdown().await;
+        let outbox = self.state.outbox.clone();
+        let _ = tokio::task::spawn_blocking(move || outbox.shutdown()).await;
+        tracing::info!(instance = %self.state.config.instance_id, "node stopped");
+    }
+}

@@ -1,0 +1,233 @@
+//! Peer request authentication: HMAC-SHA256 over method, path, timestamp, nonce and the body's
+//! SHA-256, with the cluster secret. The first configured secret signs; every secret verifies,
+//! so a secret is rotated without downtime (add new everywhere → sign with new → drop old).
+
+use std::time::Duration;
+
+use hmac::{KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+pub const HEADER_TIMESTAMP: &str = "x-ha-timestamp";
+pub const HEADER_NONCE: &str = "x-ha-nonce";
+pub const HEADER_SIGNATURE: &str = "x-ha-signature";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing {0} header: peer requests must be signed")]
+    Missing(&'static str),
+    #[error("malformed {0} header")]
+    Malformed(&'static str),
+    #[error(
+        "timestamp is {skew_ms} ms away from this node's clock (limit {limit_ms} ms): check NTP"
+    )]
+    Stale { skew_ms: i64, limit_ms: u128 },
+    #[error("bad signature: the peer does not hold any of this node's secrets")]
+    BadSignature,
+    #[error("nonce already used: replayed request")]
+    Replayed,
+    #[error("no secret configured: this node cannot authenticate peers")]
+    NoSecret,
+}
+
+/// The three signature headers of one request.
+#[derive(Debug, Clone)]
+pub struct SignatureHeaders {
+    pub timestamp_ms: String,
+    pub nonce: String,
+    pub signature: String,
+}
+
+fn canonical(method: &str, path: &str, ts: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
+    let body_hash = hex::encode(Sha256::digest(body));
+    format!("ha-sidecar-v1\n{method}\n{path}\n{ts}\n{nonce}\n{body_hash}").into_bytes()
+}
+
+fn mac(secret: &Secret, msg: &[u8]) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(&secret.0).expect("HMAC accepts keys of any length");
+    m.update(msg);
+    m
+}
+
+/// Signs a request with the first secret.
+pub fn sign(
+    secret: &Secret,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> SignatureHeaders {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let ts = now_ms.to_string();
+    let sig = mac(secret, &canonical(method, path, &ts, &nonce, body)).finalize();
+    SignatureHeaders {
+        timestamp_ms: ts,
+        nonce,
+        signature: hex::encode(sig.into_bytes()),
+    }
+}
+
+/// Checks signatures, the clock-skew window and nonce reuse.
+pub struct Verifier {
+    secrets: Vec<Secret>,
+    max_skew: Duration,
+    /// Nonces seen within the window; an entry outlives the window, so a replay is either
+    /// stale or found here. Bounded: past the bound the oldest go first (documented limit).
+    nonces: moka::sync::Cache<String, ()>,
+}
+
+impl Verifier {
+    pub fn new(secrets: Vec<Secret>, max_skew: Duration) -> Self {
+        Verifier {
+            secrets,
+            max_skew,
+            nonces: moka::sync::Cache::builder()
+                .max_capacity(2_000_000)
+                .time_to_live(max_skew * 2 + Duration::from_secs(1))
+                .build(),
+        }
+    }
+
+    /// Verifies a request. Order matters: the signature is checked before the nonce is
+    /// recorded, so unsigned traffic cannot fill the nonce cache.
+    pub fn verify(
+        &self,
+        method: &str,
+        path: &str,
+        headers: Option<&SignatureHeaders>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> Result<(), AuthError> {
+        if self.secrets.is_empty() {
+            return Err(AuthError::NoSecret);
+        }
+        let h = headers.ok_or(AuthError::Missing(HEADER_SIGNATURE))?;
+        let ts: u64 = h
+            .timestamp_ms
+            .parse()
+            .map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
+        if h.nonce.len() < 16
+            || h.nonce.len() > 64
+            || !h.nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(AuthError::Malformed(HEADER_NONCE));
+        }
+        let sig = hex::decode(&h.signature).map_err(|_| AuthError::Malformed(HEADER_SIGNATURE))?;
+        let msg = canonical(method, path, &h.timestamp_ms, &h.nonce, body);
+        let good = self
+            .secrets
+            .iter()
+            .any(|s| mac(s, &msg).verify_slice(&sig).is_ok());
+        if !good {
+            return Err(AuthError::BadSignature);
+        }
+        let skew = now_ms as i128 - ts as i128;
+        if skew.unsigned_abs() > self.max_skew.as_millis() {
+            return Err(AuthError::Stale {
+                skew_ms: skew as i64,
+                limit_ms: self.max_skew.as_millis(),
+            });
+        }
+        let entry = self.nonces.entry(h.nonce.clone()).or_insert(());
+        if !entry.is_fresh() {
+            return Err(AuthError::Replayed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Secret {
+        Secret(x.as_bytes().to_vec())
+    }
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn signed_request_verifies_once() {
+        let v = Verifier::new(vec![s("k1-0123456789abcdef")], Duration::from_secs(60));
+        let h = sign(
+            &s("k1-0123456789abcdef"),
+            "POST",
+            "/v1/peer/batch",
+            b"{}",
+            NOW,
+        );
+        assert_eq!(
+            v.verify("POST", "/v1/peer/batch", Some(&h), b"{}", NOW + 10),
+            Ok(())
+        );
+        assert_eq!(
+            v.verify("POST", "/v1/peer/batch", Some(&h), b"{}", NOW + 10),
+            Err(AuthError::Replayed)
+        );
+    }
+
+    #[test]
+    fn every_part_is_covered() {
+        let v = Verifier::new(vec![s("k1-0123456789abcdef")], Duration::from_secs(60));
+        let h = sign(
+            &s("k1-0123456789abcdef"),
+            "POST",
+            "/v1/peer/batch",
+            b"{}",
+            NOW,
+        );
+        let bad = [
+            v.verify("PUT", "/v1/peer/batch", Some(&h), b"{}", NOW),
+            v.verify("POST", "/v1/peer/other", Some(&h), b"{}", NOW),
+            v.verify("POST", "/v1/peer/batch", Some(&h), b"{ }", NOW),
+        ];
+        for r in bad {
+            assert_eq!(r, Err(AuthError::BadSignature));
+        }
+        let mut other_ts = h.clone();
+        other_ts.timestamp_ms = (NOW + 1).to_string();
+        assert_eq!(
+            v.verify("POST", "/v1/peer/batch", Some(&other_ts), b"{}", NOW),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            v.verify("POST", "/v1/peer/batch", None, b"{}", NOW),
+            Err(AuthError::Missing(HEADER_SIGNATURE))
+        );
+    }
+
+    #[test]
+    fn stale_and_future_timestamps_are_refused() {
+        let v = Verifier::new(vec![s("k1-0123456789abcdef")], Duration::from_secs(60));
+        let h = sign(&s("k1-0123456789abcdef"), "POST", "/p", b"", NOW);
+        assert!(matches!(
+            v.verify("POST", "/p", Some(&h), b"", NOW + 61_000),
+            Err(AuthError::Stale { .. })
+        ));
+        let h = sign(&s("k1-0123456789abcdef"), "POST", "/p", b"", NOW + 61_000);
+        assert!(matches!(
+            v.verify("POST", "/p", Some(&h), b"", NOW),
+            Err(AuthError::Stale { .. })
+        ));
+    }
+
+    #[test]
+    fn rotation_old_and_new_both_verify() {
+        let both = Verifier::new(
+            vec![s("new-0123456789abcdef"), s("old-0123456789abcdef")],
+            Duration::from_secs(60),
+        );
+        let only_new = Verifier::new(vec![s("new-0123456789abcdef")], Duration::from_secs(60));
+        let by_old = sign(&s("old-0123456789abcdef"), "POST", "/p", b"x", NOW);
+        let by_new = sign(&s("new-0123456789abcdef"), "POST", "/p", b"x", NOW);
+        assert_eq!(both.verify("POST", "/p", Some(&by_old), b"x", NOW), Ok(()));
+        assert_eq!(both.verify("POST", "/p", Some(&by_new), b"x", NOW), Ok(()));
+        assert_eq!(
+            only_new.verify("POST", "/p", Some(&by_old), b"x", NOW),
+            Err(AuthError::BadSignature)
+        );
+    }
+}

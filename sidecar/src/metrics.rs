@@ -1,0 +1,176 @@
+//! Prometheus metrics of one node (no globals: every node owns its registry, so tests can run
+//! several nodes in one process).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabel {
+    pub listener: String,
+    pub method: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub outbox_depth: Family<PeerLabel, Gauge>,
+    pub outbox_oldest_age_seconds: Family<PeerLabel, FloatGauge>,
+    pub batches_sent: Family<PeerLabel, Counter>,
+    pub batches_failed: Family<PeerLabel, Counter>,
+    pub batches_retried: Family<PeerLabel, Counter>,
+    pub messages_sent: Family<PeerLabel, Counter>,
+    pub dead_lettered: Family<PeerLabel, Counter>,
+    pub delivery_seconds: Family<PeerLabel, Histogram>,
+    pub messages_applied: Family<KindLabel, Counter>,
+    pub messages_duplicate: Family<KindLabel, Counter>,
+    pub messages_rejected: Family<KindLabel, Counter>,
+    pub auth_failures: Family<ReasonLabel, Counter>,
+    pub http_seconds: Family<HttpLabel, Histogram>,
+    pub local_mutations: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("ha");
+        let m = Metrics {
+            outbox_depth: Family::default(),
+            outbox_oldest_age_seconds: Family::default(),
+            batches_sent: Family::default(),
+            batches_failed: Family::default(),
+            batches_retried: Family::default(),
+            messages_sent: Family::default(),
+            dead_lettered: Family::default(),
+            delivery_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+            }),
+            messages_applied: Family::default(),
+            messages_duplicate: Family::default(),
+            messages_rejected: Family::default(),
+            auth_failures: Family::default(),
+            http_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            }),
+            local_mutations: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "outbox_depth",
+            "Messages accepted but not yet delivered, per peer",
+            m.outbox_depth.clone(),
+        );
+        r.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest undelivered message, per peer",
+            m.outbox_oldest_age_seconds.clone(),
+        );
+        r.register(
+            "batches_sent",
+            "Batches a peer accepted",
+            m.batches_sent.clone(),
+        );
+        r.register(
+            "batches_failed",
+            "Batch attempts that failed (refused, timed out, 5xx)",
+            m.batches_failed.clone(),
+        );
+        r.register(
+            "batches_retried",
+            "Batch attempts that were retries of a failed one",
+            m.batches_retried.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "Messages a peer accepted",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "dead_lettered",
+            "Messages a peer refused for good, set aside in the dead-letter file",
+            m.dead_lettered.clone(),
+        );
+        r.register(
+            "delivery_seconds",
+            "Time from local acceptance to the peer's acknowledgement",
+            m.delivery_seconds.clone(),
+        );
+        r.register(
+            "messages_applied",
+            "Peer messages applied, by kind",
+            m.messages_applied.clone(),
+        );
+        r.register(
+            "messages_duplicate",
+            "Peer messages ignored as already applied, by kind",
+            m.messages_duplicate.clone(),
+        );
+        r.register(
+            "messages_rejected",
+            "Peer messages refused, by kind",
+            m.messages_rejected.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Peer requests refused by authentication, by reason",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            m.http_seconds.clone(),
+        );
+        r.register(
+            "local_mutations",
+            "Mutations accepted on the local API, by kind",
+            m.local_mutations.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn peer(peer: &str) -> PeerLabel {
+        PeerLabel {
+            peer: peer.to_owned(),
+        }
+    }
+
+    pub fn kind(kind: &str) -> KindLabel {
+        KindLabel {
+            kind: kind.to_owned(),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

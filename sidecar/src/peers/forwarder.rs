@@ -1,0 +1,246 @@
+//! One forwarder task per peer: reads ordered batches from the peer's outbox queue, sends them,
+//! and acknowledges them only when the peer has applied them. Retries forever with exponential
+//! back-off and jitter; a message the peer refuses for good is set aside as a dead letter so it
+//! never blocks the ones behind it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::client::{PeerClient, SendError};
+use super::deadletter::DeadLetters;
+use super::outbox::{now_ms, Outbox, Peeked};
+use super::Peer;
+use crate::metrics::Metrics;
+
+pub struct ForwarderCtx {
+    pub origin: String,
+    pub client: PeerClient,
+    pub metrics: Arc<Metrics>,
+    pub dead: Arc<DeadLetters>,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub retry_interval: Duration,
+    pub max_retry_interval: Duration,
+}
+
+/// Exponential back-off with equal jitter: half the delay fixed, half random.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(20)).min(cap);
+    let half = exp / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Builds the batch body around the stored message bodies without re-serialising them.
+pub fn batch_body(origin: &str, batch: &Peeked) -> Vec<u8> {
+    let size: usize = batch.records.iter().map(|r| r.payload.len() + 24).sum();
+    let mut out = Vec::with_capacity(size + 64);
+    out.extend_from_slice(b"{\"origin\":");
+    out.extend_from_slice(&serde_json::to_vec(origin).expect("a string serialises"));
+    out.extend_from_slice(b",\"messages\":[");
+    for (i, r) in batch.records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"seq\":{}", r.seq).as_bytes());
+        // Stored payloads are JSON objects written by this node; splice their fields in.
+        match r.payload.strip_prefix(b"{") {
+            Some(rest) if rest.first().is_some_and(|c| *c != b'}') => {
+                out.push(b',');
+                out.extend_from_slice(rest);
+            }
+            _ => out.push(b'}'),
+        }
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: CancellationToken) {
+    let label = Metrics::peer(&peer.key);
+    let mut attempt: u32 = 0;
+    let mut limit = ctx.max_messages;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let q = peer.queue.clone();
+        let (max_n, max_b) = (limit, ctx.max_bytes);
+        let peeked = tokio::task::spawn_blocking(move || q.peek(max_n, max_b)).await;
+        let batch = match peeked {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::error!(peer = %peer.key, error = %e, "cannot read the outbox; retrying");
+                sleep_or_stop(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer.key, error = %e, "outbox reader task failed");
+                sleep_or_stop(Duration::from_secs(1), &shutdown).await;
+                continue;
+            }
+        };
+        if let Some(why) = batch.corrupt {
+            tracing::error!(peer = %peer.key, reason = why, "corrupt outbox segment: the rest of it is skipped");
+        }
+        if batch.records.is_empty() {
+            if batch.corrupt.is_some() {
+                ack(&peer, &batch, &ctx).await;
+                continue;
+            }
+            tokio::select! {
+                _ = peer.queue.notify.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let body = batch_body(&ctx.origin, &batch);
+        if attempt > 0 {
+            ctx.metrics.batches_retried.get_or_create(&label).inc();
+        }
+        let sent = tokio::select! {
+            r = ctx.client.send_batch(&peer.url, body) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match sent {
+            Ok(reply) => {
+                for rej in &reply.rejected {
+                    if let Some(r) = batch.records.iter().find(|r| r.seq == rej.seq) {
+                        dead_letter(&peer, &ctx, r.seq, 200, &rej.error, &r.payload);
+                    }
+                }
+                {
+                    // The metric guard must not live across an await.
+                    let now = now_ms();
+                    let hist = ctx.metrics.delivery_seconds.get_or_create(&label);
+                    for r in &batch.records {
+                        hist.observe(now.saturating_sub(r.accepted_at_ms) as f64 / 1000.0);
+                    }
+                }
+                ctx.metrics.batches_sent.get_or_create(&label).inc();
+                ctx.metrics
+                    .messages_sent
+                    .get_or_create(&label)
+                    .inc_by(batch.records.len() as u64);
+                ack(&peer, &batch, &ctx).await;
+                peer.record_success();
+                if attempt > 0 {
+                    tracing::info!(peer = %peer.key, after_attempts = attempt, "peer reachable again; delivering");
+                }
+                attempt = 0;
+                limit = ctx.max_messages;
+            }
+            Err(SendError::Refused { status, message }) => {
+                ctx.metrics.batches_failed.get_or_create(&label).inc();
+                if batch.records.len() > 1 {
+                    // Find the bad message by halving; the good ones go through meanwhile.
+                    limit = (batch.records.len() / 2).max(1);
+                    continue;
+                }
+                let r = &batch.records[0];
+                dead_letter(&peer, &ctx, r.seq, status, &message, &r.payload);
+                ack(&peer, &batch, &ctx).await;
+            }
+            Err(SendError::Retry(why)) => {
+                ctx.metrics.batches_failed.get_or_create(&label).inc();
+                let delay = backoff(attempt, ctx.retry_interval, ctx.max_retry_interval);
+                if attempt == 0 || attempt.is_power_of_two() {
+                    tracing::warn!(peer = %peer.key, attempt, retry_in_ms = delay.as_millis() as u64, error = %why, "delivery failed; will retry");
+                }
+                peer.record_failure(&why);
+                attempt = attempt.saturating_add(1);
+                sleep_or_stop(delay, &shutdown).await;
+            }
+        }
+    }
+}
+
+async fn ack(peer: &Arc<Peer>, batch: &Peeked, _ctx: &ForwarderCtx) {
+    let q = peer.queue.clone();
+    let end = batch.end;
+    let n = batch.records.len() as u64;
+    let last = batch.records.last().map(|r| r.seq);
+    match tokio::task::spawn_blocking(move || q.ack(end, n, last)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(peer = %peer.key, error = %e, "cannot record delivery; messages may be sent again")
+        }
+        Err(e) => tracing::error!(peer = %peer.key, error = %e, "ack task failed"),
+    }
+}
+
+fn dead_letter(
+    peer: &Peer,
+    ctx: &ForwarderCtx,
+    seq: u64,
+    status: u16,
+    error: &str,
+    payload: &[u8],
+) {
+    ctx.metrics
+        .dead_lettered
+        .get_or_create(&Metrics::peer(&peer.key))
+        .inc();
+    let file = Outbox::queue_dir_name(&peer.key);
+    tracing::warn!(peer = %peer.key, seq, status, error, file = %ctx.dead.path_for(&file).display(), "peer refused a message for good; set aside as a dead letter");
+    if let Err(e) = ctx
+        .dead
+        .record(&peer.key, &file, seq, status, error, payload)
+    {
+        tracing::error!(peer = %peer.key, seq, error = %e, "cannot write the dead-letter file; the message is dropped");
+    }
+}
+
+async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::outbox::segment::Record;
+    use crate::peers::outbox::Position;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        for attempt in 0..30 {
+            let d = backoff(attempt, base, cap);
+            let exp = base.saturating_mul(1 << attempt.min(20)).min(cap);
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn body_is_valid_json_with_seqs() {
+        let b = Peeked {
+            records: vec![
+                Record {
+                    seq: 4,
+                    accepted_at_ms: 0,
+                    payload: br#"{"kind":"flush","cache":"c"}"#.to_vec(),
+                },
+                Record {
+                    seq: 9,
+                    accepted_at_ms: 0,
+                    payload: b"{}".to_vec(),
+                },
+            ],
+            end: Position {
+                segment: 0,
+                offset: 0,
+            },
+            corrupt: None,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&batch_body("a\"b", &b)).unwrap();
+        assert_eq!(v["origin"], "a\"b");
+        assert_eq!(v["messages"][0]["seq"], 4);
+        assert_eq!(v["messages"][0]["kind"], "flush");
+        assert_eq!(v["messages"][1], serde_json::json!({"seq": 9}));
+    }
+}

@@ -1,0 +1,399 @@
+//! The outbox: one durable queue per peer in the node-local data directory, filled by a single
+//! committer thread with group commit. A local mutation is appended to every peer's queue and
+//! fsync'd before the local API answers 202; a peer's backlog lives on disk, not in memory.
+//!
+//! Sequence numbers are per origin (this node) and strictly increasing across restarts: blocks
+//! of them are reserved in `seq.next` (fsync'd) before use, so a crash skips numbers but never
+//! reuses one. Receivers only need them to increase.
+
+mod queue;
+pub mod segment;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, RwLock};
+use std::thread::JoinHandle;
+
+use queue::Writer;
+pub use queue::{Peeked, Position, Queue, QueueStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox i/o on {0}: {1}")]
+    Io(PathBuf, #[source] std::io::Error),
+    #[error("the outbox is shut down")]
+    Closed,
+}
+
+/// Tuning knobs (tests use small segments to exercise reclamation).
+#[derive(Debug, Clone)]
+pub struct OutboxOptions {
+    pub segment_bytes: u64,
+    /// Most appends gathered into one group commit.
+    pub max_group: usize,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            segment_bytes: 64 << 20,
+            max_group: 4096,
+        }
+    }
+}
+
+const SEQ_BLOCK: u64 = 1 << 20;
+
+enum Cmd {
+    Append {
+        payload: Vec<u8>,
+        now_ms: u64,
+        reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+    },
+    AddQueue {
+        queue: Arc<Queue>,
+        writer: Option<Writer>,
+    },
+    RemoveQueue {
+        peer: String,
+    },
+    Shutdown,
+}
+
+/// Every peer's queue plus the committer thread that writes them.
+pub struct Outbox {
+    root: PathBuf,
+    tx: mpsc::Sender<Cmd>,
+    queues: Arc<RwLock<BTreeMap<String, Arc<Queue>>>>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Outbox {
+    /// Opens `<data>/outbox` and starts the committer. Queues are added with [`Outbox::add_peer`].
+    pub fn open(data_dir: &Path, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
+        let root = data_dir.join("outbox");
+        std::fs::create_dir_all(&root).map_err(|e| OutboxError::Io(root.clone(), e))?;
+        let seq = SeqAllocator::open(&root)?;
+        let (tx, rx) = mpsc::channel();
+        let queues = Arc::new(RwLock::new(BTreeMap::new()));
+        let committer = Committer {
+            rx,
+            seq,
+            writers: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            opts,
+        };
+        let thread = std::thread::Builder::new()
+            .name("outbox-commit".into())
+            .spawn(move || committer.run())
+            .map_err(|e| OutboxError::Io(root.clone(), e))?;
+        Ok(Outbox {
+            root,
+            tx,
+            queues,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Directory name of a peer's queue: readable, filesystem-safe, unique per peer key.
+    pub fn queue_dir_name(peer: &str) -> String {
+        use sha2::Digest;
+        let safe: String = peer
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(60)
+            .collect();
+        let h = hex::encode(&sha2::Sha256::digest(peer.as_bytes())[..4]);
+        format!("{safe}-{h}")
+    }
+
+    /// Opens (or creates) the queue of a peer, keeping any backlog it had on disk.
+    pub fn add_peer(&self, peer: &str) -> Result<Arc<Queue>, OutboxError> {
+        if let Some(q) = self.queues.read().expect("queues lock").get(peer) {
+            return Ok(q.clone());
+        }
+        let dir = self.root.join(Self::queue_dir_name(peer));
+        let (queue, writer) = Queue::open(peer, &dir)?;
+        let queue = Arc::new(queue);
+        self.queues
+            .write()
+            .expect("queues lock")
+            .insert(peer.to_owned(), queue.clone());
+        self.tx
+            .send(Cmd::AddQueue {
+                queue: queue.clone(),
+                writer,
+            })
+            .map_err(|_| OutboxError::Closed)?;
+        Ok(queue)
+    }
+
+    /// Stops appending to a peer's queue (its files stay until [`Outbox::delete_peer_files`]).
+    pub fn remove_peer(&self, peer: &str) {
+        self.queues.write().expect("queues lock").remove(peer);
+        let _ = self.tx.send(Cmd::RemoveQueue {
+            peer: peer.to_owned(),
+        });
+    }
+
+    /// Deletes the files of a peer's queue (after `retainAbsent`).
+    pub fn delete_peer_files(&self, peer: &str) -> Result<(), OutboxError> {
+        let dir = self.root.join(Self::queue_dir_name(peer));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(OutboxError::Io(dir, e)),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues
+            .read()
+            .expect("queues lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn has_peers(&self) -> bool {
+        !self.queues.read().expect("queues lock").is_empty()
+    }
+
+    /// Appends one message body to every peer's queue; resolves once it is durable, with its
+    /// seq. With no peers it resolves at once with `None`.
+    pub async fn append(&self, payload: Vec<u8>) -> Result<Option<u64>, OutboxError> {
+        if !self.has_peers() {
+            return Ok(None);
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Cmd::Append {
+                payload,
+                now_ms: now_ms(),
+                reply,
+            })
+            .map_err(|_| OutboxError::Closed)?;
+        match rx.await {
+            Ok(Ok(seq)) => Ok(Some(seq)),
+            Ok(Err(e)) => Err(OutboxError::Io(self.root.clone(), std::io::Error::other(e))),
+            Err(_) => Err(OutboxError::Closed),
+        }
+    }
+
+    /// Finishes every append already queued, closes the files and stops the committer.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Cmd::Shutdown);
+        if let Some(t) = self.thread.lock().expect("thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Hands out seqs from a reserved block; the block's end is fsync'd before any seq in it is used.
+struct SeqAllocator {
+    path: PathBuf,
+    next: u64,
+    reserved_until: u64,
+}
+
+impl SeqAllocator {
+    fn open(root: &Path) -> Result<Self, OutboxError> {
+        let path = root.join("seq.next");
+        let next = match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().parse().unwrap_or(1),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(OutboxError::Io(path, e)),
+        };
+        // Also never go below what queues on disk already hold (belt and braces).
+        let mut max_seen = 0;
+        if let Ok(dirs) = std::fs::read_dir(root) {
+            for d in dirs.flatten() {
+                if let Ok(segs) = segment::list_segments(&d.path()) {
+                    if let Some((_, last)) = segs.last() {
+                        if let Ok(s) = segment::scan(last) {
+                            max_seen = max_seen.max(s.last_seq.unwrap_or(0));
+                        }
+                    }
+                }
+            }
+        }
+        let next = next.max(max_seen + 1);
+        Ok(SeqAllocator {
+            path,
+            next,
+            reserved_until: next,
+        })
+    }
+
+    fn take(&mut self) -> std::io::Result<u64> {
+        if self.next >= self.reserved_until {
+            let until = self.next + SEQ_BLOCK;
+            let tmp = self.path.with_extension("tmp");
+            {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(format!("{until}\n").as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            self.reserved_until = until;
+        }
+        let s = self.next;
+        self.next += 1;
+        Ok(s)
+    }
+}
+
+struct Committer {
+    rx: mpsc::Receiver<Cmd>,
+    seq: SeqAllocator,
+    writers: BTreeMap<String, Writer>,
+    queues: BTreeMap<String, Arc<Queue>>,
+    opts: OutboxOptions,
+}
+
+impl Committer {
+    fn run(mut self) {
+        let mut group = Vec::new();
+        let mut record = Vec::new();
+        loop {
+            let Ok(first) = self.rx.recv() else { return };
+            let mut stop = false;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Append {
+                        payload,
+                        now_ms,
+                        reply,
+                    } => group.push((payload, now_ms, reply)),
+                    Cmd::AddQueue { queue, writer } => {
+                        self.flush(&mut group, &mut record);
+                        if let Some(w) = writer {
+                            self.writers.insert(queue.peer.clone(), w);
+                        }
+                        self.queues.insert(queue.peer.clone(), queue);
+                    }
+                    Cmd::RemoveQueue { peer } => {
+                        self.flush(&mut group, &mut record);
+                        self.queues.remove(&peer);
+                        self.writers.remove(&peer);
+                    }
+                    Cmd::Shutdown => stop = true,
+                }
+                if group.len() < self.opts.max_group && !stop {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            self.flush(&mut group, &mut record);
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn flush(&mut self, group: &mut Vec<(Vec<u8>, u64, Reply)>, buf: &mut Vec<u8>) {
+        if group.is_empty() {
+            return;
+        }
+        let starts: BTreeMap<String, u64> = self
+            .writers
+            .iter()
+            .map(|(p, w)| (p.clone(), w.len))
+            .collect();
+        let result = self.write_group(group, buf);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "outbox append failed; the requests get an error");
+            // Cut whatever part of this group reached the files, so readers never meet it.
+            for (peer, w) in self.writers.iter_mut() {
+                let start = starts.get(peer).copied().unwrap_or(0);
+                if w.len > start && w.file.set_len(start).is_ok() {
+                    w.len = start;
+                }
+            }
+        }
+        for (i, (_, _, reply)) in group.drain(..).enumerate() {
+            let r = match &result {
+                Ok(seqs) => Ok(seqs[i]),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = reply.send(r);
+        }
+    }
+
+    fn write_group(
+        &mut self,
+        group: &[(Vec<u8>, u64, Reply)],
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<Vec<u64>> {
+        let mut seqs = Vec::with_capacity(group.len());
+        // Per peer: records written since the last sync, and the first one's timestamp.
+        let mut unsynced: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (payload, ts, _) in group {
+            let seq = self.seq.take()?;
+            seqs.push(seq);
+            buf.clear();
+            segment::encode(seq, *ts, payload, buf);
+            for (peer, queue) in &self.queues {
+                let roll = match self.writers.get(peer) {
+                    None => true,
+                    Some(w) => w.len > 0 && w.len + buf.len() as u64 > self.opts.segment_bytes,
+                };
+                if roll {
+                    if let Some(w) = self.writers.get_mut(peer) {
+                        sync_writer(w, queue, unsynced.remove(peer))?;
+                    }
+                    let w = queue.roll(seq).map_err(std::io::Error::other)?;
+                    self.writers.insert(peer.clone(), w);
+                }
+                let w = self
+                    .writers
+                    .get_mut(peer)
+                    .expect("writer exists after roll");
+                w.append(buf)?;
+                let e = unsynced.entry(peer.clone()).or_insert((0, *ts));
+                e.0 += 1;
+            }
+        }
+        for (peer, queue) in &self.queues {
+            if let Some(w) = self.writers.get_mut(peer) {
+                sync_writer(w, queue, unsynced.remove(peer))?;
+            }
+        }
+        Ok(seqs)
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<u64, String>>;
+
+fn sync_writer(w: &mut Writer, queue: &Queue, added: Option<(u64, u64)>) -> std::io::Result<()> {
+    if w.dirty {
+        w.file.sync_data()?;
+        w.dirty = false;
+    }
+    if let Some((count, first_ts)) = added {
+        queue.committed(w, count, first_ts);
+    }
+    Ok(())
+}

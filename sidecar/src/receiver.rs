@@ -1,0 +1,227 @@
+//! The receiving side of the transport: applies a peer's batch to this node's stores, in order,
+//! idempotently on `(origin, seq)`, with each origin's high-water mark persisted in
+//! `<data>/inbox/<origin>.hwm`. It never forwards what it receives. This is the one place
+//! that applies peer messages to the stores.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+
+use crate::cache::Caches;
+use crate::metrics::Metrics;
+use crate::wire::{BatchReply, Message, MessageBody, Rejection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("`{0}` is not a valid origin instanceId")]
+    BadOrigin(String),
+    #[error("cannot persist the high-water mark of {origin}: {source}")]
+    Persist {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The stores a peer message may touch.
+pub struct Stores {
+    pub caches: Arc<Caches>,
+}
+
+pub struct Receiver {
+    dir: PathBuf,
+    stores: Stores,
+    metrics: Arc<Metrics>,
+    origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<u64>>>>>,
+}
+
+/// Why one message is refused for good (the sender dead-letters it).
+fn reject(seq: u64, error: impl Into<String>) -> Rejection {
+    Rejection {
+        seq,
+        error: error.into(),
+    }
+}
+
+impl Receiver {
+    pub fn new(data_dir: &Path, stores: Stores, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let dir = data_dir.join("inbox");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Receiver {
+            dir,
+            stores,
+            metrics,
+            origins: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The highest seq applied from an origin.
+    pub async fn high_water_mark(&self, origin: &str) -> Option<u64> {
+        let slot = self.slot(origin);
+        let mut g = slot.lock().await;
+        self.load(origin, &mut g).await.ok()
+    }
+
+    fn slot(&self, origin: &str) -> Arc<tokio::sync::Mutex<Option<u64>>> {
+        self.origins
+            .lock()
+            .expect("origins lock")
+            .entry(origin.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    async fn load(&self, origin: &str, g: &mut Option<u64>) -> Result<u64, ReceiveError> {
+        if let Some(h) = *g {
+            return Ok(h);
+        }
+        let path = self.dir.join(format!("{origin}.hwm"));
+        let h = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t.trim().parse().unwrap_or(0),
+            Err(_) => 0,
+        };
+        *g = Some(h);
+        Ok(h)
+    }
+
+    /// Applies a batch. Messages at or below the origin's high-water mark are duplicates; the
+    /// others are applied in order. The mark is made durable before the reply.
+    pub async fn apply_batch(
+        &self,
+        origin: &str,
+        messages: &[&RawValue],
+    ) -> Result<BatchReply, ReceiveError> {
+        if !crate::wire::valid_instance_id(origin) {
+            return Err(ReceiveError::BadOrigin(origin.to_owned()));
+        }
+        let slot = self.slot(origin);
+        // One batch per origin at a time: a retry racing its original cannot apply twice.
+        let mut g = slot.lock().await;
+        let mut hwm = self.load(origin, &mut g).await?;
+        let start = hwm;
+        let mut reply = BatchReply::default();
+        for raw in messages {
+            let seq = match serde_json::from_str::<SeqOnly>(raw.get()) {
+                Ok(s) => s.seq,
+                Err(e) => {
+                    // Without a seq the message cannot be named; refuse the whole batch.
+                    tracing::warn!(origin, error = %e, "peer message without a seq");
+                    reply
+                        .rejected
+                        .push(reject(0, format!("message without a valid seq: {e}")));
+                    continue;
+                }
+            };
+            if seq <= hwm {
+                reply.duplicates += 1;
+                self.metrics
+                    .messages_duplicate
+                    .get_or_create(&Metrics::kind(kind_of(raw)))
+                    .inc();
+                continue;
+            }
+            match serde_json::from_str::<Message>(raw.get()) {
+                Ok(m) => match self.apply(&m.body).await {
+                    Ok(kind) => {
+                        reply.applied += 1;
+                        self.metrics
+                            .messages_applied
+                            .get_or_create(&Metrics::kind(kind))
+                            .inc();
+                    }
+                    Err(why) => {
+                        self.refused(origin, seq, kind_of(raw), &why);
+                        reply.rejected.push(reject(seq, why));
+                    }
+                },
+                Err(e) => {
+                    let why = format!("cannot read message: {e}");
+                    self.refused(origin, seq, kind_of(raw), &why);
+                    reply.rejected.push(reject(seq, why));
+                }
+            }
+            hwm = seq;
+        }
+        if hwm != start {
+            self.persist(origin, hwm).await?;
+            *g = Some(hwm);
+        }
+        Ok(reply)
+    }
+
+    fn refused(&self, origin: &str, seq: u64, kind: &str, why: &str) {
+        self.metrics
+            .messages_rejected
+            .get_or_create(&Metrics::kind(kind))
+            .inc();
+        tracing::warn!(origin, seq, kind, error = why, "refused a peer message");
+    }
+
+    async fn apply(&self, body: &MessageBody) -> Result<&'static str, String> {
+        match body {
+            MessageBody::Eviction { cache, keys } => {
+                self.stores.caches.evict(cache, keys);
+                Ok("eviction")
+            }
+            MessageBody::Flush { cache } => {
+                self.stores.caches.flush(cache);
+                Ok("flush")
+            }
+            MessageBody::Index { .. } => {
+                Err("index messages are not supported by this node".into())
+            }
+            MessageBody::Event { .. } => {
+                Err("event messages are not supported by this node".into())
+            }
+        }
+    }
+
+    async fn persist(&self, origin: &str, hwm: u64) -> Result<(), ReceiveError> {
+        let path = self.dir.join(format!("{origin}.hwm"));
+        let res = tokio::task::spawn_blocking(move || write_durably(&path, hwm))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        res.map_err(|source| ReceiveError::Persist {
+            origin: origin.to_owned(),
+            source,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+fn kind_of(raw: &RawValue) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct K<'a> {
+        #[serde(borrow)]
+        kind: Option<&'a str>,
+    }
+    match serde_json::from_str::<K>(raw.get())
+        .ok()
+        .and_then(|k| k.kind)
+    {
+        Some("eviction") => "eviction",
+        Some("flush") => "flush",
+        Some("index") => "index",
+        Some("event") => "event",
+        _ => "unknown",
+    }
+}
+
+fn write_durably(path: &Path, value: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{value}\n").as_bytes())?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
