@@ -125,6 +125,7 @@ impl Receiver {
             match serde_json::from_str::<Message>(raw.get()) {
                 Ok(m) => match self.apply(&m.body).await {
                     Ok(kind) => {
+                        tracing::debug!(origin, seq, kind, "applied");
                         reply.applied += 1;
                         self.metrics
                             .messages_applied

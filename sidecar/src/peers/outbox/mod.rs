@@ -397,3 +397,6 @@ fn sync_writer(w: &mut Writer, queue: &Queue, added: Option<(u64, u64)>) -> std:
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
