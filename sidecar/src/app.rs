@@ -60,12 +60,6 @@ impl Listeners {
     }
 }
 
-/// Node construction options that are not operator configuration.
-#[derive(Debug, Clone, Default)]
-pub struct NodeOptions {
-    pub outbox: OutboxOptions,
-}
-
 /// A running node.
 pub struct Node {
     state: Arc<AppState>,
@@ -77,14 +71,6 @@ pub struct Node {
 
 impl Node {
     pub async fn start(config: Config, listeners: Listeners) -> Result<Node, StartError> {
-        Self::start_with(config, listeners, NodeOptions::default()).await
-    }
-
-    pub async fn start_with(
-        config: Config,
-        listeners: Listeners,
-        opts: NodeOptions,
-    ) -> Result<Node, StartError> {
         for dir in [&config.data_dir, &config.shared_dir] {
             std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
                 path: dir.display().to_string(),
@@ -95,7 +81,11 @@ impl Node {
         let metrics = Arc::new(Metrics::new());
         let caches = Arc::new(Caches::new(config.cache.clone()));
         let health = Arc::new(Health::new(&config.data_dir));
-        let outbox = Arc::new(Outbox::open(&config.data_dir, opts.outbox.clone())?);
+        let outbox_opts = OutboxOptions {
+            segment_bytes: config.limits.outbox_segment_bytes,
+            ..OutboxOptions::default()
+        };
+        let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {

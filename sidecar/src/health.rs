@@ -92,6 +92,6 @@ mod tests {
         h2.set_ready();
         assert_eq!(h2.unhealthy_reason(), Some("drained"));
         h2.set_drained(false).unwrap();
-        assert_eq!(Health::new(d.path()).is_drained(), false);
+        assert!(!Health::new(d.path()).is_drained());
     }
 }

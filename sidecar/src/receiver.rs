@@ -162,6 +162,11 @@ impl Receiver {
 
     async fn apply(&self, body: &MessageBody) -> Result<&'static str, String> {
         match body {
+            MessageBody::Eviction { cache, .. } | MessageBody::Flush { cache }
+                if !crate::wire::valid_cache_name(cache) =>
+            {
+                Err(format!("`{cache}` is not a valid cache name"))
+            }
             MessageBody::Eviction { cache, keys } => {
                 self.stores.caches.evict(cache, keys);
                 Ok("eviction")

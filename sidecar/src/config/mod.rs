@@ -128,6 +128,8 @@ pub struct Limits {
     pub max_local_body: usize,
     /// Largest body of a peer batch.
     pub max_peer_body: usize,
+    /// Outbox segment file size; delivered segments are deleted whole.
+    pub outbox_segment_bytes: u64,
     pub max_key_bytes: usize,
     pub max_keys_per_request: usize,
 }

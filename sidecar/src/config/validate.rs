@@ -23,6 +23,7 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("sidecar", None, "shutdownGrace", false),
     ("sidecar", None, "maxLocalBody", false),
     ("sidecar", None, "maxPeerBody", false),
+    ("sidecar", None, "outboxSegmentSize", false),
     ("peerInfo", None, "strategy", false),
     ("peerInfo", None, "retainAbsent", false),
     ("peerInfo", Some("static"), "url", true),
@@ -415,6 +416,13 @@ pub(super) fn validate(
             Discovery::Static { urls: vec![] }
         }
     };
+    if !matches!(discovery, Discovery::Static { .. }) {
+        // Parsed above so check-config reports their keys; the discovery itself is not built yet.
+        v.err(
+            "peerInfo.strategy",
+            format!("`{strategy}` discovery is not available in this version yet; use static"),
+        );
+    }
     let has_peers = !matches!(&discovery, Discovery::Static { urls } if urls.is_empty());
     let retain_absent = v.duration(
         "peerinfo",
@@ -586,6 +594,7 @@ pub(super) fn validate(
     let limits = Limits {
         max_local_body: v.number("sidecar", None, "maxLocalBody", 4 << 20, 1024) as usize,
         max_peer_body: v.number("sidecar", None, "maxPeerBody", 32 << 20, 64 << 10) as usize,
+        outbox_segment_bytes: v.number("sidecar", None, "outboxSegmentSize", 64 << 20, 4096),
         max_key_bytes: 1024,
         max_keys_per_request: 10_000,
     };

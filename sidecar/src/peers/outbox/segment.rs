@@ -135,16 +135,11 @@ pub fn scan(path: &Path) -> io::Result<ScanResult> {
     let buf = std::fs::read(path)?;
     let mut pos = 0;
     let mut result = ScanResult::default();
-    loop {
-        match decode(&buf[pos..]) {
-            Decoded::Record(r, n) => {
-                result.records += 1;
-                result.last_seq = Some(r.seq);
-                result.seqs_ts.push((r.seq, r.accepted_at_ms, pos as u64));
-                pos += n;
-            }
-            Decoded::Incomplete | Decoded::Corrupt(_) => break,
-        }
+    while let Decoded::Record(r, n) = decode(&buf[pos..]) {
+        result.records += 1;
+        result.last_seq = Some(r.seq);
+        result.seqs_ts.push((r.seq, r.accepted_at_ms, pos as u64));
+        pos += n;
     }
     result.valid_len = pos as u64;
     result.file_len = buf.len() as u64;

@@ -1,0 +1,6 @@
+//! One test binary for every multi-node and multi-process test (see STYLE.md).
+
+mod config_fixtures;
+mod process;
+mod receiver;
+mod transport;
