@@ -306,10 +306,12 @@ impl Drop for Proc {
     }
 }
 
-/// A reqwest client for tests (no proxy, short timeouts).
+/// A reqwest client for tests (no proxy, short timeouts). No idle connections are kept: a
+/// process that was frozen closes them as it wakes, and a reused one would fail the request.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()
