@@ -1,0 +1,47 @@
+# ha-sidecar entry points. `make run` (the demo) and `make test` (the whole suite) work on a
+# fresh Debian machine with the Rust toolchain; both call `make deps` first.
+
+CARGO      ?= cargo
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+BIN        := $(TARGET_DIR)/release/ha-sidecar
+# System packages the tests use (real load balancers, NFS pieces); installed with apt-get when
+# missing and running as root, otherwise the exact command is printed.
+TEST_PACKAGES  ?=
+BENCH_PACKAGES ?= redis-server
+
+export HA_SIDECAR_BIN := $(BIN)
+
+.PHONY: all deps deps-bench build run test lint unit integration bench clean
+
+all: build
+
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo not found: install the Rust toolchain (rustup)"; exit 1; }
+	@$(CURDIR)/.ci/apt-install $(TEST_PACKAGES)
+	$(CARGO) fetch --locked
+
+deps-bench: deps
+	@$(CURDIR)/.ci/apt-install $(BENCH_PACKAGES)
+
+build: deps
+	$(CARGO) build --release --locked --workspace
+
+run: build
+	$(BIN) demo
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
+
+# One release build serves the binary and every test binary.
+test: deps lint build
+	$(CARGO) test --release --locked --workspace
+
+unit: build
+	$(CARGO) test --release --locked --workspace --lib
+
+integration: build
+	$(CARGO) test --release --locked -p integration
+
+clean:
+	$(CARGO) clean
