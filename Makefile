@@ -11,7 +11,7 @@ BENCH_PACKAGES ?= redis-server
 
 export HA_SIDECAR_BIN := $(BIN)
 
-.PHONY: all deps deps-bench build run test lint unit integration bench clean
+.PHONY: all deps deps-bench build run test lint unit integration bench bench-quick clean
 
 all: build
 
@@ -45,3 +45,12 @@ integration: build
 
 clean:
 	$(CARGO) clean
+
+# Benchmarks are not tests: they measure, in release mode, and write bench/results/.
+bench: deps-bench build
+	$(CARGO) build --release --locked -p ha-bench
+	$(TARGET_DIR)/release/ha-bench --out bench/results
+
+bench-quick: deps-bench build
+	$(CARGO) build --release --locked -p ha-bench
+	$(TARGET_DIR)/release/ha-bench --quick --out bench/results

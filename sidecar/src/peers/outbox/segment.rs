@@ -94,8 +94,8 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Reads records from `offset` up to `limit` bytes of the file, at most `max_records` and
-/// about `max_bytes` of payload. Returns the records and the offset after the last one; stops
-/// early at corruption and reports it.
+/// about `max_bytes` of payload (one record always, however large). Returns the records and the
+/// offset after the last one; stops early at corruption and reports it.
 pub fn read_records(
     path: &Path,
     offset: u64,
@@ -104,29 +104,56 @@ pub fn read_records(
     max_bytes: usize,
 ) -> io::Result<(Vec<Record>, u64, Option<&'static str>)> {
     let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let want = (limit.saturating_sub(offset))
-        .min((max_bytes + HEADER_LEN * max_records + MAX_RECORD.min(4 << 20)) as u64);
-    let mut buf = Vec::with_capacity(want as usize);
-    f.take(want).read_to_end(&mut buf)?;
-    let mut pos = 0usize;
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    while out.len() < max_records && (bytes < max_bytes || out.is_empty()) {
-        match decode(&buf[pos..]) {
-            Decoded::Record(r, n) => {
-                if !out.is_empty() && bytes + r.payload.len() > max_bytes {
+    let remaining = limit.saturating_sub(offset);
+    let mut want = remaining.min((max_bytes + HEADER_LEN * max_records.min(1 << 16) + 4096) as u64);
+    loop {
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::with_capacity(want as usize);
+        (&mut f).take(want).read_to_end(&mut buf)?;
+        let mut pos = 0usize;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max_records {
+            match decode(&buf[pos..]) {
+                Decoded::Record(r, n) => {
+                    if !out.is_empty() && bytes + r.payload.len() > max_bytes {
+                        break;
+                    }
+                    bytes += r.payload.len();
+                    pos += n;
+                    out.push(r);
+                }
+                Decoded::Incomplete
+                    if out.is_empty() && (buf.len() as u64) < remaining && buf.len() >= 4 =>
+                {
+                    // The first record is larger than the read: read exactly it.
+                    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as u64;
+                    want = remaining.min(HEADER_LEN as u64 + len);
                     break;
                 }
-                bytes += r.payload.len();
-                pos += n;
-                out.push(r);
+                Decoded::Incomplete => return Ok((out, offset + pos as u64, None)),
+                Decoded::Corrupt(why) => return Ok((out, offset + pos as u64, Some(why))),
             }
-            Decoded::Incomplete => break,
-            Decoded::Corrupt(why) => return Ok((out, offset + pos as u64, Some(why))),
+        }
+        if !out.is_empty() || (buf.len() as u64) >= remaining {
+            return Ok((out, offset + pos as u64, None));
         }
     }
-    Ok((out, offset + pos as u64, None))
+}
+
+/// Reads only the header of the record at `offset`: its seq and acceptance time.
+pub fn read_header(path: &Path, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut h = [0u8; HEADER_LEN];
+    match f.read_exact(&mut h) {
+        Ok(()) => Ok(Some((
+            u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")),
+            u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Scans a whole segment: the valid length (where a torn tail begins), the number of records
@@ -207,5 +234,21 @@ mod tests {
         assert_eq!(recs.len(), 2);
         let (recs, _, _) = read_records(&p, 0, buf.len() as u64, 100, 10).unwrap();
         assert_eq!(recs.len(), 1, "one oversized record still goes alone");
+        assert_eq!(read_header(&p, 124).unwrap(), Some((1, 0)));
+    }
+
+    #[test]
+    fn a_record_larger_than_the_read_window_is_read_whole() {
+        let mut buf = Vec::new();
+        encode(1, 0, &vec![b'y'; 3 << 20], &mut buf);
+        encode(2, 0, b"small", &mut buf);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(segment_name(1));
+        std::fs::write(&p, &buf).unwrap();
+        let (recs, end, err) = read_records(&p, 0, buf.len() as u64, 10, 1).unwrap();
+        assert_eq!((recs.len(), err), (1, None));
+        assert_eq!(recs[0].payload.len(), 3 << 20);
+        let (recs, _, _) = read_records(&p, end, buf.len() as u64, 10, 1).unwrap();
+        assert_eq!(recs[0].payload, b"small");
     }
 }
