@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -71,6 +71,8 @@ pub(crate) struct Appender {
     poisoned: Option<String>,
     /// Records in the active segment, pending ones included (an empty segment never rolls).
     active_records: u64,
+    /// A segment was sealed since the last retention pass (the size limit may be exceeded).
+    rolled: bool,
     last_retention: Instant,
 }
 
@@ -100,6 +102,7 @@ impl Appender {
             replies: Vec::new(),
             poisoned: None,
             active_records,
+            rolled: false,
             last_retention: Instant::now(),
         }
     }
@@ -137,14 +140,12 @@ impl Appender {
                     }
                 }
                 if taken < MAX_BATCH_REQUESTS && self.buf.len() < MAX_BATCH_BYTES {
-                    next = match rx.try_recv() {
-                        Ok(r) => Some(r),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                    };
+                    // Empty or disconnected: commit what we have (a disconnect shows at the next recv).
+                    next = rx.try_recv().ok();
                 }
             }
             self.commit();
-            let due = self.last_retention.elapsed() >= interval;
+            let due = self.rolled || self.last_retention.elapsed() >= interval;
             if !retention.is_empty() || due {
                 let result = self.retention();
                 if let Err(e) = &result {
@@ -339,6 +340,7 @@ impl Appender {
         let (active, meta) = segment::create(&self.shared.dir, self.active.id + 1, cp)?;
         self.committed_len = meta.len;
         self.active_records = 0;
+        self.rolled = true;
         self.active = active;
         self.shared.write_state().segments.push_back(meta);
         Ok(())
@@ -353,6 +355,7 @@ impl Appender {
     /// Drops whole sealed segments older than the retention or beyond the size limit.
     fn retention(&mut self) -> Result<()> {
         self.last_retention = Instant::now();
+        self.rolled = false;
         let shared = self.shared.clone();
         let opts = &shared.opts;
         let cutoff = opts

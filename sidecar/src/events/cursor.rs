@@ -110,10 +110,12 @@ impl Cursor {
         let mut parts = text.split(SEP);
         match parts.next() {
             Some(VERSION) => {}
-            _ => return Err(bad(format!(
+            _ => {
+                return Err(bad(format!(
                 "cursor must start with `{VERSION}{SEP}` (take it from an event's `id:`), got {:?}",
                 shorten(text)
-            ))),
+            )))
+            }
         }
         let since = parts
             .next()

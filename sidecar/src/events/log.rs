@@ -207,10 +207,12 @@ impl EventLog {
 
     /// The cursor of a reader starting now: new events only.
     pub fn cursor_now(&self) -> Cursor {
+        let now_ms = self.shared.opts.clock.now_ms();
         read::resolve(
             &self.shared.read_state(),
+            &self.shared.local,
             &StartPoint::Now,
-            self.shared.opts.clock.now_ms(),
+            now_ms,
         )
     }
 

@@ -25,17 +25,18 @@ struct SegView {
 }
 
 /// The cursor a start point stands for on this node (see the module docs).
-pub(crate) fn resolve(state: &State, from: &StartPoint, now_ms: u64) -> Cursor {
+pub(crate) fn resolve(state: &State, local: &str, from: &StartPoint, now_ms: u64) -> Cursor {
     match from {
         StartPoint::Beginning => Cursor::beginning(),
         StartPoint::SinceEpochSeconds(s) => Cursor::since(*s),
         StartPoint::Cursor(c) => c.clone(),
         StartPoint::Now => {
+            // This node's own origin goes by seq even before its first event, so an event
+            // created a moment before the client connected but appended after still counts.
             let mut c = Cursor::since(now_ms / 1000);
+            c.set(local, 0);
             for (origin, idx) in &state.origins {
-                if idx.last_seq > 0 {
-                    c.set(origin, idx.last_seq);
-                }
+                c.set(origin, idx.last_seq);
             }
             c
         }
@@ -153,7 +154,7 @@ pub(crate) fn read_page(
     max: usize,
 ) -> Result<Page> {
     let now_ms = shared.opts.clock.now_ms();
-    let mut cursor = resolve(&shared.read_state(), from, now_ms);
+    let mut cursor = resolve(&shared.read_state(), &shared.local, from, now_ms);
     let Some(views) = plan(shared, &cursor, None)? else {
         return Ok(Page {
             events: Vec::new(),
@@ -162,12 +163,17 @@ pub(crate) fn read_page(
         });
     };
     let mut events = Vec::new();
+    // Consecutive events mostly share an origin: intern without taking the lock each time.
+    let mut last_origin: Option<Arc<str>> = None;
     let caught_up = scan(&views, Some(MAX_SCAN_BYTES), |rec| {
         if !cursor.visit(rec.origin, rec.seq, rec.created_on) {
             return Flow::Go;
         }
         if filter.matches(rec.event_type) {
-            let origin = shared.intern(rec.origin);
+            let origin = match &last_origin {
+                Some(o) if &**o == rec.origin => o.clone(),
+                _ => last_origin.insert(shared.intern(rec.origin)).clone(),
+            };
             events.push((
                 EventId {
                     origin,

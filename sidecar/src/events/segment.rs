@@ -86,10 +86,9 @@ pub(crate) fn recover(dir: &Path) -> Result<(State, Active)> {
     let count = ids.len();
     for (i, id) in ids.into_iter().enumerate() {
         let last = i + 1 == count;
-        match open_segment(dir, id, last, &mut state)? {
-            Some(a) => active = Some(a),
-            None if last => {}
-            None => unreachable!("only the last segment may be discarded"),
+        let writer = open_segment(dir, id, last, &mut state)?;
+        if last {
+            active = writer;
         }
     }
     let active = match active {

@@ -303,7 +303,7 @@ async fn now_means_new_events_only_on_whichever_node_the_client_moves_to() {
     let page = x.read(&StartPoint::Now, &TypeFilter::all(), 100).unwrap();
     assert!(page.events.is_empty() && page.caught_up);
     let cursor = page.next;
-    assert_eq!(cursor.encode(), "v1~2000~node-a~30~node-b~20");
+    assert_eq!(cursor.encode(), "v1~2000~node-a~30~node-b~20~node-x~0");
     // A new origin c appears: c/1 was created before the client connected, c/2 after, c/3 with a
     // skewed clock but after c/2; the rule for unseen origins is time, then seq order.
     now.store(2_100_000, Ordering::SeqCst);
