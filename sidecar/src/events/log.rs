@@ -42,7 +42,9 @@ pub struct Page {
     /// the type filter. The cursor right after one event of the page is the read's start
     /// cursor advanced ([`Cursor::advance`]) through the page up to that event.
     pub next: Cursor,
-    /// The read reached the end of the log; wait for a wake-up before reading again.
+    /// The read reached the end of the log: wait for a wake-up before reading again. When
+    /// false, read again at once; the page may even be empty when a type filter skipped
+    /// everything in the (bounded) stretch of log one read scans.
     pub caught_up: bool,
 }
 

@@ -5,7 +5,9 @@
 //! *origin*) and that origin's sequence number, dense from 1. Local events get the next local
 //! seq inside the appender thread, so seq order is log order; the last seq is recovered from the
 //! log at open (and from segment checkpoints when retention has dropped every local event), so a
-//! seq is never handed out twice while the data directory survives.
+//! seq is never handed out twice while the data directory survives. Remote events with this
+//! node's own origin are accepted like any other (restoring history after a data loss) and
+//! the local seq continues above them.
 //!
 //! # On disk
 //! A directory of segment files `NNNNNNNNNNNNNNNNNNNN.seg` (see [`record`] for the format). Each
@@ -35,9 +37,11 @@
 //!
 //! Start points map onto cursors: [`StartPoint::Beginning`] is `since = 0`, no seqs (everything
 //! retained); [`StartPoint::SinceEpochSeconds`] is `since = s`, no seqs; [`StartPoint::Now`] is
-//! `since = now` plus every origin this node knows at its last seq, so "no cursor" means new
-//! events only, and events of origins this node has not heard of yet still count as new when they
-//! show up here or on another node.
+//! `since = now` plus every origin this node knows at its last seq, and this node's own origin
+//! even at seq 0. So "no cursor" means new events only: of a known origin, those past its seq
+//! then; of an origin this node had not heard of, those created from the connect time on,
+//! whichever node they are read from. (The time rule needs roughly synchronised clocks, and
+//! only ever applies to origins the first node had not seen.)
 //!
 //! A cursor is *expired* ([`EventError::CursorExpired`]) when events it still has to deliver were
 //! removed: for an origin in `seqs`, when `seqs[origin]` is below the first seq this node still
@@ -48,6 +52,8 @@
 //! caught up) is accepted by [`EventLog::append_remote`] and skipped silently by readers.
 //!
 //! Encoding: `v1~<since>~<origin>~<seq>~<origin>~<seq>...`, e.g. `v1~1686214571~node-a~500~node-b~321`.
+//! A seq written `s<seq>` (`node-c~s12`) marks an origin not started yet, passed over through
+//! that seq because its events were created before `since`; it saves rescanning only.
 //! instanceIds use `[A-Za-z0-9._-]`, so `~` never clashes; the text is URL-safe without escaping
 //! and valid as an SSE `id:`.
 //!

@@ -41,6 +41,12 @@ pub(crate) struct Active {
 pub(crate) fn create(dir: &Path, id: u64, checkpoint: Checkpoint) -> Result<(Active, SegmentMeta)> {
     let path = segment_path(dir, id);
     let header = record::encode_header(&checkpoint);
+    // Ids only grow, so a file with this id is what a failed roll left behind: nothing in it
+    // was ever committed.
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(io_err(&path)(e)),
+        _ => {}
+    }
     let mut file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -91,6 +97,13 @@ pub(crate) fn recover(dir: &Path) -> Result<(State, Active)> {
             active = writer;
         }
     }
+    if let Some(front) = state.segments.front() {
+        for (origin, mark) in front.checkpoint.clone() {
+            let idx = state.origins.entry(origin).or_default();
+            idx.floor = mark;
+            idx.last_seq = idx.last_seq.max(mark.last_seq);
+        }
+    }
     let active = match active {
         Some(a) => a,
         None => {
@@ -107,13 +120,6 @@ pub(crate) fn recover(dir: &Path) -> Result<(State, Active)> {
             a
         }
     };
-    if let Some(front) = state.segments.front() {
-        for (origin, mark) in front.checkpoint.clone() {
-            let idx = state.origins.entry(origin).or_default();
-            idx.floor = mark;
-            idx.last_seq = idx.last_seq.max(mark.last_seq);
-        }
-    }
     info!(
         dir = %dir.display(),
         segments = state.segments.len(),

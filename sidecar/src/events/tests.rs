@@ -227,6 +227,16 @@ async fn remote_appends_are_idempotent_and_ordered_per_origin() {
     assert_eq!(&tail[0].1[..], &r(2)[..]);
     // This node's own local seq is unaffected by other origins.
     assert_eq!(log.append_local(&r(9)).await.unwrap().seq, 1);
+    // This node's own history restored from a peer: the local seq continues above it.
+    assert_eq!(
+        log.append_remote("node-a", 5, &r(5)).await.unwrap(),
+        Appended
+    );
+    assert_eq!(
+        log.append_remote("node-a", 1, &r(1)).await.unwrap(),
+        Duplicate
+    );
+    assert_eq!(log.append_local(&r(6)).await.unwrap().seq, 6);
 }
 
 /// Feeds `log` the events of `order` (origin, seq, created_on).
