@@ -1,0 +1,403 @@
+//! The appender thread: assigns local seqs, deduplicates remote events, writes, group-commits
+//! with one fdatasync per batch, rolls segments and applies retention. The only writer.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use tracing::{error, info, warn};
+
+use super::event::EventHead;
+use super::log::{AppendOutcome, LocalEvent, Shared};
+use super::record::{Checkpoint, NewRecord, OriginMark};
+use super::segment::{self, Active};
+use super::state::Pos;
+use super::{io_err, EventError, EventId, Result};
+
+/// A batch stops growing at this many requests or bytes, to bound commit latency.
+const MAX_BATCH_REQUESTS: usize = 4096;
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+pub(crate) enum Request {
+    Local {
+        body: Bytes,
+        head: EventHead,
+        reply: oneshot::Sender<Result<LocalEvent>>,
+    },
+    Remote {
+        origin: String,
+        seq: u64,
+        body: Bytes,
+        head: EventHead,
+        reply: oneshot::Sender<Result<AppendOutcome>>,
+    },
+    Retention(oneshot::Sender<Result<()>>),
+    Shutdown(oneshot::Sender<Result<()>>),
+}
+
+enum Reply {
+    Local(oneshot::Sender<Result<LocalEvent>>, LocalEvent),
+    Remote(oneshot::Sender<Result<AppendOutcome>>, AppendOutcome),
+}
+
+/// A record written to the file but not yet fsync'd.
+struct Pending {
+    origin: Arc<str>,
+    seq: u64,
+    pos: Pos,
+    size: u64,
+    received_ms: u64,
+    created_on: u64,
+    /// The origin's mark before this record, to undo it if the write fails.
+    prev: OriginMark,
+}
+
+pub(crate) struct Appender {
+    shared: Arc<Shared>,
+    active: Active,
+    /// Committed length of the active segment; pending bytes follow it.
+    committed_len: u64,
+    /// Per-origin high-water marks including pending records: the dedup and seq authority.
+    hw: HashMap<Arc<str>, OriginMark>,
+    buf: Vec<u8>,
+    pending: Vec<Pending>,
+    replies: Vec<Reply>,
+    /// Set when a failed write could not be undone; every later append fails with it.
+    poisoned: Option<String>,
+    /// Records in the active segment, pending ones included (an empty segment never rolls).
+    active_records: u64,
+    /// A segment was sealed since the last retention pass (the size limit may be exceeded).
+    rolled: bool,
+    last_retention: Instant,
+}
+
+impl Appender {
+    pub fn new(shared: Arc<Shared>, active: Active) -> Self {
+        let (committed_len, active_records, hw) = {
+            let st = shared.read_state();
+            let hw = st
+                .origins
+                .iter()
+                .map(|(o, i)| (o.clone(), i.mark()))
+                .collect();
+            let active = st.segments.back();
+            (
+                active.map_or(0, |s| s.len),
+                active.map_or(0, |s| s.records),
+                hw,
+            )
+        };
+        Appender {
+            shared,
+            active,
+            committed_len,
+            hw,
+            buf: Vec::with_capacity(1 << 20),
+            pending: Vec::new(),
+            replies: Vec::new(),
+            poisoned: None,
+            active_records,
+            rolled: false,
+            last_retention: Instant::now(),
+        }
+    }
+
+    pub fn run(mut self, rx: Receiver<Request>) {
+        let interval = self.shared.opts.retention_interval;
+        loop {
+            let first = match rx.recv_timeout(interval) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.retention_logged();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut shutdown = None;
+            let mut retention = Vec::new();
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(req) = next.take() {
+                taken += 1;
+                match req {
+                    Request::Local { body, head, reply } => self.local(body, head, reply),
+                    Request::Remote {
+                        origin,
+                        seq,
+                        body,
+                        head,
+                        reply,
+                    } => self.remote(origin, seq, body, head, reply),
+                    Request::Retention(reply) => retention.push(reply),
+                    Request::Shutdown(reply) => {
+                        shutdown = Some(reply);
+                        break;
+                    }
+                }
+                if taken < MAX_BATCH_REQUESTS && self.buf.len() < MAX_BATCH_BYTES {
+                    // Empty or disconnected: commit what we have (a disconnect shows at the next recv).
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit();
+            let due = self.rolled || self.last_retention.elapsed() >= interval;
+            if !retention.is_empty() || due {
+                let result = self.retention();
+                if let Err(e) = &result {
+                    error!(error = %e, "event log retention failed");
+                }
+                for reply in retention {
+                    let _ = reply.send(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| EventError::Internal(e.to_string())),
+                    );
+                }
+            }
+            if let Some(reply) = shutdown {
+                let result = self
+                    .active
+                    .file
+                    .sync_all()
+                    .map_err(io_err(self.active_path()));
+                info!("event log appender stopped");
+                let _ = reply.send(result);
+                return;
+            }
+        }
+        self.commit();
+    }
+
+    fn active_path(&self) -> std::path::PathBuf {
+        segment::segment_path(&self.shared.dir, self.active.id)
+    }
+
+    fn local(&mut self, body: Bytes, head: EventHead, reply: oneshot::Sender<Result<LocalEvent>>) {
+        if let Some(p) = &self.poisoned {
+            let _ = reply.send(Err(EventError::Internal(p.clone())));
+            return;
+        }
+        let origin = self.shared.local.clone();
+        let seq = self.hw.get(&origin).map_or(0, |m| m.last_seq) + 1;
+        match self.stage(&origin, seq, &body, &head) {
+            Ok(()) => {
+                let id = EventId { origin, seq };
+                self.replies
+                    .push(Reply::Local(reply, LocalEvent { id, bytes: body }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn remote(
+        &mut self,
+        origin: String,
+        seq: u64,
+        body: Bytes,
+        head: EventHead,
+        reply: oneshot::Sender<Result<AppendOutcome>>,
+    ) {
+        if let Some(p) = &self.poisoned {
+            let _ = reply.send(Err(EventError::Internal(p.clone())));
+            return;
+        }
+        let origin = match self.hw.get_key_value(origin.as_str()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(origin),
+        };
+        let last = self.hw.get(&origin).map_or(0, |m| m.last_seq);
+        if seq <= last {
+            // Answered after the commit, so "duplicate" never overtakes the original's fsync.
+            self.replies
+                .push(Reply::Remote(reply, AppendOutcome::Duplicate));
+            return;
+        }
+        if seq > last + 1 {
+            warn!(origin = %origin, seq, last, "gap in an origin's events: the missing ones were dropped by the origin");
+        }
+        match self.stage(&origin, seq, &body, &head) {
+            Ok(()) => self
+                .replies
+                .push(Reply::Remote(reply, AppendOutcome::Appended)),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Encodes one record into the batch buffer, rolling the segment first when it is full.
+    fn stage(&mut self, origin: &Arc<str>, seq: u64, body: &[u8], head: &EventHead) -> Result<()> {
+        let rec = NewRecord {
+            origin,
+            seq,
+            received_ms: self.shared.opts.clock.now_ms(),
+            created_on: head.created_on,
+            event_type: &head.event_type,
+            body,
+        };
+        let size = rec.encoded_len() as u64;
+        let used = self.committed_len + self.buf.len() as u64;
+        if self.active_records > 0 && used + size > self.shared.opts.segment_bytes {
+            self.commit();
+            if let Some(p) = &self.poisoned {
+                return Err(EventError::Internal(p.clone()));
+            }
+            self.roll()?;
+        }
+        let pos = Pos {
+            seg: self.active.id,
+            offset: self.committed_len + self.buf.len() as u64,
+        };
+        rec.encode(&mut self.buf);
+        self.active_records += 1;
+        let mark = self.hw.entry(origin.clone()).or_default();
+        let prev = *mark;
+        mark.last_seq = seq;
+        mark.max_created = mark.max_created.max(head.created_on);
+        self.pending.push(Pending {
+            origin: origin.clone(),
+            seq,
+            pos,
+            size,
+            received_ms: rec.received_ms,
+            created_on: head.created_on,
+            prev,
+        });
+        Ok(())
+    }
+
+    /// Writes and fsyncs the batch, publishes it to readers, wakes tailers, answers appenders.
+    fn commit(&mut self) {
+        if !self.buf.is_empty() {
+            let path = self.active_path();
+            let written = self
+                .active
+                .file
+                .write_all(&self.buf)
+                .and_then(|_| self.active.file.sync_data());
+            if let Err(e) = written {
+                self.fail_batch(EventError::Io { path, source: e });
+                return;
+            }
+            let mut st = self.shared.write_state();
+            for p in &self.pending {
+                st.note_record(&p.origin, p.seq, p.pos, p.size, p.received_ms, p.created_on);
+            }
+            st.appended += self.pending.len() as u64;
+            let appended = st.appended;
+            drop(st);
+            self.committed_len += self.buf.len() as u64;
+            self.buf.clear();
+            self.pending.clear();
+            self.shared.notify.send_replace(appended);
+        }
+        for reply in self.replies.drain(..) {
+            match reply {
+                Reply::Local(tx, ev) => drop(tx.send(Ok(ev))),
+                Reply::Remote(tx, outcome) => drop(tx.send(Ok(outcome))),
+            }
+        }
+    }
+
+    /// Undoes a batch whose write or fsync failed, so no reader or later seq ever sees it.
+    fn fail_batch(&mut self, err: EventError) {
+        error!(error = %err, "event log write failed; failing the batch");
+        self.active_records -= self.pending.len() as u64;
+        for p in self.pending.drain(..).rev() {
+            self.hw.insert(p.origin, p.prev);
+        }
+        self.buf.clear();
+        let undo = self
+            .active
+            .file
+            .set_len(self.committed_len)
+            .and_then(|_| self.active.file.sync_data());
+        if let Err(e) = undo {
+            self.poisoned = Some(format!(
+                "event log is unusable after a failed write that could not be undone: {e}"
+            ));
+        }
+        let msg = err.to_string();
+        for reply in self.replies.drain(..) {
+            match reply {
+                Reply::Local(tx, _) => drop(tx.send(Err(EventError::Internal(msg.clone())))),
+                Reply::Remote(tx, _) => drop(tx.send(Err(EventError::Internal(msg.clone())))),
+            }
+        }
+    }
+
+    /// Seals the active segment (already committed) and starts the next one.
+    fn roll(&mut self) -> Result<()> {
+        let cp: Checkpoint = self.hw.iter().map(|(o, m)| (o.clone(), *m)).collect();
+        let (active, meta) = segment::create(&self.shared.dir, self.active.id + 1, cp)?;
+        self.committed_len = meta.len;
+        self.active_records = 0;
+        self.rolled = true;
+        self.active = active;
+        self.shared.write_state().segments.push_back(meta);
+        Ok(())
+    }
+
+    fn retention_logged(&mut self) {
+        if let Err(e) = self.retention() {
+            error!(error = %e, "event log retention failed");
+        }
+    }
+
+    /// Drops whole sealed segments older than the retention or beyond the size limit.
+    fn retention(&mut self) -> Result<()> {
+        self.last_retention = Instant::now();
+        self.rolled = false;
+        let shared = self.shared.clone();
+        let opts = &shared.opts;
+        let cutoff = opts
+            .clock
+            .now_ms()
+            .saturating_sub(opts.retention.as_millis() as u64);
+        let stale_active = {
+            let st = self.shared.read_state();
+            let a = st.segments.back().expect("the log always has a segment");
+            a.records > 0 && a.newest_received_ms < cutoff
+        };
+        if stale_active && self.pending.is_empty() {
+            self.roll()?;
+        }
+        let mut removed = 0;
+        loop {
+            let gone = {
+                let mut st = self.shared.write_state();
+                let front = st.segments.front().expect("the log always has a segment");
+                let expired = front.newest_received_ms < cutoff;
+                if st.segments.len() < 2 || !(expired || st.total_bytes() > opts.max_bytes) {
+                    break;
+                }
+                st.drop_oldest()
+            };
+            let Some(seg) = gone else { break };
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(EventError::Io {
+                        path: seg.path.clone(),
+                        source: e,
+                    })
+                }
+            }
+            info!(segment = %seg.path.display(), "event log segment dropped by retention");
+            removed += 1;
+        }
+        if removed > 0 {
+            segment::sync_dir(&self.shared.dir)?;
+        }
+        Ok(())
+    }
+}

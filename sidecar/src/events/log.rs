@@ -1,0 +1,279 @@
+//! `EventLog`: the public face of the event log. Async appends hand work to the appender
+//! thread; reads are synchronous positioned reads of committed data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use super::appender::{Appender, Request};
+use super::cursor::{Cursor, StartPoint, TypeFilter};
+use super::state::State;
+use super::{event, read, segment, EventError, EventId, EventLogOptions, Result};
+use crate::wire::valid_instance_id;
+
+/// The largest event the format can hold with room to spare.
+const MAX_EVENT_BYTES_LIMIT: usize = 64 << 20;
+
+/// What [`EventLog::append_remote`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended,
+    /// The log already holds this origin at or past this seq.
+    Duplicate,
+}
+
+/// A local event as stored: its id and its bytes (with `instanceId` filled in), ready to forward.
+#[derive(Debug, Clone)]
+pub struct LocalEvent {
+    pub id: EventId,
+    pub bytes: Bytes,
+}
+
+/// One page of a read.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Matching events in this node's log order (seq order within each origin).
+    pub events: Vec<(EventId, Bytes)>,
+    /// Where the next read starts: past every event of this page and every event skipped by
+    /// the type filter. The cursor right after one event of the page is the read's start
+    /// cursor advanced ([`Cursor::advance`]) through the page up to that event.
+    pub next: Cursor,
+    /// The read reached the end of the log: wait for a wake-up before reading again. When
+    /// false, read again at once; the page may even be empty when a type filter skipped
+    /// everything in the (bounded) stretch of log one read scans.
+    pub caught_up: bool,
+}
+
+/// Figures for metrics and the status page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventStats {
+    pub events: u64,
+    pub segments: usize,
+    pub bytes: u64,
+    pub oldest_received_ms: Option<u64>,
+    pub last_seq_by_origin: BTreeMap<String, u64>,
+    /// Approximate memory of the in-memory index.
+    pub index_bytes: usize,
+}
+
+/// What the appender thread and readers share.
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub opts: EventLogOptions,
+    pub local: Arc<str>,
+    state: RwLock<State>,
+    pub notify: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// A panic while holding the lock cannot leave the state half-updated in a way readers
+    /// would misread (updates are append-only), so poisoning is ignored.
+    pub fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn intern(&self, origin: &str) -> Arc<str> {
+        self.read_state().intern(origin)
+    }
+}
+
+/// A durable, replayable log of stream events. See the module docs for ids and cursors.
+pub struct EventLog {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Request>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl EventLog {
+    /// Opens the log in `dir` (created if missing), recovering from a crash: a torn tail is
+    /// truncated, the index rebuilt, the local seq recovered. Blocking: call it at startup or
+    /// from `spawn_blocking`.
+    pub fn open(dir: impl AsRef<Path>, opts: EventLogOptions) -> Result<EventLog> {
+        if !valid_instance_id(&opts.instance_id) {
+            return Err(EventError::BadOrigin(format!(
+                "invalid instanceId {:?}",
+                opts.instance_id
+            )));
+        }
+        if opts.max_event_bytes == 0 || opts.max_event_bytes > MAX_EVENT_BYTES_LIMIT {
+            return Err(EventError::Internal(format!(
+                "max_event_bytes must be between 1 and {MAX_EVENT_BYTES_LIMIT}"
+            )));
+        }
+        let dir = dir.as_ref().to_path_buf();
+        let (state, active) = segment::recover(&dir)?;
+        let appended = state.appended;
+        let local = state.intern(&opts.instance_id);
+        let shared = Arc::new(Shared {
+            dir,
+            opts,
+            local,
+            state: RwLock::new(state),
+            notify: watch::Sender::new(appended),
+        });
+        let appender = Appender::new(shared.clone(), active);
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("event-log-appender".into())
+            .spawn(move || appender.run(rx))
+            .map_err(|e| EventError::Internal(format!("cannot start the appender thread: {e}")))?;
+        Ok(EventLog {
+            shared,
+            tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.shared.local
+    }
+
+    /// Validates and appends an event of this node; returns once it is fsync'd.
+    pub async fn append_local(&self, body: &[u8]) -> Result<EventId> {
+        self.append_local_event(body).await.map(|e| e.id)
+    }
+
+    /// Like [`append_local`](Self::append_local), also returning the stored bytes to forward.
+    pub async fn append_local_event(&self, body: &[u8]) -> Result<LocalEvent> {
+        let head = event::validate(body, self.shared.opts.max_event_bytes)?;
+        let body = if head.has_instance_id {
+            Bytes::copy_from_slice(body)
+        } else {
+            Bytes::from(event::with_instance_id(body, &self.shared.local))
+        };
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Local { body, head, reply })?;
+        rx.await.map_err(|_| EventError::Closed)?
+    }
+
+    /// Appends an event another node originated, idempotently: a seq at or below the origin's
+    /// last is a `Duplicate`. A seq beyond last + 1 is accepted: the origin dropped the events
+    /// in between (its retention, or a message it set aside), and readers skip the gap.
+    pub async fn append_remote(
+        &self,
+        origin: &str,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<AppendOutcome> {
+        if !valid_instance_id(origin) {
+            return Err(EventError::BadOrigin(format!(
+                "invalid origin instanceId {origin:?}"
+            )));
+        }
+        if seq == 0 {
+            return Err(EventError::BadOrigin(format!(
+                "event seq of {origin} must start at 1"
+            )));
+        }
+        let head = event::validate(bytes, self.shared.opts.max_event_bytes)?;
+        let (reply, rx) = oneshot::channel();
+        let body = Bytes::copy_from_slice(bytes);
+        self.send(Request::Remote {
+            origin: origin.to_string(),
+            seq,
+            body,
+            head,
+            reply,
+        })?;
+        rx.await.map_err(|_| EventError::Closed)?
+    }
+
+    fn send(&self, req: Request) -> Result<()> {
+        self.tx.send(req).map_err(|_| EventError::Closed)
+    }
+
+    /// Reads up to `max` events from `from`. Blocking file reads: async callers use
+    /// `spawn_blocking`. Errors with `CursorExpired` when retention removed events the cursor
+    /// still had to deliver.
+    pub fn read(&self, from: &StartPoint, filter: &TypeFilter, max: usize) -> Result<Page> {
+        read::read_page(&self.shared, from, filter, max.max(1))
+    }
+
+    /// Events of `origin` with seq > `after_seq`, up to `max`, for peers catching up.
+    pub fn read_origin(
+        &self,
+        origin: &str,
+        after_seq: u64,
+        max: usize,
+    ) -> Result<Vec<(EventId, Bytes)>> {
+        read::read_origin(&self.shared, origin, after_seq, max.max(1))
+    }
+
+    /// The cursor of a reader starting now: new events only.
+    pub fn cursor_now(&self) -> Cursor {
+        let now_ms = self.shared.opts.clock.now_ms();
+        read::resolve(
+            &self.shared.read_state(),
+            &self.shared.local,
+            &StartPoint::Now,
+            now_ms,
+        )
+    }
+
+    /// Bumped after every commit (local or remote). Mark the value seen before reading, read
+    /// until caught up, then await `changed()`.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.notify.subscribe()
+    }
+
+    pub fn last_seq_by_origin(&self) -> BTreeMap<String, u64> {
+        self.shared.read_state().last_seqs()
+    }
+
+    pub fn stats(&self) -> EventStats {
+        let st = self.shared.read_state();
+        EventStats {
+            events: st.events(),
+            segments: st.segments.len(),
+            bytes: st.total_bytes(),
+            oldest_received_ms: st
+                .segments
+                .iter()
+                .find(|s| s.records > 0)
+                .map(|s| s.oldest_received_ms),
+            last_seq_by_origin: st.last_seqs(),
+            index_bytes: st.index_bytes(),
+        }
+    }
+
+    /// Applies retention now instead of at the next tick.
+    pub async fn enforce_retention(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Retention(reply))?;
+        rx.await.map_err(|_| EventError::Closed)?
+    }
+
+    /// Commits what is pending, stops the appender thread and waits for it. Later appends fail
+    /// with `Closed`; reads keep working.
+    pub async fn shutdown(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Request::Shutdown(reply)).is_err() {
+            return Ok(());
+        }
+        let result = rx.await.unwrap_or(Ok(()));
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            tokio::task::spawn_blocking(move || h.join())
+                .await
+                .map_err(|e| EventError::Internal(format!("joining the appender: {e}")))?
+                .map_err(|_| EventError::Internal("the appender thread panicked".into()))?;
+        }
+        result
+    }
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("dir", &self.shared.dir)
+            .finish()
+    }
+}
