@@ -18,6 +18,8 @@ pub mod members;
 mod scan;
 pub mod sessions;
 pub mod store;
+#[cfg(test)]
+mod test_util;
 pub mod watch;
 
 pub use members::{Heartbeat, Member, MemberState, Members, MembersView};
