@@ -338,8 +338,13 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Reap::Gone),
             Err(e) => return Err(StoreError::io("rename aside", path, e)),
         }
-        let now =
-            std::fs::symlink_metadata(&aside).map_err(|e| StoreError::io("stat", &aside, e))?;
+        let now = match std::fs::symlink_metadata(&aside) {
+            Ok(m) => m,
+            // Another node's cleanup took our aside file for a stale temp file (clock skew
+            // beyond the temp grace); either way the entry is gone.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Reap::Gone),
+            Err(e) => return Err(StoreError::io("stat", &aside, e)),
+        };
         if EntryMeta::of(&now) == *expected {
             remove_if_present(&aside)?;
             return Ok(Reap::Removed);

@@ -13,7 +13,9 @@
 //!   a refresh landing after the rename-aside simply recreates the file. If the process dies
 //!   between the two renames, the aside file is a temp file (removed after `temp_grace`).
 //! * **Clocks.** Expiry compares `expires_at` (written by the master's clock) with `now`; temp
-//!   files are judged by their ctime (the NFS server's clock), hence a generous grace period;
+//!   files are judged by their ctime (the NFS server's clock), hence a generous grace period
+//!   (a node whose clock runs ahead of the server by more than `temp_grace` would remove other
+//!   nodes' writes in flight: their rename then fails and the write reports an error);
 //!   quarantined files by the timestamp in their name (the quarantining node's clock).
 
 use std::io;

@@ -27,7 +27,12 @@ fn layout_is_fanned_out_by_hash_and_modes_are_private() {
     let p = s.path_for(&h);
     let rel = p.strip_prefix(s.root()).unwrap();
     let hex = h.as_str();
-    assert_eq!(rel, Path::new(&hex[0..2]).join(&hex[2..4]).join(format!("{hex}.json")));
+    assert_eq!(
+        rel,
+        Path::new(&hex[0..2])
+            .join(&hex[2..4])
+            .join(format!("{hex}.json"))
+    );
     assert_eq!(KeyHash::from_relative_path(rel), Some(h.clone()));
     for p in walk(s.root()) {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
@@ -37,7 +42,10 @@ fn layout_is_fanned_out_by_hash_and_modes_are_private() {
     }
     // Human-readable envelope around the payload.
     let raw = std::fs::read_to_string(&p).unwrap();
-    assert!(raw.starts_with(r#"{"v":1,"sha256":""#) && raw.contains(r#""data":{"a":1}"#), "{raw}");
+    assert!(
+        raw.starts_with(r#"{"v":1,"sha256":""#) && raw.contains(r#""data":{"a":1}"#),
+        "{raw}"
+    );
 }
 
 #[test]
@@ -64,10 +72,23 @@ fn round_trip_and_remove() {
 #[test]
 fn rejects_oversized_and_non_json_payloads() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(dir.path(), StoreOptions { fsync: false, max_payload: 10 }).unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreOptions {
+            fsync: false,
+            max_payload: 10,
+        },
+    )
+    .unwrap();
     let h = KeyHash::of(b"k");
-    assert!(matches!(s.put(&h, b"[1,2,3,4,5,6]", None), Err(StoreError::TooLarge { len: 13, max: 10 })));
-    assert!(matches!(s.put(&h, b"{nope", None), Err(StoreError::NotJson { .. })));
+    assert!(matches!(
+        s.put(&h, b"[1,2,3,4,5,6]", None),
+        Err(StoreError::TooLarge { len: 13, max: 10 })
+    ));
+    assert!(matches!(
+        s.put(&h, b"{nope", None),
+        Err(StoreError::NotJson { .. })
+    ));
     assert!(!s.path_for(&h).exists());
 }
 
@@ -76,15 +97,22 @@ fn corrupt_files_are_quarantined_and_never_served() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let good = br#"{"account":42,"name":"alice"}"#;
-    let cases: Vec<(&str, Box<dyn Fn(&[u8]) -> Vec<u8>>)> = vec![
+    type Damage = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+    let cases: Vec<(&str, Damage)> = vec![
         ("truncated", Box::new(|b: &[u8]| b[..b.len() / 2].to_vec())),
         ("empty", Box::new(|_: &[u8]| Vec::new())),
-        ("bit flip in payload", Box::new(|b: &[u8]| {
-            let s = String::from_utf8(b.to_vec()).unwrap();
-            s.replace("alice", "alicf").into_bytes()
-        })),
+        (
+            "bit flip in payload",
+            Box::new(|b: &[u8]| {
+                let s = String::from_utf8(b.to_vec()).unwrap();
+                s.replace("alice", "alicf").into_bytes()
+            }),
+        ),
         ("garbage", Box::new(|_: &[u8]| b"\x00\xffnot json".to_vec())),
-        ("bare payload", Box::new(|_: &[u8]| br#"{"account":42}"#.to_vec())),
+        (
+            "bare payload",
+            Box::new(|_: &[u8]| br#"{"account":42}"#.to_vec()),
+        ),
     ];
     for (i, (what, damage)) in cases.iter().enumerate() {
         let h = KeyHash::of(format!("key{i}").as_bytes());
@@ -92,16 +120,29 @@ fn corrupt_files_are_quarantined_and_never_served() {
         let p = s.path_for(&h);
         std::fs::write(&p, damage(&std::fs::read(&p).unwrap())).unwrap();
         match s.get(&h) {
-            Err(StoreError::Corrupt { quarantined: Some(q), .. }) => {
+            Err(StoreError::Corrupt {
+                quarantined: Some(q),
+                ..
+            }) => {
                 assert!(q.starts_with(s.quarantine_dir()), "{what}");
-                assert!(q.file_name().unwrap().to_str().unwrap().starts_with(h.as_str()), "{what}");
+                assert!(
+                    q.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .starts_with(h.as_str()),
+                    "{what}"
+                );
             }
             other => panic!("{what}: expected a quarantined corrupt file, got {other:?}"),
         }
         assert!(!p.exists(), "{what}: still in place");
         assert_eq!(s.get(&h).unwrap(), None, "{what}: served after quarantine");
     }
-    assert_eq!(std::fs::read_dir(s.quarantine_dir()).unwrap().count(), cases.len());
+    assert_eq!(
+        std::fs::read_dir(s.quarantine_dir()).unwrap().count(),
+        cases.len()
+    );
 }
 
 #[test]
@@ -215,11 +256,18 @@ fn reader_racing_writer_never_sees_a_partial_file() {
     let mut reads = 0u32;
     while !done.load(Ordering::SeqCst) {
         let e = s.get(&h).unwrap().expect("the entry always exists");
-        assert!(e.bytes == small || e.bytes == big, "torn read of {} bytes", e.bytes.len());
+        assert!(
+            e.bytes == small || e.bytes == big,
+            "torn read of {} bytes",
+            e.bytes.len()
+        );
         reads += 1;
     }
     let writes = writer.join().unwrap();
     eprintln!("atomicity race: {writes} writes, {reads} reads");
-    assert!(writes >= 100 && reads >= 100, "too little overlap: {writes} writes, {reads} reads");
+    assert!(
+        writes >= 100 && reads >= 100,
+        "too little overlap: {writes} writes, {reads} reads"
+    );
     assert!(!s.quarantine_dir().exists(), "nothing was judged corrupt");
 }
