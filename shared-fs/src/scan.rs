@@ -1,6 +1,6 @@
 //! Streaming iteration over the files of a [`crate::store::Store`] (for cleanup).
 //!
-//! The walk holds at most one open `ReadDir` per level (root, `ab/`, `ab/cd/`), so memory does
+//! The walk holds at most one open `ReadDir` per level (root, `ab/`, `ab/c/`), so memory does
 //! not grow with the number of entries: names are read in `getdents` batches as the caller pulls.
 //! Directories that vanish under the walk (another node's cleanup) are skipped, not errors.
 
@@ -15,7 +15,7 @@ use crate::store::{KeyHash, StoreError, EXTENSION};
 /// One file found by a [`Scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanItem {
-    /// An entry file, `ab/cd/<hash>.json`.
+    /// An entry file, `ab/c/<hash>.json`.
     Entry {
         /// Its key hash.
         hash: KeyHash,
@@ -69,9 +69,11 @@ impl Scan {
     }
 }
 
-fn is_fanout_name(name: &OsStr) -> bool {
-    name.to_str()
-        .is_some_and(|s| s.len() == 2 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+/// A fan-out directory name at `depth` (1: two hex digits, 2: one).
+fn is_fanout_name(name: &OsStr, depth: usize) -> bool {
+    name.to_str().is_some_and(|s| {
+        s.len() == 3 - depth && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
 }
 
 fn classify(path: PathBuf, name: &OsStr) -> ScanItem {
@@ -124,7 +126,7 @@ impl Iterator for Scan {
             let path = entry.path();
             if depth < 3 {
                 // Only the two fan-out levels are walked (this skips `quarantine/`).
-                if is_fanout_name(&name) {
+                if is_fanout_name(&name, depth) {
                     if let Some(err) = self.push(path) {
                         return Some(err);
                     }

@@ -6,7 +6,7 @@
 //! file with what it saw last. Both feed the same per-file state, so a change is reported once.
 //!
 //! * **Cost of a poll**: one `readdir` per directory and one `stat` per file; with the store's
-//!   fan-out, 100,000 sessions are ~56,000 leaf directories + 100,000 files. The next poll is
+//!   fan-out, 100,000 sessions are 4,096 leaf directories + 100,000 files. The next poll is
 //!   scheduled `poll_interval` after the previous one *ends*, so the worker is never a hot loop:
 //!   its duty cycle is at most `scan / (scan + interval)`. [`Watcher::stats`] reports the last
 //!   scan's duration so an operator can size the interval.
@@ -64,7 +64,7 @@ pub enum ChangeKind {
 /// One changed file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Change {
-    /// Path relative to the watched root, e.g. `ab/cd/<hash>.json`.
+    /// Path relative to the watched root, e.g. `ab/c/<hash>.json`.
     pub path: PathBuf,
     /// How it changed.
     pub kind: ChangeKind,

@@ -9,10 +9,11 @@ use shared_fs::sessions::{SessionFiles, SessionOptions, SessionRecord};
 use shared_fs::watch::{WatchOptions, Watcher};
 
 /// Default size. 100,000 sessions take too long for the everyday suite in a debug build on the
-/// project's 2-core machines (measured there, debug: create 15.2 s, cleanup with half expired
-/// 4.5 s, stat-only cleanup 0.64 s, one poll 0.95 s, removing the temp dir ~25 s); 20,000 keeps
-/// the test under 10 s and the cost is linear (one `readdir` per leaf directory, one `stat` per
-/// file, a read only for expiry candidates). `SHARED_FS_SCALE_SESSIONS=100000` runs the full size.
+/// project's 2-core machines, whose shared disk makes every create, rename and unlink cost about
+/// a millisecond (setup alone: 15 to 60 s, removing the temp dir another ~25 s); 20,000 keeps the
+/// test well under a minute and the cost is linear (one `readdir` per leaf directory, one `stat`
+/// per file, a read, a rename and an unlink per expired session).
+/// `SHARED_FS_SCALE_SESSIONS=100000` runs the full size.
 const DEFAULT_SESSIONS: u64 = 20_000;
 
 const NOW: u64 = 1_893_456_000_000;
@@ -99,5 +100,14 @@ fn cleanup_and_poll_scale() {
     assert!(
         cleanup < Duration::from_secs(60),
         "cleanup took {cleanup:?}"
+    );
+    let started = Instant::now();
+    drop(watcher);
+    let stop = started.elapsed();
+    let started = Instant::now();
+    drop(dir);
+    eprintln!(
+        "watcher drop {stop:?}; temp dir removal {:?}",
+        started.elapsed()
     );
 }

@@ -30,7 +30,7 @@ fn layout_is_fanned_out_by_hash_and_modes_are_private() {
     assert_eq!(
         rel,
         Path::new(&hex[0..2])
-            .join(&hex[2..4])
+            .join(&hex[2..3])
             .join(format!("{hex}.json"))
     );
     assert_eq!(KeyHash::from_relative_path(rel), Some(h.clone()));
