@@ -104,22 +104,28 @@ macro_rules! build_app {
     }};
 }
 
+fn serve(
+    state: Arc<AppState>,
+    listener: std::net::TcpListener,
+    name: &'static str,
+    routes: fn(&mut web::ServiceConfig),
+) -> std::io::Result<Server> {
+    let workers = state.config.workers;
+    let grace = state.config.shutdown_grace;
+    Ok(HttpServer::new(move || build_app!(state, name, routes))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs().max(1))
+        .listen(listener)?
+        .run())
+}
+
 /// Starts the local API server on an already-bound listener.
 pub fn serve_local(
     state: Arc<AppState>,
     listener: std::net::TcpListener,
 ) -> std::io::Result<Server> {
-    let workers = state.config.workers;
-    let grace = state.config.shutdown_grace;
-    let s = state.clone();
-    Ok(
-        HttpServer::new(move || build_app!(s, "local", local::configure))
-            .workers(workers)
-            .disable_signals()
-            .shutdown_timeout(grace.as_secs().max(1))
-            .listen(listener)?
-            .run(),
-    )
+    serve(state, listener, "local", local::configure)
 }
 
 /// Starts the peer/stream/ops server on an already-bound listener.
@@ -127,18 +133,8 @@ pub fn serve_peer(
     state: Arc<AppState>,
     listener: std::net::TcpListener,
 ) -> std::io::Result<Server> {
-    let workers = state.config.workers;
-    let grace = state.config.shutdown_grace;
-    let s = state.clone();
-    Ok(HttpServer::new(move || {
-        build_app!(s, "peer", |cfg: &mut web::ServiceConfig| {
-            peer::configure(cfg);
-            ops::configure(cfg);
-        })
+    serve(state, listener, "peer", |cfg| {
+        peer::configure(cfg);
+        ops::configure(cfg);
     })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(grace.as_secs().max(1))
-    .listen(listener)?
-    .run())
 }
