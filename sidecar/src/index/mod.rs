@@ -24,6 +24,13 @@ mod store;
 mod versions;
 mod writer;
 
+#[cfg(test)]
+mod tests_fixtures;
+#[cfg(test)]
+mod tests_query;
+#[cfg(test)]
+mod tests_store;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;

@@ -247,9 +247,8 @@ fn raw_values(v: &Value, out: &mut Vec<String>, objects: bool) {
         Value::Array(items) => items.iter().for_each(|i| raw_values(i, out, objects)),
         Value::Object(map) if objects => {
             for key in IDENTITY_KEYS {
-                match map.get(*key) {
-                    Some(v @ (Value::String(_) | Value::Number(_))) => raw_values(v, out, false),
-                    _ => {}
+                if let Some(v @ (Value::String(_) | Value::Number(_))) = map.get(*key) {
+                    raw_values(v, out, false);
                 }
             }
         }
