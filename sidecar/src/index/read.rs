@@ -7,7 +7,7 @@
 use std::ops::RangeInclusive;
 
 use serde_json::Value;
-use tantivy::collector::sort_key::{SortByStaticFastValue, SortByString};
+use tantivy::collector::sort_key::SortByStaticFastValue;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, Value as _};
@@ -92,8 +92,8 @@ impl IndexStore {
     }
 
     /// Runs a query in the Gerrit subset; `total` counts every match, `results` holds the
-    /// first `limit` (at most [`MAX_LIMIT`]), changes by `updated` descending then id, other
-    /// kinds by id.
+    /// first `limit` (at most [`MAX_LIMIT`]): changes by `updated` descending then change
+    /// number descending (as Gerrit), the other kinds by id.
     pub fn search(&self, kind: Kind, q: &str, limit: usize) -> Result<SearchResult> {
         let ks = self.kind(kind);
         let expr = query::parse(q)?;
@@ -120,12 +120,15 @@ impl IndexStore {
             });
         }
         let top = TopDocs::with_limit(limit);
-        let (total, addrs): (usize, Vec<DocAddress>) = match ks.schema.updated {
-            Some(updated) => {
-                let name = ks.schema.schema.get_field_name(updated).to_string();
+        let (total, addrs): (usize, Vec<DocAddress>) = match &ks.schema.sort_by_updated {
+            Some((updated, number)) => {
+                // A string tie-break costs ~1 ms per 10k matches; the change number is a u64.
                 let by = (
-                    (SortByStaticFastValue::<i64>::for_field(name), Order::Desc),
-                    (SortByString::for_field("_id"), Order::Asc),
+                    (
+                        SortByStaticFastValue::<i64>::for_field(updated),
+                        Order::Desc,
+                    ),
+                    (SortByStaticFastValue::<u64>::for_field(number), Order::Desc),
                 );
                 let (n, hits) = searcher
                     .search(&query, &(Count, top.order_by(by)))

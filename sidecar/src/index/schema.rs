@@ -111,6 +111,8 @@ pub(crate) struct KindSchema {
     /// Fields searched by bare words and bare phrases.
     pub default_fields: &'static [&'static str],
     pub updated: Option<Field>,
+    /// Sort of results: `updated` desc then `number` desc (as Gerrit) for changes, else id.
+    pub sort_by_updated: Option<(String, String)>,
 }
 
 impl KindSchema {
@@ -138,7 +140,7 @@ impl KindSchema {
             let f = match s.ty {
                 Raw(_) => b.add_text_field(s.name, STRING),
                 Text => b.add_text_field(s.name, text.clone()),
-                U64 => b.add_u64_field(s.name, INDEXED),
+                U64 => b.add_u64_field(s.name, INDEXED | FAST),
                 Date => {
                     let f = b.add_i64_field(s.name, INDEXED | FAST);
                     updated = Some(f);
@@ -147,8 +149,10 @@ impl KindSchema {
             };
             fields.push((s, f));
         }
+        let sort_by_updated = updated.map(|_| ("updated".to_string(), "number".to_string()));
         KindSchema {
             kind,
+            sort_by_updated,
             schema: b.build(),
             id,
             version,

@@ -319,18 +319,34 @@ impl IndexStore {
         I: IntoIterator<Item = (String, u64, Value)>,
     {
         let mut out = BulkOutcome::default();
-        let mut chunk = Vec::with_capacity(BULK_CHUNK);
-        let mut docs = docs.into_iter().peekable();
-        while docs.peek().is_some() {
-            for (id, version, doc) in docs.by_ref().take(BULK_CHUNK) {
-                chunk.push(self.prepare_upsert(kind, &id, version, &doc)?);
-            }
-            for o in self.write(std::mem::take(&mut chunk), false).await? {
+        let mut count = |outcomes: Vec<WriteOutcome>| {
+            for o in outcomes {
                 match o {
                     WriteOutcome::Applied => out.applied += 1,
                     WriteOutcome::Stale { .. } => out.stale += 1,
                 }
             }
+        };
+        let mut docs = docs.into_iter().peekable();
+        // One chunk in flight while the next is prepared: the writer thread and this task overlap.
+        let mut in_flight: Option<oneshot::Receiver<Result<Vec<WriteOutcome>>>> = None;
+        while docs.peek().is_some() {
+            let mut chunk = Vec::with_capacity(BULK_CHUNK);
+            for (id, version, doc) in docs.by_ref().take(BULK_CHUNK) {
+                chunk.push(self.prepare_upsert(kind, &id, version, &doc)?);
+            }
+            let (reply, rx) = oneshot::channel();
+            self.send(Command::Write {
+                ops: chunk,
+                durable: false,
+                reply,
+            })?;
+            if let Some(prev) = in_flight.replace(rx) {
+                count(prev.await.map_err(|_| IndexError::WriterStopped)??);
+            }
+        }
+        if let Some(prev) = in_flight {
+            count(prev.await.map_err(|_| IndexError::WriterStopped)??);
         }
         self.commit().await?;
         Ok(out)

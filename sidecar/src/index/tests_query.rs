@@ -174,7 +174,11 @@ async fn queries_match_a_reference_filter_over_the_fixtures() {
     ];
     for (q, pred) in &cases {
         let mut expected: Vec<&Change> = model.iter().filter(|c| pred(c)).collect();
-        expected.sort_by(|a, b| b.updated.cmp(&a.updated).then_with(|| a.id.cmp(&b.id)));
+        expected.sort_by(|a, b| {
+            b.updated
+                .cmp(&a.updated)
+                .then_with(|| b.number.cmp(&a.number))
+        });
         let got = store
             .search(Kind::Changes, q, 1000)
             .unwrap_or_else(|e| panic!("{q}: {e}"));

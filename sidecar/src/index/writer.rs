@@ -225,7 +225,8 @@ impl Writer {
         let k = op.kind.index();
         let ks = &self.shared.kinds[k];
         let mut vm = ks.versions.write().expect("version map lock");
-        if let Some(stored) = vm.get(&op.id) {
+        let stored = vm.get(&op.id);
+        if let Some(stored) = stored {
             if stored.version >= op.version {
                 return Ok(WriteOutcome::Stale {
                     stored_version: stored.version,
@@ -233,7 +234,11 @@ impl Writer {
             }
         }
         let writer = &self.writers[k];
-        writer.delete_term(Term::from_field_text(ks.schema.id, &op.id));
+        if stored.is_some() {
+            // An id the map does not know is in no segment: a delete would cost a term lookup
+            // per segment at the next commit for nothing (bulk loads are mostly new ids).
+            writer.delete_term(Term::from_field_text(ks.schema.id, &op.id));
+        }
         let (entry, source) = match op.body {
             OpBody::Upsert { source, doc } => {
                 writer
