@@ -25,6 +25,8 @@ mod versions;
 mod writer;
 
 #[cfg(test)]
+mod tests_digest;
+#[cfg(test)]
 mod tests_fixtures;
 #[cfg(test)]
 mod tests_query;

@@ -153,6 +153,8 @@ impl Writer {
             && (Instant::now() >= self.commit_deadline() || self.pending_ops() >= MAX_PENDING)
         {
             if let Err(e) = self.commit() {
+                // Retry after another interval, not in a tight loop (e.g. a full disk).
+                self.dirty_since = Some(Instant::now());
                 tracing::error!(error = %e, "index commit failed, will retry");
             }
         }
@@ -320,11 +322,17 @@ impl Writer {
         for kind in Kind::ALL {
             let k = kind.index();
             let ks = &self.shared.kinds[k];
-            let mut vm = ks.versions.write().expect("version map lock");
-            let expired = vm.expired_tombstones(cutoff);
+            // Scan under the read lock (gets go on); only this thread mutates the map, so the
+            // expired set cannot change before the write lock is taken.
+            let expired = ks
+                .versions
+                .read()
+                .expect("version map lock")
+                .expired_tombstones(cutoff);
             if expired.is_empty() {
                 continue;
             }
+            let mut vm = ks.versions.write().expect("version map lock");
             for id in &expired {
                 self.writers[k].delete_term(Term::from_field_text(ks.schema.id, id));
                 vm.remove(id);
