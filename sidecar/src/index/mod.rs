@@ -5,14 +5,26 @@
 //!
 //! Code map:
 //! - `schema`: the fields of each [`Kind`] and how a JSON document becomes a tantivy document;
+//!   `dates`: timestamps and Gerrit ages;
 //! - `query`: the Gerrit query subset, parsed to an AST; `compile`: AST → tantivy queries;
 //! - `versions`: the in-memory version map (id → version, deleted) and the digest buckets;
 //! - `journal`: the node-local write-ahead journal that makes an accepted write survive SIGKILL;
 //! - `writer`: the dedicated writer thread that owns every decision, the journal and commits;
-//! - `store`: [`IndexStore`], the handle the rest of the crate uses.
+//! - `store`: [`IndexStore`], opening and the write API; `read`: get, search, digests, export.
 //!
 //! Invariants: only the writer thread mutates the version map or an `IndexWriter`; a write is
 //! acknowledged only after its journal record is fsync'd; a write never rolls a version back.
+//!
+//! Semantics worth knowing:
+//! - `get` is exact at once (version map + uncommitted documents); `search` is near-real-time,
+//!   within `refresh_interval`. A write can be seen by `get` a moment before its fsync returns;
+//!   it is acknowledged only after.
+//! - A tombstone is forgotten after `tombstone_ttl`; after that a late older write of that id is
+//!   accepted again, so the TTL must outlive any partition or peer backlog.
+//! - Documents are kept as `serde_json::Value` serialized back to text: equal as JSON values,
+//!   but object keys come back sorted (serde_json without `preserve_order`).
+//! - Dropping the store without `shutdown` lets the writer commit and exit in the background;
+//!   reopening the same directory before it is done fails on tantivy's writer lock.
 
 mod compile;
 mod dates;
