@@ -1,0 +1,334 @@
+//! Query tests: the 300 fixture changes, each query checked against a reference filter
+//! computed in Rust over the same documents; bad queries and their messages.
+
+use serde_json::{json, Value};
+
+use super::dates;
+use super::tests_fixtures::{changes, fast_opts, open};
+use super::{ExportedDoc, IndexError, IndexStore, Kind};
+
+/// What the reference filter needs of a fixture change.
+struct Change {
+    id: String,
+    number: u64,
+    project: String,
+    branch: String,
+    status: String,
+    owner: String,
+    email: String,
+    topic: Option<String>,
+    subject: String,
+    message: String,
+    hashtags: Vec<String>,
+    updated: i64,
+}
+
+fn model(d: &Value) -> Change {
+    let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    Change {
+        id: s("id"),
+        number: d["_number"].as_u64().expect("number"),
+        project: s("project"),
+        branch: s("branch"),
+        status: s("status"),
+        owner: d["owner"]["username"].as_str().expect("owner").into(),
+        email: d["owner"]["email"].as_str().expect("email").into(),
+        topic: d["topic"].as_str().map(str::to_string),
+        subject: s("subject"),
+        message: s("message"),
+        hashtags: d["hashtags"]
+            .as_array()
+            .expect("hashtags")
+            .iter()
+            .map(|h| h.as_str().expect("tag").into())
+            .collect(),
+        updated: dates::doc_time(&d["updated"]).expect("updated"),
+    }
+}
+
+/// Tokens as tantivy's default analyzer makes them: split on non-alphanumerics, lowercase.
+fn tokens(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn has_phrase(text: &str, phrase: &str) -> bool {
+    let (t, p) = (tokens(text), tokens(phrase));
+    t.windows(p.len()).any(|w| w == p.as_slice())
+}
+
+fn bare(c: &Change, phrase: &str) -> bool {
+    has_phrase(&c.subject, phrase) || has_phrase(&c.message, phrase)
+}
+
+fn open_(c: &Change) -> bool {
+    c.status == "NEW"
+}
+
+async fn loaded_store(dir: &std::path::Path) -> (IndexStore, Vec<Change>) {
+    let store = open(dir, fast_opts());
+    let docs = changes();
+    let batch: Vec<ExportedDoc> = docs
+        .iter()
+        .map(|d| ExportedDoc {
+            id: d["id"].as_str().expect("id").into(),
+            version: 1,
+            deleted: false,
+            doc: Some(d.clone()),
+        })
+        .collect();
+    store
+        .apply(Kind::Changes, batch)
+        .await
+        .expect("load fixtures");
+    store.commit().await.expect("commit");
+    (store, docs.iter().map(model).collect())
+}
+
+#[tokio::test]
+async fn queries_match_a_reference_filter_over_the_fixtures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, model) = loaded_store(dir.path()).await;
+    let t0 = dates::parse_timestamp("2024-03-01").expect("date");
+    type Pred = Box<dyn Fn(&Change) -> bool>;
+    let cases: Vec<(&str, Pred)> = vec![
+        (
+            "status:open project:tools/gerrit",
+            Box::new(|c| open_(c) && c.project == "tools/gerrit"),
+        ),
+        ("status:merged", Box::new(|c| c.status == "MERGED")),
+        ("status:closed", Box::new(|c| c.status != "NEW")),
+        ("is:open", Box::new(open_)),
+        ("owner:alice", Box::new(|c| c.owner == "alice")),
+        (
+            "owner:bob@example.com status:open",
+            Box::new(|c| c.email == "bob@example.com" && open_(c)),
+        ),
+        ("\"fix crash\"", Box::new(|c| bare(c, "fix crash"))),
+        (
+            "subject:\"review screen\"",
+            Box::new(|c| has_phrase(&c.subject, "review screen")),
+        ),
+        (
+            "message:\"is busy\" leak",
+            Box::new(|c| has_phrase(&c.message, "is busy") && bare(c, "leak")),
+        ),
+        ("crash", Box::new(|c| bare(c, "crash"))),
+        (
+            "CRASH Button",
+            Box::new(|c| bare(c, "crash") && bare(c, "button")),
+        ),
+        (
+            "status:open (owner:alice OR owner:bob) -project:apps/review",
+            Box::new(|c| {
+                open_(c) && (c.owner == "alice" || c.owner == "bob") && c.project != "apps/review"
+            }),
+        ),
+        (
+            "project:tools/gerrit OR project:platform/build NOT status:abandoned",
+            Box::new(|c| {
+                c.project == "tools/gerrit"
+                    || (c.project == "platform/build" && c.status != "ABANDONED")
+            }),
+        ),
+        (
+            "(project:tools/gerrit OR project:platform/build) AND NOT status:abandoned",
+            Box::new(|c| {
+                (c.project == "tools/gerrit" || c.project == "platform/build")
+                    && c.status != "ABANDONED"
+            }),
+        ),
+        ("NOT status:open", Box::new(|c| !open_(c))),
+        (
+            "-status:open -owner:carol",
+            Box::new(|c| !open_(c) && c.owner != "carol"),
+        ),
+        (
+            "owner:dave OR -crash",
+            Box::new(|c| c.owner == "dave" || !bare(c, "crash")),
+        ),
+        (
+            "hashtag:security branch:master",
+            Box::new(|c| c.hashtags.iter().any(|h| h == "security") && c.branch == "master"),
+        ),
+        (
+            "topic:crash-fixes AND (status:merged OR status:abandoned)",
+            Box::new(|c| c.topic.as_deref() == Some("crash-fixes") && c.status != "NEW"),
+        ),
+        (
+            "-topic:ui -topic:perf -topic:crash-fixes",
+            Box::new(|c| c.topic.is_none()),
+        ),
+        ("number:42", Box::new(|c| c.number == 42)),
+        ("before:2024-03-01", Box::new(move |c| c.updated <= t0)),
+        (
+            "after:\"2024-03-01 00:00:00\" status:open",
+            Box::new(move |c| c.updated >= t0 && open_(c)),
+        ),
+        ("age:1d", Box::new(|_| true)),
+        ("((owner:erin))", Box::new(|c| c.owner == "erin")),
+        ("owner:nobody", Box::new(|_| false)),
+        ("", Box::new(|_| true)),
+    ];
+    for (q, pred) in &cases {
+        let mut expected: Vec<&Change> = model.iter().filter(|c| pred(c)).collect();
+        expected.sort_by(|a, b| {
+            b.updated
+                .cmp(&a.updated)
+                .then_with(|| b.number.cmp(&a.number))
+        });
+        let got = store
+            .search(Kind::Changes, q, 1000)
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        let got_ids: Vec<&str> = got.results.iter().map(|d| d.id.as_str()).collect();
+        let want_ids: Vec<&str> = expected.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(got.total, want_ids.len(), "total of {q}");
+        assert_eq!(got_ids, want_ids, "results of {q}, in order");
+    }
+    // The reference filters are not vacuous: the main ones select some but not all.
+    for q in [
+        "status:open project:tools/gerrit",
+        "\"fix crash\"",
+        "owner:alice",
+        "before:2024-03-01",
+    ] {
+        let n = store.search(Kind::Changes, q, 0).expect("count").total;
+        assert!(n > 0 && n < 300, "{q} selects {n}");
+    }
+    // `limit` cuts the results, not the total; documents come back whole.
+    let page = store.search(Kind::Changes, "status:open", 5).expect("page");
+    assert_eq!(page.results.len(), 5);
+    assert!(page.total > 5);
+    let first = &page.results[0];
+    let original = changes()
+        .into_iter()
+        .find(|d| d["id"] == first.id.as_str())
+        .expect("fixture");
+    assert_eq!(
+        first.doc, original,
+        "stored document returned as given, unknown fields included"
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn other_kinds_have_their_own_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), fast_opts());
+    let w = |k, id: &str, d: Value| {
+        let s = &store;
+        let id = id.to_string();
+        async move { s.upsert(k, &id, 1, d).await.expect("upsert") }
+    };
+    w(Kind::Accounts, "1000", json!({"username": "alice", "name": "Alice Liddell", "emails": ["Alice@Example.com", "al@x.org"]})).await;
+    w(
+        Kind::Accounts,
+        "1001",
+        json!({"username": "bob", "name": "Bob Marley", "email": "bob@x.org"}),
+    )
+    .await;
+    w(
+        Kind::Groups,
+        "g1",
+        json!({"id": "abc123", "name": "Administrators", "owner": "abc123"}),
+    )
+    .await;
+    w(Kind::Projects, "tools/gerrit", json!({"name": "tools/gerrit", "parent": "All-Projects", "state": "ACTIVE", "description": "The Gerrit code review tool"})).await;
+    w(Kind::Projects, "old", json!({"name": "old", "parent": "All-Projects", "state": "READ_ONLY", "description": "Archived"})).await;
+    store.commit().await.expect("commit");
+    let ids = |k, q: &str| -> Vec<String> {
+        store
+            .search(k, q, 10)
+            .unwrap_or_else(|e| panic!("{q}: {e}"))
+            .results
+            .into_iter()
+            .map(|d| d.id)
+            .collect()
+    };
+    assert_eq!(ids(Kind::Accounts, "email:alice@example.com"), ["1000"]);
+    assert_eq!(ids(Kind::Accounts, "liddell"), ["1000"]);
+    assert_eq!(
+        ids(Kind::Accounts, "name:marley OR username:alice"),
+        ["1000", "1001"]
+    );
+    assert_eq!(ids(Kind::Groups, "uuid:abc123 name:Administrators"), ["g1"]);
+    assert_eq!(ids(Kind::Projects, "state:read_only"), ["old"]);
+    assert_eq!(
+        ids(Kind::Projects, "parent:All-Projects \"code review\""),
+        ["tools/gerrit"]
+    );
+    assert_eq!(
+        ids(Kind::Projects, ""),
+        ["old", "tools/gerrit"],
+        "sorted by id"
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bad_queries_name_the_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), fast_opts());
+    let cases = [
+        (
+            Kind::Changes,
+            "status:open colour:red",
+            "unknown field 'colour' for changes",
+            12,
+        ),
+        (
+            Kind::Changes,
+            "(status:open OR owner:bob",
+            "unbalanced '('",
+            0,
+        ),
+        (Kind::Changes, "status:open)", "unbalanced ')'", 11),
+        (
+            Kind::Changes,
+            "owner:bob OR",
+            "expected a term after 'OR'",
+            12,
+        ),
+        (Kind::Changes, "age:3fortnights", "bad age '3fortnights'", 0),
+        (Kind::Changes, "before:yesterday", "bad date 'yesterday'", 0),
+        (Kind::Changes, "number:abc", "needs a whole number", 0),
+        (
+            Kind::Changes,
+            "updated:2024",
+            "with age:, before: or after:",
+            0,
+        ),
+        (
+            Kind::Accounts,
+            "age:2d",
+            "'age:' is not available for accounts",
+            0,
+        ),
+        (
+            Kind::Groups,
+            "subject:x",
+            "unknown field 'subject' for groups",
+            0,
+        ),
+    ];
+    for (kind, q, msg, pos) in cases {
+        match store.search(kind, q, 10) {
+            Err(IndexError::BadQuery(e)) => {
+                assert!(e.message.contains(msg), "{q}: {e}");
+                assert_eq!(e.position, pos, "{q}: {e}");
+            }
+            other => panic!("{q}: expected a bad query, got {other:?}"),
+        }
+    }
+    let e = store
+        .search(Kind::Changes, "foo:bar", 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("bad query: unknown field 'foo'") && e.contains("known: id, project"),
+        "{e}"
+    );
+    store.shutdown().await.expect("shutdown");
+}
