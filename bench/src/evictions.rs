@@ -104,6 +104,51 @@ async fn sustained(
     Ok((keys / accept_secs, keys / deliver_secs))
 }
 
+/// B is SIGSTOPped while A takes single-key evictions at about 2,000/s for `dur`: A's memory
+/// must not grow with the backlog, which lives on disk. Returns (RSS before, RSS after, backlog).
+async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64)> {
+    let h = integration::http();
+    let url = format!("{}v1/cache/projects/evict", p.a.spec.local_url());
+    // Warm up so the baseline includes connection pools and caches, not a cold process.
+    for i in 0..2_000 {
+        h.post(&url)
+            .json(&serde_json::json!({ "keys": [format!("warm-{i}")] }))
+            .send()
+            .await?;
+    }
+    let before = rss_mib(p.a.pid());
+    p.b.freeze();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_micros(500));
+    let mut i = 0u64;
+    let mut inflight = Vec::new();
+    while start.elapsed() < dur {
+        tick.tick().await;
+        let (h, url) = (h.clone(), url.clone());
+        i += 1;
+        inflight.push(tokio::spawn(async move {
+            let _ = h
+                .post(&url)
+                .json(&serde_json::json!({ "keys": [format!("out-{i}")] }))
+                .send()
+                .await;
+        }));
+        if inflight.len() >= 256 {
+            for t in inflight.drain(..) {
+                let _ = t.await;
+            }
+        }
+    }
+    for t in inflight {
+        let _ = t.await;
+    }
+    let after = rss_mib(p.a.pid());
+    let st = api::status(&h, &p.a.spec.peer_url()).await;
+    let backlog = st["peers"][0]["outbox_depth"].as_f64().unwrap_or(f64::NAN);
+    p.b.thaw();
+    Ok((before, after, backlog))
+}
+
 /// Parses tracing's RFC 3339 UTC timestamp (`2026-11-23T18:59:51.976802Z`) to µs since the epoch.
 fn parse_ts_us(s: &str) -> Option<i64> {
     let (date, time) = s.trim_end_matches('Z').split_once('T')?;
@@ -218,6 +263,17 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     let p = pair("[http]\n  maxBatchMessages = 1\n", &[]).await?;
     let (_, del) = sustained(&p, 1, 32, budget.sustain).await?;
     report.set("plugin_baseline_evictions_per_s", del);
+    drop(p);
+
+    eprintln!(
+        "evictions: RSS while the peer is down for {:?} under load",
+        budget.outage
+    );
+    let p = pair("", &[]).await?;
+    let (rss_start, rss_end, backlog) = outage(&p, budget.outage).await?;
+    report.set("rss_before_outage_mib", rss_start);
+    report.set("rss_after_outage_mib", rss_end);
+    report.set("outage_backlog_messages", backlog);
     drop(p);
 
     eprintln!("evictions: latency at 1,000/s");

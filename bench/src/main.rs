@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct Budget {
     pub sustain: Duration,
     pub latency_samples: usize,
+    /// How long a peer stays down under load for the RSS-after-outage figure.
+    pub outage: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,11 +34,13 @@ fn main() -> anyhow::Result<()> {
         Budget {
             sustain: Duration::from_secs(3),
             latency_samples: 1_000,
+            outage: Duration::from_secs(15),
         }
     } else {
         Budget {
             sustain: Duration::from_secs(10),
             latency_samples: 5_000,
+            outage: Duration::from_secs(600),
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
