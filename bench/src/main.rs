@@ -6,6 +6,7 @@
 mod evictions;
 mod limits;
 mod report;
+mod sessions;
 
 use std::time::Duration;
 
@@ -51,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         limits::run(&mut report, budget).await?;
         evictions::run(&mut report, budget).await?;
+        sessions::run(&mut report, budget).await?;
         anyhow::Ok(())
     })?;
     report.write(std::path::Path::new(&out_dir), quick)?;

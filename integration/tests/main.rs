@@ -3,4 +3,5 @@
 mod config_fixtures;
 mod process;
 mod receiver;
+mod sessions;
 mod transport;

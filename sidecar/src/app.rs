@@ -19,6 +19,7 @@ use crate::peers::forwarder::ForwarderCtx;
 use crate::peers::outbox::{Outbox, OutboxOptions};
 use crate::peers::Peers;
 use crate::receiver::{Receiver, Stores};
+use crate::sessions::Sessions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,6 +38,8 @@ pub enum StartError {
     },
     #[error("cannot open the outbox: {0}")]
     Outbox(#[from] crate::peers::outbox::OutboxError),
+    #[error("cannot open the web sessions: {0}")]
+    Sessions(#[from] crate::sessions::SessionsError),
     #[error("{0}")]
     Other(String),
 }
@@ -63,6 +66,8 @@ impl Listeners {
 /// A running node.
 pub struct Node {
     state: Arc<AppState>,
+    stop_background: CancellationToken,
+    background: Vec<tokio::task::JoinHandle<()>>,
     handles: Vec<ServerHandle>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     peer_addr: SocketAddr,
@@ -86,10 +91,23 @@ impl Node {
             ..OutboxOptions::default()
         };
         let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
+        let sessions = {
+            let (dir, cfg, m) = (
+                config.shared_dir.clone(),
+                config.websession.clone(),
+                metrics.clone(),
+            );
+            // Opening takes the watcher's first scan of the session tree: off the executor.
+            tokio::task::spawn_blocking(move || Sessions::open(&dir, cfg, m))
+                .await
+                .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
+        };
+        let sessions = Arc::new(sessions);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
                 caches: caches.clone(),
+                sessions: sessions.clone(),
             },
             metrics.clone(),
         )
@@ -139,6 +157,7 @@ impl Node {
             verifier: Arc::new(verifier),
             metrics,
             health: health.clone(),
+            sessions: sessions.clone(),
         });
         let peer_addr = listeners
             .peer
@@ -155,6 +174,8 @@ impl Node {
             .map_err(|e| io(e, local_addr, "localListenUrl"))?;
         let handles = vec![local_server.handle(), peer_server.handle()];
         let servers = vec![tokio::spawn(local_server), tokio::spawn(peer_server)];
+        let stop_background = CancellationToken::new();
+        let background = vec![sessions.spawn_cleanup(stop_background.clone())];
         health.set_ready();
         tracing::info!(
             instance = %config.instance_id,
@@ -165,6 +186,8 @@ impl Node {
         );
         Ok(Node {
             state,
+            stop_background,
+            background,
             handles,
             servers,
             peer_addr,
@@ -197,6 +220,13 @@ impl Node {
             let _ = s.await;
         }
         self.state.peers.shutdown().await;
+        self.stop_background.cancel();
+        for task in self.background {
+            // A cleanup pass in progress finishes on its blocking thread; don't wait for it.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
+        }
+        let sessions = self.state.sessions.clone();
+        let _ = tokio::task::spawn_blocking(move || sessions.stop_watching()).await;
         let outbox = self.state.outbox.clone();
         let _ = tokio::task::spawn_blocking(move || outbox.shutdown()).await;
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");

@@ -31,7 +31,96 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Web session figures (`ha_session_*`).
+#[derive(Default)]
+pub struct SessionMetrics {
+    pub creates: Counter,
+    pub reads: Family<ResultLabel, Counter>,
+    pub refreshes: Counter,
+    pub deletes: Counter,
+    pub quarantined: Counter,
+    pub invalidations: Family<SourceLabel, Counter>,
+    pub cleanup_runs: Counter,
+    pub cleanup_scanned: Counter,
+    pub cleanup_removed: Counter,
+    pub cleanup_seconds: FloatGauge,
+}
+
+impl SessionMetrics {
+    /// Counts one read by its result: `hit` (cache), `miss` (read from the file), `absent`.
+    pub fn read(&self, result: &str) {
+        self.reads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "session_creates",
+            "Web sessions created",
+            self.creates.clone(),
+        );
+        r.register(
+            "session_reads",
+            "Web session reads by result: hit (cache), miss (file read), absent (unknown or expired)",
+            self.reads.clone(),
+        );
+        r.register(
+            "session_refreshes",
+            "Web sessions refreshed",
+            self.refreshes.clone(),
+        );
+        r.register(
+            "session_deletes",
+            "Web sessions deleted (logouts)",
+            self.deletes.clone(),
+        );
+        r.register(
+            "session_quarantined",
+            "Corrupt session files found (by reads and cleanup) and quarantined",
+            self.quarantined.clone(),
+        );
+        r.register(
+            "session_invalidations",
+            "Cached sessions dropped because of a peer's logout or a watched change",
+            self.invalidations.clone(),
+        );
+        r.register(
+            "session_cleanup_runs",
+            "Session cleanup passes",
+            self.cleanup_runs.clone(),
+        );
+        r.register(
+            "session_cleanup_scanned",
+            "Session files looked at by cleanup",
+            self.cleanup_scanned.clone(),
+        );
+        r.register(
+            "session_cleanup_removed",
+            "Expired session files removed by cleanup",
+            self.cleanup_removed.clone(),
+        );
+        r.register(
+            "session_cleanup_last_seconds",
+            "Duration of the last session cleanup pass",
+            self.cleanup_seconds.clone(),
+        );
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -49,6 +138,7 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
+    pub sessions: SessionMetrics,
 }
 
 impl Default for Metrics {
@@ -79,6 +169,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             local_mutations: Family::default(),
+            sessions: SessionMetrics::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -151,12 +242,19 @@ impl Metrics {
             "Mutations accepted on the local API, by kind",
             m.local_mutations.clone(),
         );
+        m.sessions.register(&mut r);
         Metrics { registry: r, ..m }
     }
 
     pub fn peer(peer: &str) -> PeerLabel {
         PeerLabel {
             peer: peer.to_owned(),
+        }
+    }
+
+    pub fn source(source: &str) -> SourceLabel {
+        SourceLabel {
+            source: source.to_owned(),
         }
     }
 

@@ -28,6 +28,8 @@ pub enum ReceiveError {
 /// The stores a peer message may touch.
 pub struct Stores {
     pub caches: Arc<Caches>,
+    /// A peer's logout arrives as an eviction of `web_sessions` keyed by token hashes.
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 pub struct Receiver {
@@ -169,10 +171,18 @@ impl Receiver {
             }
             MessageBody::Eviction { cache, keys } => {
                 self.stores.caches.evict(cache, keys);
+                if cache == crate::sessions::SESSIONS_CACHE {
+                    for k in keys {
+                        self.stores.sessions.invalidate_hash(k);
+                    }
+                }
                 Ok("eviction")
             }
             MessageBody::Flush { cache } => {
                 self.stores.caches.flush(cache);
+                if cache == crate::sessions::SESSIONS_CACHE {
+                    self.stores.sessions.invalidate_all();
+                }
                 Ok("flush")
             }
             MessageBody::Index { .. } => {

@@ -67,6 +67,24 @@ impl From<crate::receiver::ReceiveError> for ApiError {
     }
 }
 
+impl From<crate::sessions::SessionsError> for ApiError {
+    fn from(e: crate::sessions::SessionsError) -> Self {
+        use crate::sessions::SessionsError as E;
+        match e {
+            E::Invalid(m) => ApiError::BadRequest(m),
+            E::TooLarge(m) => ApiError::TooLarge(m),
+            // A corrupt file is reported (log, metric) by the store and answers as absent.
+            E::Corrupt => no_such_session(),
+            E::Storage(m) => ApiError::Internal(format!("web sessions: {m}")),
+        }
+    }
+}
+
+/// The answer for an unknown, expired, malformed or logged-out session (never echoes the token).
+pub fn no_such_session() -> ApiError {
+    ApiError::NotFound("no such session (unknown, expired or logged out)".into())
+}
+
 /// Parses a JSON body, naming the problem (with line and column) when it is not.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)

@@ -17,11 +17,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/cache/{cache}/evict", web::post().to(evict))
         .route("/v1/cache/{cache}/flush", web::post().to(flush))
         .route("/v1/cache/{cache}/{key:.+}", web::put().to(put))
-        .route("/v1/cache/{cache}/{key:.+}", web::get().to(get));
+        .route("/v1/cache/{cache}/{key:.+}", web::get().to(get))
+        .configure(super::sessions::configure);
 }
 
 /// The local API trusts loopback; `localToken`, when set, is required on every mutation and read.
-fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     match &state.config.local_token {
         None => Ok(()),
         Some(t) if bearer(req).is_some_and(|p| t.matches(p)) => Ok(()),

@@ -5,6 +5,7 @@ mod error;
 mod local;
 mod ops;
 mod peer;
+mod sessions;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,7 @@ use crate::metrics::{HttpLabel, Metrics};
 use crate::peers::outbox::Outbox;
 use crate::peers::Peers;
 use crate::receiver::Receiver;
+use crate::sessions::Sessions;
 
 /// Everything a handler may use. Built once per node by `app`.
 pub struct AppState {
@@ -34,6 +36,7 @@ pub struct AppState {
     pub verifier: Arc<crate::auth::Verifier>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub sessions: Arc<Sessions>,
 }
 
 /// Reads a request body up to `limit` bytes; past it, 413 without reading the rest.

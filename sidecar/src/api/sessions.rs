@@ -1,0 +1,147 @@
+//! The web session endpoints of the local API (SPEC §4.1): create, read, refresh, log out.
+//! A token only ever appears in the path of a request and in the body of a create's answer:
+//! errors and logs name a session by nothing (or by its hash prefix, in the store).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::local::{authorize, forward};
+use super::{read_body, ApiError, AppState};
+use crate::metrics::Metrics;
+use crate::sessions::{Sessions, SESSIONS_CACHE};
+use crate::wire::MessageBody;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/sessions", web::post().to(create))
+        .route("/v1/sessions/{token}", web::get().to(get))
+        .route("/v1/sessions/{token}", web::put().to(refresh))
+        .route("/v1/sessions/{token}", web::delete().to(delete));
+}
+
+fn sessions(state: &AppState) -> &std::sync::Arc<Sessions> {
+    &state.sessions
+}
+
+/// Room for the JSON around the fields the store keeps.
+const BODY_SLACK: usize = 1024;
+
+fn not_found() -> ApiError {
+    super::error::no_such_session()
+}
+
+async fn read_object(
+    state: &AppState,
+    payload: web::Payload,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let limit = sessions(state).max_record_bytes() + BODY_SLACK;
+    let body = read_body(payload, limit).await?;
+    match super::error::parse_json::<serde_json::Value>(&body)? {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        )),
+    }
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let mut fields = read_object(&state, payload).await?;
+    let account_id = match fields.remove("account_id") {
+        Some(v) => v.as_u64().ok_or_else(|| {
+            ApiError::BadRequest("`account_id` must be a non-negative integer".into())
+        })?,
+        None => return Err(ApiError::BadRequest("`account_id` is required".into())),
+    };
+    let created = sessions(&state).create(account_id, fields).await?;
+    state
+        .metrics
+        .local_mutations
+        .get_or_create(&Metrics::kind("session_create"))
+        .inc();
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": created.token.as_str(),
+        "expires_at": created.expires_at,
+    })))
+}
+
+async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    match sessions(&state).get(&path.into_inner()).await? {
+        Some(rec) => Ok(HttpResponse::Ok().json(&*rec)),
+        None => Err(not_found()),
+    }
+}
+
+/// Extends the session by `websession.maxAge` and merges the body's fields into it.
+async fn refresh(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let fields = read_object(&state, payload).await?;
+    if fields.contains_key("account_id") {
+        return Err(ApiError::BadRequest(
+            "`account_id` of a session cannot change".into(),
+        ));
+    }
+    let token = path.into_inner();
+    let Some(rec) = sessions(&state).refresh(&token, fields).await? else {
+        return Err(not_found());
+    };
+    if sessions(&state).synchronize() {
+        if let Some(hash) = shared_fs::sessions::token_hash(&token) {
+            forward(
+                &state,
+                MessageBody::Eviction {
+                    cache: SESSIONS_CACHE.into(),
+                    keys: vec![hash.as_str().to_owned()],
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(HttpResponse::Ok().json(&rec))
+}
+
+/// Logs out everywhere: removes the file, drops the cached copy here, and forwards the hash
+/// to every peer so they drop theirs at once.
+async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let Some((deleted, hash)) = sessions(&state).delete(&path.into_inner()).await? else {
+        return Err(not_found());
+    };
+    if !deleted {
+        return Err(not_found());
+    }
+    let forwarded = sessions(&state).synchronize();
+    let mut seq = None;
+    if forwarded {
+        seq = forward(
+            &state,
+            MessageBody::Eviction {
+                cache: SESSIONS_CACHE.into(),
+                keys: vec![hash.as_str().to_owned()],
+            },
+        )
+        .await?;
+    }
+    state
+        .metrics
+        .local_mutations
+        .get_or_create(&Metrics::kind("session_delete"))
+        .inc();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({ "forwarded": forwarded, "seq": seq })))
+}
