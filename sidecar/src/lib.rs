@@ -13,4 +13,5 @@ pub mod index;
 pub mod metrics;
 pub mod peers;
 pub mod receiver;
+pub mod status_cli;
 pub mod wire;

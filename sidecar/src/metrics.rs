@@ -31,6 +31,12 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerStateLabel {
+    pub peer: String,
+    pub state: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -49,6 +55,9 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
+    pub peer_state: Family<PeerStateLabel, Gauge>,
+    pub peer_failures: Family<PeerLabel, Counter>,
+    pub alerts_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +88,9 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             local_mutations: Family::default(),
+            peer_state: Family::default(),
+            peer_failures: Family::default(),
+            alerts_failed: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -150,6 +162,21 @@ impl Metrics {
             "local_mutations",
             "Mutations accepted on the local API, by kind",
             m.local_mutations.clone(),
+        );
+        r.register(
+            "peer_state",
+            "1 for the membership state (up, left, failed) a peer is in, per peer",
+            m.peer_state.clone(),
+        );
+        r.register(
+            "peer_failures",
+            "Times a peer was declared failed (vanished without leaving)",
+            m.peer_failures.clone(),
+        );
+        r.register(
+            "alerts_failed",
+            "Alert webhook calls that failed",
+            m.alerts_failed.clone(),
         );
         Metrics { registry: r, ..m }
     }
