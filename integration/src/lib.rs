@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use ha_sidecar::app::{Listeners, Node};
 use ha_sidecar::config::{self, Secret};
 
+pub mod lb;
+
 /// How long `eventually` waits unless told otherwise; scaled by `HA_TEST_PATIENCE`.
 pub fn patience(base: Duration) -> Duration {
     let k: f64 = std::env::var("HA_TEST_PATIENCE")

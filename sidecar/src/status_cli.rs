@@ -167,7 +167,7 @@ pub fn render(s: &Status) -> String {
             }
             let error = match (&p.last_error, p.last_error_ms) {
                 (Some(e), t) if p.reachable == Some(false) => {
-                    format!("{} ({})", truncate(e, 48), ago(now, t))
+                    format!("{} ({})", truncate(e, 60), ago(now, t))
                 }
                 _ => "-".into(),
             };

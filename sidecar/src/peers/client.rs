@@ -219,11 +219,14 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut msg = format!("{kind}: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
+    // The innermost cause says what happened ("Connection refused"); the chain above it
+    // repeats the URL, which the caller logs anyway.
+    let mut root: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = root.and_then(|r| r.source()) {
+        root = Some(s);
     }
-    msg
+    match root {
+        Some(r) => format!("{kind}: {r}"),
+        None => format!("{kind}: {e}"),
+    }
 }
