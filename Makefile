@@ -6,7 +6,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 BIN        := $(TARGET_DIR)/release/ha-sidecar
 # System packages the tests use (real load balancers, NFS pieces); installed with apt-get when
 # missing and running as root, otherwise the exact command is printed.
-TEST_PACKAGES  ?=
+TEST_PACKAGES  ?= haproxy nginx
 BENCH_PACKAGES ?= redis-server
 
 export HA_SIDECAR_BIN := $(BIN)

@@ -187,17 +187,27 @@ async fn all_from(t: &Traffic, who: &str, n: usize) -> Instant {
 
 /// Drives both load balancers through the same story: drain moves traffic, undrain brings it
 /// back, SIGKILL fails over, `status` shows the outage, the maintenance procedure loses nothing.
-async fn lb_story(
-    lb_kind: &str,
-    dir: &Path,
-    specs: &[NodeSpec],
-    a: &mut Proc,
-    b: &mut Proc,
+/// One load balancer in front of nodes A and B: its two frontends and how to drive them.
+struct LbSetup<'a> {
+    kind: &'static str,
+    specs: &'a [NodeSpec],
+    /// The active/passive frontend (node-a primary, node-b backup) and its port.
     passive: Lb,
-    active: Lb,
     f1: u16,
+    /// The active/active frontend and its port.
+    active: Lb,
     f2: u16,
-) {
+}
+
+async fn lb_story(setup: LbSetup<'_>, a: &mut Proc, b: &mut Proc) {
+    let LbSetup {
+        kind: lb_kind,
+        specs,
+        passive,
+        f1,
+        active,
+        f2,
+    } = setup;
     let h = http();
     let (ap, bp) = (specs[0].peer_url(), specs[1].peer_url());
     // Active/passive: node-a takes all traffic.
@@ -344,7 +354,6 @@ async fn lb_story(
         "{lb_kind}: failed requests during maintenance: {:?}",
         t1.failures()
     );
-    let _ = dir;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,15 +409,16 @@ async fn haproxy_drain_kill_and_maintenance() {
         backend: "masters-active-active",
     };
     lb_story(
-        "haproxy",
-        dir.path(),
-        &specs,
+        LbSetup {
+            kind: "haproxy",
+            specs: &specs,
+            passive,
+            f1,
+            active,
+            f2,
+        },
         &mut a,
         &mut b,
-        passive,
-        active,
-        f1,
-        f2,
     )
     .await;
 }
@@ -485,15 +495,16 @@ async fn nginx_passive_failover_drain_by_reload_and_maintenance() {
     };
     let active = Lb::Nginx { prefix, conf, text };
     lb_story(
-        "nginx",
-        dir.path(),
-        &specs,
+        LbSetup {
+            kind: "nginx",
+            specs: &specs,
+            passive,
+            f1,
+            active,
+            f2,
+        },
         &mut a,
         &mut b,
-        passive,
-        active,
-        f1,
-        f2,
     )
     .await;
 }
@@ -776,22 +787,15 @@ async fn dns_strategy_forwards_to_every_record() {
     }
     // An eviction on node 0 reaches both records.
     let l0 = nodes[0].local_url();
-    for i in 1..3 {
+    for n in &nodes[1..] {
         assert_eq!(
-            api::put(
-                &h,
-                &nodes[i].local_url(),
-                "projects",
-                "k",
-                serde_json::json!(1)
-            )
-            .await,
+            api::put(&h, &n.local_url(), "projects", "k", serde_json::json!(1)).await,
             204
         );
     }
     assert_eq!(api::evict(&h, &l0, "projects", &["k"]).await, 202);
-    for i in 1..3 {
-        let l = nodes[i].local_url();
+    for n in &nodes[1..] {
+        let l = n.local_url();
         eventually(
             "eviction reached a dns peer",
             Duration::from_secs(10),

@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(human_duration(850), "850ms");
         assert_eq!(human_duration(12_300), "12.3s");
         assert_eq!(human_duration(245_000), "4m05s");
-        assert_eq!(human_duration(3 * 3600_000 + 12 * 60_000), "3h12m");
-        assert_eq!(human_duration(2 * 86_400_000 + 4 * 3600_000), "2d04h");
+        assert_eq!(human_duration(3 * 3_600_000 + 12 * 60_000), "3h12m");
+        assert_eq!(human_duration(2 * 86_400_000 + 4 * 3_600_000), "2d04h");
     }
 }
