@@ -121,8 +121,12 @@ impl Traffic {
         let answers = Arc::new(Mutex::new(Vec::new()));
         let a = answers.clone();
         let task = tokio::spawn(async move {
+            // A new connection per request: a kept-alive connection that the load balancer
+            // closes (nginx's old workers after a reload) races the next request on it, a
+            // client-side artefact that browsers retry and that would hide real failures here.
             let http = reqwest::Client::builder()
                 .no_proxy()
+                .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap();

@@ -93,6 +93,9 @@ pub enum Source {
         view: Mutex<MembersView>,
         ttl: Duration,
         own_id: String,
+        /// This node is reached on a routable address: a member advertising loopback would be
+        /// reached on this host, not on its own, so it is skipped.
+        own_routable: bool,
     },
     Dns {
         name: String,
@@ -117,13 +120,22 @@ impl Source {
                     presence: Presence::Fresh,
                 })
                 .collect()),
-            Source::SharedFs { view, ttl, own_id } => {
+            Source::SharedFs {
+                view,
+                ttl,
+                own_id,
+                own_routable,
+            } => {
                 let members = view.lock().expect("members view lock").refresh(*ttl)?;
                 Ok(members
                     .into_iter()
                     .filter(|m| &m.heartbeat.instance_id != own_id)
                     .filter_map(|m| {
                         let url = peer_url(&m.heartbeat.listen_url)?;
+                        if *own_routable && is_loopback(&url) {
+                            tracing::warn!(peer = %m.heartbeat.instance_id, url = %url, "a member advertises a loopback address while this node does not: set its sidecar.advertiseUrl; ignored");
+                            return None;
+                        }
                         let presence = match (m.heartbeat.state, m.fresh) {
                             (HbState::Leaving, _) => Presence::Leaving,
                             (HbState::Up, true) => Presence::Fresh,
@@ -170,6 +182,15 @@ impl Source {
                     .collect())
             }
         }
+    }
+}
+
+pub(crate) fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -289,9 +310,10 @@ mod tests {
         );
         b.write(false).unwrap();
         let src = Source::SharedFs {
-            view: Mutex::new(MembersView::new(members)),
+            view: Mutex::new(MembersView::new(members.clone())),
             ttl: Duration::from_secs(30),
             own_id: "a".into(),
+            own_routable: true,
         };
         let found = src.discover().unwrap();
         assert_eq!(found.len(), 1);
@@ -300,6 +322,15 @@ mod tests {
         assert_eq!(found[0].presence, Presence::Fresh);
         b.write(true).unwrap();
         assert_eq!(src.discover().unwrap()[0].presence, Presence::Leaving);
+        // A member advertising loopback while this node is routable is not a peer.
+        Heartbeats::new(
+            members.clone(),
+            "local",
+            &url::Url::parse("http://127.0.0.1:7710/").unwrap(),
+        )
+        .write(false)
+        .unwrap();
+        assert_eq!(src.discover().unwrap().len(), 1);
         b.remove().unwrap();
         assert!(src.discover().unwrap().is_empty());
     }

@@ -94,6 +94,7 @@ impl Membership {
                     view: Mutex::new(shared_fs::MembersView::new(members)),
                     ttl: *ttl,
                     own_id: config.instance_id.clone(),
+                    own_routable: !super::discovery::is_loopback(&config.advertise_url),
                 }))
             }
             Discovery::Dns {
@@ -191,14 +192,15 @@ impl Membership {
         let mut next_resolve = Instant::now();
         let mut first = true;
         loop {
-            self.write_heartbeat(false).await;
-            if Instant::now() >= next_resolve {
+            let resolve = Instant::now() >= next_resolve;
+            if resolve {
                 next_resolve = Instant::now() + dns_every;
-                self.discover().await;
             }
-            self.probe_all().await;
-            self.expire();
-            self.save_roster().await;
+            // A hung peer or NFS server must not hold up a shutdown: the round is abandoned.
+            tokio::select! {
+                _ = self.round(resolve) => {}
+                _ = stop.cancelled() => return,
+            }
             if first {
                 first = false;
                 tokio::spawn(self.clone().catch_up(stop.clone()));
@@ -208,6 +210,16 @@ impl Membership {
                 _ = stop.cancelled() => return,
             }
         }
+    }
+
+    async fn round(&self, resolve: bool) {
+        self.write_heartbeat(false).await;
+        if resolve {
+            self.discover().await;
+        }
+        self.probe_all().await;
+        self.expire();
+        self.save_roster().await;
     }
 
     async fn write_heartbeat(&self, leaving: bool) {
