@@ -6,7 +6,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 BIN        := $(TARGET_DIR)/release/ha-sidecar
 # System packages the tests use (real load balancers, NFS pieces); installed with apt-get when
 # missing and running as root, otherwise the exact command is printed.
-TEST_PACKAGES  ?= nfs-ganesha nfs-ganesha-vfs rpcbind gvfs-fuse gvfs-backends libglib2.0-bin dbus iproute2 util-linux
+TEST_PACKAGES  ?= haproxy nginx nfs-ganesha nfs-ganesha-vfs rpcbind gvfs-fuse gvfs-backends libglib2.0-bin dbus iproute2 util-linux
 BENCH_PACKAGES ?= redis-server
 
 export HA_SIDECAR_BIN := $(BIN)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ha_sidecar::app::{Listeners, Node};
 use ha_sidecar::config::{self, Secret};
 
+pub mod lb;
 pub mod nfs;
 
 /// How long `eventually` waits unless told otherwise; scaled by `HA_TEST_PATIENCE`.

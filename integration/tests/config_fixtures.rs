@@ -133,3 +133,39 @@ fn embedded_defaults_are_a_single_loopback_node() {
     assert_eq!(c.data_dir, PathBuf::from("./var/data"));
     assert!(matches!(&c.peers.discovery, config::Discovery::Static { urls } if urls.is_empty()));
 }
+
+#[test]
+fn discovery_strategies_and_membership_keys_parse() {
+    let none = BTreeMap::new();
+    let (c, _) = load(&fixtures().join("valid/shared-fs.config"), &none).unwrap();
+    assert_eq!(
+        c.peers.discovery,
+        config::Discovery::SharedFs {
+            heartbeat: std::time::Duration::from_secs(5),
+            ttl: std::time::Duration::from_secs(30)
+        }
+    );
+    assert_eq!(c.advertise_url.as_str(), "http://10.0.0.11:7710/");
+    assert_eq!(c.trusted_proxies.len(), 2);
+    assert!(c.trusted_proxies[0].contains("10.1.2.3".parse().unwrap()));
+    assert_eq!(c.catch_up_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(
+        c.peers.retain_absent,
+        std::time::Duration::from_secs(86_400)
+    );
+    let (c, _) = load(&fixtures().join("valid/dns.config"), &none).unwrap();
+    match c.peers.discovery {
+        config::Discovery::Dns {
+            name,
+            port,
+            interval,
+            hosts_file,
+        } => {
+            assert_eq!(name, "ha-sidecar.review.svc.cluster.local");
+            assert_eq!(port, 7710);
+            assert_eq!(interval, std::time::Duration::from_secs(10));
+            assert_eq!(hosts_file, None);
+        }
+        other => panic!("{other:?}"),
+    }
+}

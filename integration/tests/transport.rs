@@ -143,8 +143,11 @@ async fn refused_messages_are_dead_lettered_and_do_not_block() {
     );
     assert_eq!(lines[0]["message"]["to"], "mars");
     assert_eq!(lines[1]["status"], 400);
-    let st = api::status(&h, &a.peer_url()).await;
-    assert_eq!(st["peers"][0]["outbox_depth"], 0);
+    // The dead letter is counted just before its batch is acknowledged: wait for the ack.
+    eventually("outbox empty", Duration::from_secs(5), || async {
+        api::status(&h, &metrics).await["peers"][0]["outbox_depth"] == 0
+    })
+    .await;
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -210,17 +213,19 @@ async fn secret_rotation_without_downtime() {
         },
     )
     .await;
+    // B also refuses A's other signed calls (the catch-up after start), so wait for A's own
+    // delivery attempt to have failed too.
+    let a_url = a.peer_url();
+    eventually("A reports the 401", Duration::from_secs(10), || async {
+        api::status(&h, &a_url).await["peers"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("401"))
+    })
+    .await;
     let st = api::status(&h, &a.peer_url()).await;
     assert_eq!(
         st["peers"][0]["outbox_depth"], 1,
         "kept for retry, not dropped: {st}"
-    );
-    assert!(
-        st["peers"][0]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("401"),
-        "{st}"
     );
     a.shutdown().await;
     b.shutdown().await;

@@ -10,12 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::auth::Verifier;
 use crate::cache::Caches;
-use crate::config::{Config, Discovery};
+use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
 use crate::peers::deadletter::DeadLetters;
 use crate::peers::forwarder::ForwarderCtx;
+use crate::peers::membership::Membership;
 use crate::peers::outbox::{Outbox, OutboxOptions};
 use crate::peers::Peers;
 use crate::receiver::{Receiver, Stores};
@@ -72,6 +73,8 @@ pub struct Node {
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
+    membership_stop: CancellationToken,
+    membership_task: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -136,18 +139,15 @@ impl Node {
             },
             CancellationToken::new(),
         ));
-        match &config.peers.discovery {
-            Discovery::Static { urls } => {
-                for u in urls {
-                    peers.add(u.clone())?;
-                }
-            }
-            other => {
-                return Err(StartError::Other(format!(
-                    "peer discovery {other:?} is not available in this version; use peerInfo.strategy = static"
-                )))
-            }
-        }
+        let membership = Arc::new(
+            Membership::new(
+                config.clone(),
+                peers.clone(),
+                metrics.clone(),
+                health.clone(),
+            )
+            .map_err(StartError::Other)?,
+        );
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
@@ -158,6 +158,7 @@ impl Node {
             metrics,
             health: health.clone(),
             sessions: sessions.clone(),
+            membership: membership.clone(),
         });
         let peer_addr = listeners
             .peer
@@ -176,7 +177,10 @@ impl Node {
         let servers = vec![tokio::spawn(local_server), tokio::spawn(peer_server)];
         let stop_background = CancellationToken::new();
         let background = vec![sessions.spawn_cleanup(stop_background.clone())];
-        health.set_ready();
+        // 503 "catching up" until the peers have delivered what they held for this node.
+        health.set_catching_up();
+        let membership_stop = CancellationToken::new();
+        let membership_task = tokio::spawn(membership.run(membership_stop.clone()));
         tracing::info!(
             instance = %config.instance_id,
             listen = %peer_addr,
@@ -192,6 +196,8 @@ impl Node {
             servers,
             peer_addr,
             local_addr,
+            membership_stop,
+            membership_task,
         })
     }
 
@@ -209,10 +215,14 @@ impl Node {
         format!("http://{}/", self.local_addr)
     }
 
-    /// Graceful stop: health goes 503, listeners stop accepting, in-flight requests finish,
+    /// Graceful stop: health goes 503, peers are told this node leaves (and its heartbeat is
+    /// removed), listeners stop accepting, in-flight requests finish,
     /// forwarders stop, the outbox commits what it holds and closes.
     pub async fn shutdown(self) {
         self.state.health.set_stopping();
+        self.membership_stop.cancel();
+        let _ = self.membership_task.await;
+        self.state.membership.leave().await;
         for h in &self.handles {
             h.stop(true).await;
         }

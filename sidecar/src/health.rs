@@ -34,6 +34,13 @@ impl Health {
         self.phase.store(CATCHING_UP, Ordering::SeqCst);
     }
 
+    /// Catching up is over: healthy unless a stop began meanwhile.
+    pub fn finish_catching_up(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(CATCHING_UP, READY, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
     pub fn set_stopping(&self) {
         self.phase.store(STOPPING, Ordering::SeqCst);
     }

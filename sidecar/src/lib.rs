@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod peers;
 pub mod receiver;
 pub mod sessions;
+pub mod status_cli;
 pub mod wire;

@@ -36,6 +36,15 @@ enum Command {
     },
     /// A two-node cluster on loopback with a simulated master's traffic, until Ctrl-C.
     Demo,
+    /// The cluster as one node sees it, as a table (exit 0 ok, 1 warning, 2 error, 3 no answer).
+    Status {
+        /// The node's listenUrl, e.g. http://master-1:7710/
+        #[arg(long)]
+        url: String,
+        /// Print the raw JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,7 @@ fn main() -> ExitCode {
             run(path, &env)
         }
         Command::Demo => runtime().block_on(ha_sidecar::demo::run()),
+        Command::Status { url, json } => status(&url, json),
     }
 }
 
@@ -98,6 +108,28 @@ fn check_config(path: &std::path::Path, env: &BTreeMap<String, String>) -> ExitC
     } else {
         println!("{}: {} error(s)", path.display(), report.errors.len());
         ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+fn status(url: &str, json: bool) -> ExitCode {
+    use ha_sidecar::status_cli;
+    let fetched = runtime().block_on(status_cli::fetch(url, std::time::Duration::from_secs(10)));
+    match fetched {
+        Ok(s) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s.raw).unwrap_or_default()
+                );
+            } else {
+                print!("{}", status_cli::render(&s));
+            }
+            ExitCode::from(status_cli::exit_code(&s))
+        }
+        Err(e) => {
+            eprintln!("ha-sidecar status: {e}");
+            ExitCode::from(3)
+        }
     }
 }
 

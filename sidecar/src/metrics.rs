@@ -41,6 +41,12 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerStateLabel {
+    pub peer: String,
+    pub state: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Web session figures (`ha_session_*`).
@@ -139,6 +145,9 @@ pub struct Metrics {
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
     pub sessions: SessionMetrics,
+    pub peer_state: Family<PeerStateLabel, Gauge>,
+    pub peer_failures: Family<PeerLabel, Counter>,
+    pub alerts_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -170,6 +179,9 @@ impl Metrics {
             }),
             local_mutations: Family::default(),
             sessions: SessionMetrics::default(),
+            peer_state: Family::default(),
+            peer_failures: Family::default(),
+            alerts_failed: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -243,6 +255,21 @@ impl Metrics {
             m.local_mutations.clone(),
         );
         m.sessions.register(&mut r);
+        r.register(
+            "peer_state",
+            "1 for the membership state (up, left, failed) a peer is in, per peer",
+            m.peer_state.clone(),
+        );
+        r.register(
+            "peer_failures",
+            "Times a peer was declared failed (vanished without leaving)",
+            m.peer_failures.clone(),
+        );
+        r.register(
+            "alerts_failed",
+            "Alert webhook calls that failed",
+            m.alerts_failed.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 

@@ -1,6 +1,7 @@
 //! The HTTP layer: the only module that imports actix-web. Two listeners: the local API for the
 //! master (`localListenUrl`) and the peer/stream/ops API (`listenUrl`).
 
+mod access;
 mod error;
 mod local;
 mod ops;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub sessions: Arc<Sessions>,
+    pub membership: Arc<crate::peers::membership::Membership>,
 }
 
 /// Reads a request body up to `limit` bytes; past it, 413 without reading the rest.
@@ -80,25 +82,46 @@ macro_rules! build_app {
         let state = $state.clone();
         let instance = state.config.instance_id.clone();
         let metrics = state.metrics.clone();
+        let trusted = state.config.trusted_proxies.clone();
         App::new()
             .app_data(web::Data::from(state))
             .wrap(DefaultHeaders::new().add(("X-HA-Instance", instance)))
             .wrap_fn(move |req, srv| {
                 let start = Instant::now();
                 let method = req.method().to_string();
+                let path = access::loggable_path(req.path()).to_owned();
+                let xff: Vec<&str> = req
+                    .headers()
+                    .get_all("x-forwarded-for")
+                    .filter_map(|v| v.to_str().ok())
+                    .collect();
+                let client = access::client_ip(
+                    req.peer_addr().map(|a| a.ip()),
+                    &xff,
+                    &trusted,
+                );
                 let metrics = metrics.clone();
                 let fut = srv.call(req);
                 async move {
                     let res = fut.await?;
+                    let status = res.status().as_u16();
+                    let elapsed = start.elapsed();
+                    let client = client.map(|c| c.to_string()).unwrap_or_default();
+                    let ms = elapsed.as_secs_f64() * 1000.0;
+                    if access::is_noisy(&path) {
+                        tracing::debug!(target: "access", listener = $listener, client = %client, method = %method, path = %path, status, ms, "request");
+                    } else {
+                        tracing::info!(target: "access", listener = $listener, client = %client, method = %method, path = %path, status, ms, "request");
+                    }
                     let label = HttpLabel {
                         listener: $listener.to_owned(),
                         method,
-                        status: res.status().as_u16().to_string(),
+                        status: status.to_string(),
                     };
                     metrics
                         .http_seconds
                         .get_or_create(&label)
-                        .observe(start.elapsed().as_secs_f64());
+                        .observe(elapsed.as_secs_f64());
                     Ok(res)
                 }
             })

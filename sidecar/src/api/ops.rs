@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{bearer, ApiError, AppState};
 use crate::peers::outbox::now_ms;
+use crate::peers::MemberState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/livez", web::get().to(livez))
@@ -87,7 +88,16 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 #[derive(Serialize)]
 struct PeerView {
+    key: String,
     url: String,
+    instance_id: Option<String>,
+    /// Membership: up, left or failed.
+    state: &'static str,
+    state_since_ms: u64,
+    /// Discovery lists it and this node forwards to it.
+    present: bool,
+    /// While absent: when its queue (still filled) is deleted.
+    retained_until_ms: Option<u64>,
     reachable: Option<bool>,
     outbox_depth: u64,
     oldest_undelivered_age_ms: Option<u64>,
@@ -98,19 +108,10 @@ struct PeerView {
     level: &'static str,
 }
 
-async fn peers(state: web::Data<AppState>) -> HttpResponse {
-    let list: Vec<_> = state
-        .peers
-        .list()
-        .iter()
-        .map(|p| serde_json::json!({"url": p.key}))
-        .collect();
-    HttpResponse::Ok().json(serde_json::json!({ "peers": list }))
-}
-
-async fn status(state: web::Data<AppState>) -> HttpResponse {
+fn peer_views(state: &AppState) -> Vec<PeerView> {
     let now = now_ms();
-    let peers: Vec<PeerView> = state
+    let retain = state.config.peers.retain_absent.as_millis() as u64;
+    state
         .peers
         .list()
         .iter()
@@ -123,13 +124,22 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
                 .map(|t| now.saturating_sub(t));
             let level = if q.pending >= 100_000 || age.is_some_and(|a| a > 3_600_000) {
                 "error"
-            } else if q.pending >= 1_000 || s.reachable == Some(false) {
+            } else if q.pending >= 1_000
+                || s.state == MemberState::Failed
+                || (s.state == MemberState::Up && s.reachable == Some(false))
+            {
                 "warning"
             } else {
                 "ok"
             };
             PeerView {
-                url: p.key.clone(),
+                key: p.key.clone(),
+                url: p.url().to_string(),
+                instance_id: s.instance_id,
+                state: s.state.as_str(),
+                state_since_ms: s.state_since_ms,
+                present: p.is_forwarding(),
+                retained_until_ms: s.absent_since_ms.map(|t| t + retain),
                 reachable: s.reachable,
                 outbox_depth: q.pending,
                 oldest_undelivered_age_ms: age,
@@ -140,12 +150,41 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
                 level,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The peers this node forwards to now, and the absent ones whose backlog is retained.
+async fn peers(state: web::Data<AppState>) -> HttpResponse {
+    let (present, retained): (Vec<_>, Vec<_>) =
+        peer_views(&state).into_iter().partition(|p| p.present);
+    let brief = |p: &PeerView| {
+        serde_json::json!({
+            "key": p.key, "url": p.url, "instance_id": p.instance_id, "state": p.state,
+            "retained_until_ms": p.retained_until_ms, "outbox_depth": p.outbox_depth,
+        })
+    };
+    HttpResponse::Ok().json(serde_json::json!({
+        "strategy": state.config.peers.discovery.name(),
+        "peers": present.iter().map(brief).collect::<Vec<_>>(),
+        "retained": retained.iter().map(brief).collect::<Vec<_>>(),
+    }))
+}
+
+async fn status(state: web::Data<AppState>) -> HttpResponse {
+    let peers = peer_views(&state);
+    let level = ["error", "warning"]
+        .into_iter()
+        .find(|l| peers.iter().any(|p| p.level == *l))
+        .unwrap_or("ok");
     HttpResponse::Ok().json(serde_json::json!({
         "instance_id": state.config.instance_id,
         "version": env!("CARGO_PKG_VERSION"),
+        "url": state.config.advertise_url.as_str(),
+        "now_ms": now_ms(),
         "health": state.health.unhealthy_reason().unwrap_or("healthy"),
         "drained": state.health.is_drained(),
+        "strategy": state.config.peers.discovery.name(),
+        "level": level,
         "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
         "peers": peers,
     }))

@@ -5,10 +5,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::{read_body, ApiError, AppState};
 use crate::auth::{self, SignatureHeaders};
 use crate::metrics::ReasonLabel;
+use crate::peers::membership::Hello;
 use crate::wire::Batch;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/peer/batch", web::post().to(batch));
+    cfg.route("/v1/peer/batch", web::post().to(batch))
+        .route("/v1/peer/leave", web::post().to(leave))
+        .route("/v1/peer/backlog", web::post().to(backlog));
 }
 
 fn signature_headers(req: &HttpRequest) -> Option<SignatureHeaders> {
@@ -81,4 +84,33 @@ async fn batch(
         .apply_batch(&batch.origin, &batch.messages)
         .await?;
     Ok(HttpResponse::Ok().json(reply))
+}
+
+/// A peer stopping gracefully says goodbye: it is reported as left, not failed.
+async fn leave(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, 64 << 10).await?;
+    authenticate(&state, &req, &body)?;
+    let hello: Hello = super::error::parse_json(&body)?;
+    let known = state.membership.on_leave(&hello);
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "known": known })))
+}
+
+/// A restarted peer asks how much this node still holds for it (and so wakes its forwarder).
+async fn backlog(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(payload, 64 << 10).await?;
+    authenticate(&state, &req, &body)?;
+    let hello: Hello = super::error::parse_json(&body)?;
+    let pending = state.membership.on_backlog(&hello);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "known": pending.is_some(),
+        "pending": pending.unwrap_or(0),
+    })))
 }

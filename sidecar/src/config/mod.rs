@@ -12,7 +12,7 @@ pub use validate::KNOWN_KEYS;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,9 +56,71 @@ impl ListenUrl {
 /// How this node finds its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
-    Static { urls: Vec<url::Url> },
-    SharedFs { heartbeat: Duration, ttl: Duration },
-    Dns { name: String, port: u16 },
+    Static {
+        urls: Vec<url::Url>,
+    },
+    SharedFs {
+        heartbeat: Duration,
+        ttl: Duration,
+    },
+    Dns {
+        name: String,
+        port: u16,
+        /// How often the name is resolved again.
+        interval: Duration,
+        /// Resolve from this hosts-format file instead of the system resolver (tests, fixed lists).
+        hosts_file: Option<PathBuf>,
+    },
+}
+
+impl Discovery {
+    /// The strategy's name as configured.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Discovery::Static { .. } => "static",
+            Discovery::SharedFs { .. } => "shared-fs",
+            Discovery::Dns { .. } => "dns",
+        }
+    }
+}
+
+/// An address block (`10.0.0.0/8`, `::1/128`; a bare address is a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, len)) => (ip.parse::<IpAddr>().ok()?, Some(len.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr: ip, prefix })
+    }
+
+    /// True if `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn bits(a: &[u8], b: &[u8], prefix: u8) -> bool {
+            let (full, rest) = ((prefix / 8) as usize, prefix % 8);
+            a[..full] == b[..full]
+                && (rest == 0 || (a[full] ^ b[full]) & (0xffu8 << (8 - rest)) == 0)
+        }
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => bits(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => bits(&net.octets(), &ip.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +206,13 @@ pub struct Config {
     pub local_listen: ListenUrl,
     pub local_token: Option<Secret>,
     pub admin_token: Option<Secret>,
-    pub trusted_proxies: Vec<String>,
+    /// The URL peers reach this node at (`sidecar.advertiseUrl`, else `listenUrl`); written
+    /// into its heartbeat and sent when it leaves.
+    pub advertise_url: url::Url,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Longest time `/health` says "catching up" after a start while peers deliver the backlog.
+    pub catch_up_timeout: Duration,
     /// Actix workers per listener.
     pub workers: usize,
     pub shutdown_grace: Duration,
@@ -160,6 +228,18 @@ pub struct Config {
     pub limits: Limits,
     /// True when no file was given and the embedded defaults are in force.
     pub embedded_defaults: bool,
+}
+
+impl Config {
+    /// False when the advertised URL is a wildcard address (0.0.0.0, ::) nobody can reach.
+    pub fn advertise_url_is_usable(&self) -> bool {
+        match self.advertise_url.host() {
+            Some(url::Host::Ipv4(ip)) => !ip.is_unspecified(),
+            Some(url::Host::Ipv6(ip)) => !ip.is_unspecified(),
+            Some(url::Host::Domain(_)) => true,
+            None => false,
+        }
+    }
 }
 
 /// One problem in a config, named by its key.
@@ -254,5 +334,25 @@ pub fn load_path(
                 warnings: vec![],
             }),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cidr;
+
+    #[test]
+    fn cidr_contains() {
+        let c = |t| Cidr::parse(t).unwrap();
+        assert!(c("10.0.0.0/8").contains("10.2.3.4".parse().unwrap()));
+        assert!(!c("10.0.0.0/8").contains("11.0.0.1".parse().unwrap()));
+        assert!(c("192.168.1.128/25").contains("192.168.1.200".parse().unwrap()));
+        assert!(!c("192.168.1.128/25").contains("192.168.1.100".parse().unwrap()));
+        assert!(c("127.0.0.1").contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(c("::1").contains("::1".parse().unwrap()));
+        assert!(c("0.0.0.0/0").contains("8.8.8.8".parse().unwrap()));
+        assert!(!c("::/0").contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert!(Cidr::parse("nope/8").is_none());
     }
 }

@@ -18,7 +18,9 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("sidecar", None, "localListenUrl", false),
     ("sidecar", None, "localToken", false),
     ("sidecar", None, "adminToken", false),
+    ("sidecar", None, "advertiseUrl", false),
     ("sidecar", None, "trustedProxies", true),
+    ("sidecar", None, "catchUpTimeout", false),
     ("sidecar", None, "workers", false),
     ("sidecar", None, "shutdownGrace", false),
     ("sidecar", None, "maxLocalBody", false),
@@ -31,6 +33,8 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("peerInfo", Some("shared-fs"), "ttl", false),
     ("peerInfo", Some("dns"), "name", false),
     ("peerInfo", Some("dns"), "port", false),
+    ("peerInfo", Some("dns"), "interval", false),
+    ("peerInfo", Some("dns"), "hostsFile", false),
     ("auth", None, "secretFile", true),
     ("auth", None, "maxClockSkew", false),
     ("http", None, "user", false),
@@ -406,7 +410,24 @@ pub(super) fn validate(
                 v.err("peerInfo.dns.port", format!("{port} is not a port number"));
                 0
             });
-            Discovery::Dns { name, port }
+            let interval = v.duration("peerinfo", Some("dns"), "interval", Duration::from_secs(10));
+            if interval.is_zero() {
+                v.err("peerInfo.dns.interval", "must be above zero");
+            }
+            let hosts_file = v.string("peerinfo", Some("dns"), "hostsFile").map(|p| {
+                let p = PathBuf::from(p);
+                if p.is_absolute() {
+                    p
+                } else {
+                    base_dir.join(p)
+                }
+            });
+            Discovery::Dns {
+                name,
+                port,
+                interval,
+                hosts_file,
+            }
         }
         other => {
             v.err(
@@ -416,14 +437,8 @@ pub(super) fn validate(
             Discovery::Static { urls: vec![] }
         }
     };
-    if !matches!(discovery, Discovery::Static { .. }) {
-        // Parsed above so check-config reports their keys; the discovery itself is not built yet.
-        v.err(
-            "peerInfo.strategy",
-            format!("`{strategy}` discovery is not available in this version yet; use static"),
-        );
-    }
     let has_peers = !matches!(&discovery, Discovery::Static { urls } if urls.is_empty());
+    let advertise_url = advertise_url(&mut v, &listen, &discovery);
     let retain_absent = v.duration(
         "peerinfo",
         None,
@@ -582,13 +597,12 @@ pub(super) fn validate(
             });
     let mut trusted_proxies = Vec::new();
     for cidr in raw.all("sidecar", None, "trustedproxies") {
-        if valid_cidr(cidr.trim()) {
-            trusted_proxies.push(cidr.trim().to_owned());
-        } else {
-            v.err(
+        match Cidr::parse(cidr.trim()) {
+            Some(c) => trusted_proxies.push(c),
+            None => v.err(
                 "sidecar.trustedProxies",
                 format!("`{cidr}` is not a CIDR (e.g. 10.0.0.0/8)"),
-            );
+            ),
         }
     }
     let limits = Limits {
@@ -613,7 +627,9 @@ pub(super) fn validate(
         local_listen,
         local_token,
         admin_token,
+        advertise_url,
         trusted_proxies,
+        catch_up_timeout: v.duration("sidecar", None, "catchUpTimeout", Duration::from_secs(30)),
         workers: v.number("sidecar", None, "workers", 2, 1) as usize,
         shutdown_grace: v.duration("sidecar", None, "shutdownGrace", Duration::from_secs(10)),
         peers: PeersConfig {
@@ -639,13 +655,38 @@ pub(super) fn validate(
     Some(config)
 }
 
-fn valid_cidr(text: &str) -> bool {
-    let Some((ip, len)) = text.split_once('/') else {
-        return text.parse::<IpAddr>().is_ok();
-    };
-    match (ip.parse::<IpAddr>(), len.parse::<u8>()) {
-        (Ok(IpAddr::V4(_)), Ok(l)) => l <= 32,
-        (Ok(IpAddr::V6(_)), Ok(l)) => l <= 128,
-        _ => false,
+/// The URL written into this node's heartbeat: `sidecar.advertiseUrl`, else `listenUrl` unless
+/// that binds every interface (0.0.0.0 tells a peer nothing).
+fn advertise_url(v: &mut V<'_>, listen: &ListenUrl, discovery: &Discovery) -> url::Url {
+    let key = "sidecar.advertiseUrl";
+    if let Some(text) = v.string("sidecar", None, "advertiseUrl") {
+        return match url::Url::parse(&text) {
+            Ok(mut u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                if !u.path().ends_with('/') {
+                    let p = format!("{}/", u.path());
+                    u.set_path(&p);
+                }
+                u
+            }
+            Ok(_) => {
+                v.err(
+                    key,
+                    format!("`{text}` must be an http:// or https:// URL with a host"),
+                );
+                listen.url.clone()
+            }
+            Err(e) => {
+                v.err(key, format!("`{text}` is not a URL: {e}"));
+                listen.url.clone()
+            }
+        };
     }
+    if listen.addr.ip().is_unspecified() && matches!(discovery, Discovery::SharedFs { .. }) {
+        v.err(
+            key,
+            "required with peerInfo.strategy = shared-fs when sidecar.listenUrl binds every \
+             interface: peers need an address they can reach this node at",
+        );
+    }
+    listen.url.clone()
 }

@@ -114,6 +114,103 @@ impl PeerClient {
     }
 }
 
+/// What a readiness probe of a peer found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `/readyz` answered 200; the peer's `X-HA-Instance`.
+    Ready(Option<String>),
+    /// The peer answered, but is not ready (starting, shutting down).
+    NotReady(Option<String>),
+    /// No answer: refused, timed out.
+    Unreachable(String),
+}
+
+impl PeerClient {
+    /// `GET <base>readyz` with a short timeout.
+    pub async fn probe(&self, base: &url::Url, timeout: Duration) -> Probe {
+        let Ok(url) = base.join("readyz") else {
+            return Probe::Unreachable(format!("bad peer url {base}"));
+        };
+        match self.http.get(url).timeout(timeout).send().await {
+            Ok(r) => {
+                let id = r
+                    .headers()
+                    .get("x-ha-instance")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if r.status().is_success() {
+                    Probe::Ready(id)
+                } else {
+                    Probe::NotReady(id)
+                }
+            }
+            Err(e) => Probe::Unreachable(describe(&e)),
+        }
+    }
+
+    /// Signs and POSTs a JSON body to `<base><path>` (a `/v1/peer/` endpoint); returns the
+    /// status and the reply body.
+    pub async fn post_signed(
+        &self,
+        base: &url::Url,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let url = base
+            .join(path.trim_start_matches('/'))
+            .map_err(|e| format!("bad peer url {base}: {e}"))?;
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| "no auth.secretFile configured".to_owned())?;
+        let sig = auth::sign(
+            secret,
+            "POST",
+            url.path(),
+            &body,
+            crate::peers::outbox::now_ms(),
+        );
+        let resp = self
+            .http
+            .post(url)
+            .timeout(timeout)
+            .header("content-type", "application/json")
+            .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
+            .header(auth::HEADER_NONCE, &sig.nonce)
+            .header(auth::HEADER_SIGNATURE, &sig.signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| describe(&e))?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// POSTs an alert (unsigned JSON) to the operator's webhook.
+    pub async fn post_alert(
+        &self,
+        url: &url::Url,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let r = self
+            .http
+            .post(url.clone())
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("the webhook answered {}", r.status().as_u16()))
+        }
+    }
+}
+
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_connect() {
         "connection failed"
@@ -122,11 +219,14 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut msg = format!("{kind}: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
+    // The innermost cause says what happened ("Connection refused"); the chain above it
+    // repeats the URL, which the caller logs anyway.
+    let mut root: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = root.and_then(|r| r.source()) {
+        root = Some(s);
     }
-    msg
+    match root {
+        Some(r) => format!("{kind}: {r}"),
+        None => format!("{kind}: {e}"),
+    }
 }

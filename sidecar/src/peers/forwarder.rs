@@ -99,8 +99,9 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
         if attempt > 0 {
             ctx.metrics.batches_retried.get_or_create(&label).inc();
         }
+        let url = peer.url();
         let sent = tokio::select! {
-            r = ctx.client.send_batch(&peer.url, body) => r,
+            r = ctx.client.send_batch(&url, body) => r,
             _ = shutdown.cancelled() => return,
         };
         match sent {
@@ -150,7 +151,13 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
                 }
                 peer.record_failure(&why);
                 attempt = attempt.saturating_add(1);
-                sleep_or_stop(delay, &shutdown).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = peer.wake.notified() => {
+                        tracing::debug!(peer = %peer.key, "back-off cut short: the peer is back");
+                    }
+                    _ = shutdown.cancelled() => {}
+                }
             }
         }
     }

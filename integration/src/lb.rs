@@ -1,0 +1,260 @@
+//! Real load balancers for the membership tests: HAProxy and nginx run from the shipped
+//! `examples/` configs with test ports substituted, client traffic through them that records
+//! who answered (`X-HA-Instance`), and a tiny webhook receiver for alerts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Panics with how to install a missing program (CI installs it with `make deps`).
+pub fn require(program: &str, package: &str) -> PathBuf {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ] {
+        let p = Path::new(dir).join(program);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "`{program}` not found: install the Debian package `{package}` \
+         (`apt-get install -y {package}`; `make deps` does it when run as root)"
+    );
+}
+
+/// The shipped example config, by name.
+pub fn example(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Replaces every `(from, to)` and fails if one is missing: the test must notice when the
+/// shipped example changes shape.
+pub fn substitute(text: &str, pairs: &[(&str, String)]) -> String {
+    let mut out = text.to_owned();
+    for (from, to) in pairs {
+        assert!(
+            out.contains(from),
+            "the example no longer contains `{from}`"
+        );
+        out = out.replace(from, to);
+    }
+    out
+}
+
+/// A load balancer process (killed on drop).
+pub struct LbProc {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl LbProc {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> LbProc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("start the load balancer");
+        LbProc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LbProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One line of HAProxy's `show stat` for `backend/server`: its status (UP, DOWN, MAINT, …).
+pub async fn haproxy_status(socket: &Path, backend: &str, server: &str) -> Option<String> {
+    let mut s = tokio::net::UnixStream::connect(socket).await.ok()?;
+    s.write_all(b"show stat\n").await.ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+        .await
+        .ok()?
+        .ok()?;
+    out.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        (f.len() > 17 && f[0] == backend && f[1] == server).then(|| f[17].to_owned())
+    })
+}
+
+/// One answer seen by [`Traffic`].
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub at: Instant,
+    /// `Ok(instance)` for a 2xx with `X-HA-Instance`, else the error.
+    pub outcome: Result<String, String>,
+}
+
+/// A client sending `GET url` every few milliseconds until dropped.
+pub struct Traffic {
+    answers: Arc<Mutex<Vec<Answer>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    pub fn start(url: String) -> Traffic {
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let a = answers.clone();
+        let task = tokio::spawn(async move {
+            // A new connection per request: a kept-alive connection that the load balancer
+            // closes (nginx's old workers after a reload) races the next request on it, a
+            // client-side artefact that browsers retry and that would hide real failures here.
+            let http = reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            loop {
+                let outcome = match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => r
+                        .headers()
+                        .get("x-ha-instance")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                        .ok_or_else(|| "no X-HA-Instance".to_owned()),
+                    Ok(r) => Err(format!("status {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                a.lock().unwrap().push(Answer {
+                    at: Instant::now(),
+                    outcome,
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Traffic { answers, task }
+    }
+
+    pub fn all(&self) -> Vec<Answer> {
+        self.answers.lock().unwrap().clone()
+    }
+
+    pub fn failures(&self) -> Vec<Answer> {
+        self.all()
+            .into_iter()
+            .filter(|a| a.outcome.is_err())
+            .collect()
+    }
+
+    /// Instances that answered after `t`.
+    pub fn answered_after(&self, t: Instant) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|a| a.at > t)
+            .filter_map(|a| a.outcome.ok())
+            .collect()
+    }
+
+    /// Waits until `n` answers after `t` came, then returns them.
+    pub async fn next_answers(&self, t: Instant, n: usize) -> Vec<String> {
+        crate::eventually(
+            &format!("{n} answers through the load balancer"),
+            Duration::from_secs(10),
+            || async { self.answered_after(t).len() >= n },
+        )
+        .await;
+        self.answered_after(t)
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A tiny HTTP server that records every JSON body POSTed to it (the alert webhook).
+pub struct Webhook {
+    pub url: String,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Webhook {
+    pub async fn start() -> Webhook {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let b = bodies.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
+                            b.lock().unwrap().push(v);
+                        }
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                });
+            }
+        });
+        Webhook { url, bodies, task }
+    }
+
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,628 @@
+//! Membership policy: turns what discovery sees (and probes, and leave messages) into peers that
+//! are up, left or failed; keeps the queue of an absent peer for `retainAbsent` so a restart
+//! loses nothing; remembers the roster across restarts; raises alerts; writes this node's
+//! heartbeat; catches up after a start; says goodbye at a graceful stop.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::client::Probe;
+use super::discovery::{Found, Heartbeats, HostsFile, Presence, Resolve, Source, SystemResolver};
+use super::outbox::now_ms;
+use super::{MemberState, Peer, Peers};
+use crate::config::{Config, Discovery};
+use crate::health::Health;
+use crate::metrics::Metrics;
+
+/// Body of `POST /v1/peer/leave` and `POST /v1/peer/backlog`: who is asking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub instance_id: String,
+    pub listen_url: String,
+}
+
+/// One remembered peer in `<data>/peers.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RosterEntry {
+    key: String,
+    url: String,
+    instance_id: Option<String>,
+    state: MemberState,
+    absent_since_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// When probes of a peer started failing without a break.
+    unreachable_since: HashMap<String, Instant>,
+    /// Keys found to be this node itself (a DNS record of our own address).
+    selves: HashSet<String>,
+    last_roster: Option<Vec<RosterEntry>>,
+}
+
+pub struct Membership {
+    config: Arc<Config>,
+    peers: Arc<Peers>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// `None` for static peers: the config is the roster.
+    source: Option<Arc<Source>>,
+    heartbeats: Option<Arc<Heartbeats>>,
+    roster_path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl Membership {
+    /// Builds the membership of a node and opens the queues of the peers it knows now: the
+    /// static list, or the roster remembered from the last run (as absent until seen again).
+    pub fn new(
+        config: Arc<Config>,
+        peers: Arc<Peers>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Membership, String> {
+        let heartbeats = if config.advertise_url_is_usable() {
+            let members = shared_fs::Members::open(&config.shared_dir, false)
+                .map_err(|e| format!("cannot open the members directory: {e}"))?;
+            Some(Arc::new(Heartbeats::new(
+                members,
+                &config.instance_id,
+                &config.advertise_url,
+            )))
+        } else {
+            tracing::warn!(url = %config.advertise_url, "listenUrl binds every interface and no sidecar.advertiseUrl is set: no heartbeat is written");
+            None
+        };
+        let source = match &config.peers.discovery {
+            Discovery::Static { urls } => {
+                for u in urls {
+                    peers
+                        .add(u.as_str(), u.clone())
+                        .map_err(|e| e.to_string())?;
+                }
+                None
+            }
+            Discovery::SharedFs { ttl, .. } => {
+                let members = shared_fs::Members::open(&config.shared_dir, false)
+                    .map_err(|e| format!("cannot open the members directory: {e}"))?;
+                Some(Arc::new(Source::SharedFs {
+                    view: Mutex::new(shared_fs::MembersView::new(members)),
+                    ttl: *ttl,
+                    own_id: config.instance_id.clone(),
+                    own_routable: !super::discovery::is_loopback(&config.advertise_url),
+                }))
+            }
+            Discovery::Dns {
+                name,
+                port,
+                hosts_file,
+                ..
+            } => {
+                let resolver: Arc<dyn Resolve> = match hosts_file {
+                    Some(p) => Arc::new(HostsFile(p.clone())),
+                    None => Arc::new(SystemResolver),
+                };
+                Some(Arc::new(Source::Dns {
+                    name: name.clone(),
+                    port: *port,
+                    resolver,
+                    own: config.advertise_url.clone(),
+                }))
+            }
+        };
+        let m = Membership {
+            roster_path: config.data_dir.join("peers.json"),
+            config,
+            peers,
+            metrics,
+            health,
+            source,
+            heartbeats,
+            inner: Mutex::new(Inner::default()),
+        };
+        if m.source.is_some() {
+            m.load_roster();
+        }
+        Ok(m)
+    }
+
+    fn load_roster(&self) {
+        let entries: Vec<RosterEntry> = match std::fs::read(&self.roster_path) {
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(path = %self.roster_path.display(), error = %e, "unreadable peer roster; starting without it");
+                    return;
+                }
+            },
+            Err(_) => return,
+        };
+        let now = now_ms();
+        for e in &entries {
+            let Ok(url) = url::Url::parse(&e.url) else {
+                continue;
+            };
+            let since = e.absent_since_ms.unwrap_or(now);
+            if self.expired(since, now) {
+                self.forget(&e.key);
+                continue;
+            }
+            match self.peers.add_absent(&e.key, url, since, e.state) {
+                Ok(p) => {
+                    if let Some(id) = &e.instance_id {
+                        p.set_instance_id(id);
+                    }
+                    tracing::info!(peer = %e.key, pending = p.queue.stats().pending, "remembered peer: queueing for it until discovery sees it");
+                }
+                Err(err) => {
+                    tracing::error!(peer = %e.key, error = %err, "cannot reopen a remembered peer's queue")
+                }
+            }
+        }
+    }
+
+    fn expired(&self, absent_since_ms: u64, now: u64) -> bool {
+        now.saturating_sub(absent_since_ms) > self.config.peers.retain_absent.as_millis() as u64
+    }
+
+    fn forget(&self, key: &str) {
+        match self.peers.forget(key) {
+            Ok(()) => {
+                tracing::info!(peer = %key, "absent longer than peerInfo.retainAbsent: its queue is deleted")
+            }
+            Err(e) => {
+                tracing::error!(peer = %key, error = %e, "cannot delete an absent peer's queue")
+            }
+        }
+    }
+
+    /// Heartbeats, discovery, probes and expiry until `stop`; the first round is followed by
+    /// the catch-up that turns `/health` from "catching up" to healthy.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let tick = self.config.peers.heartbeat.max(Duration::from_millis(20));
+        let dns_every = match &self.config.peers.discovery {
+            Discovery::Dns { interval, .. } => *interval,
+            _ => tick,
+        };
+        let mut next_resolve = Instant::now();
+        let mut first = true;
+        loop {
+            let resolve = Instant::now() >= next_resolve;
+            if resolve {
+                next_resolve = Instant::now() + dns_every;
+            }
+            // A hung peer or NFS server must not hold up a shutdown: the round is abandoned.
+            tokio::select! {
+                _ = self.round(resolve) => {}
+                _ = stop.cancelled() => return,
+            }
+            if first {
+                first = false;
+                tokio::spawn(self.clone().catch_up(stop.clone()));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn round(&self, resolve: bool) {
+        self.write_heartbeat(false).await;
+        if resolve {
+            self.discover().await;
+        }
+        self.probe_all().await;
+        self.expire();
+        self.save_roster().await;
+    }
+
+    async fn write_heartbeat(&self, leaving: bool) {
+        let Some(hb) = self.heartbeats.clone() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || hb.write(leaving)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write this node's heartbeat"),
+            Err(e) => tracing::warn!(error = %e, "heartbeat task failed"),
+        }
+    }
+
+    async fn discover(&self) {
+        let Some(src) = self.source.clone() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || src.discover()).await {
+            Ok(Ok(found)) => self.reconcile(found),
+            Err(e) => tracing::warn!(error = %e, "discovery task failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(strategy = self.config.peers.discovery.name(), error = %e, "discovery failed; keeping the current peers")
+            }
+        }
+    }
+
+    fn reconcile(&self, found: Vec<Found>) {
+        let selves = self.inner.lock().expect("membership lock").selves.clone();
+        let mut listed = HashSet::new();
+        for f in found {
+            if selves.contains(&f.key) {
+                continue;
+            }
+            listed.insert(f.key.clone());
+            match f.presence {
+                Presence::Fresh => self.present(&f),
+                Presence::Leaving => self.absent(
+                    &f.key,
+                    MemberState::Left,
+                    "its heartbeat says it is leaving",
+                ),
+                Presence::Stale => self.absent(
+                    &f.key,
+                    MemberState::Failed,
+                    "its heartbeat stopped without a leave",
+                ),
+            }
+        }
+        let gone_state = match self.config.peers.discovery {
+            // Only a graceful stop removes a heartbeat file; a crash leaves it to go stale.
+            Discovery::SharedFs { .. } => MemberState::Left,
+            _ => MemberState::Failed,
+        };
+        for p in self.peers.list() {
+            if !listed.contains(&p.key) {
+                let why = "discovery no longer lists it";
+                if p.status().state == MemberState::Up {
+                    self.absent(&p.key, gone_state, why);
+                } else {
+                    self.peers.set_absent(&p.key);
+                }
+            }
+        }
+    }
+
+    fn present(&self, f: &Found) {
+        let (peer, new) = match self.peers.set_present(&f.key, f.url.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(peer = %f.key, error = %e, "cannot open the queue of a discovered peer");
+                return;
+            }
+        };
+        if let Some(id) = &f.instance_id {
+            peer.set_instance_id(id);
+        }
+        if new {
+            tracing::info!(peer = %f.key, url = %f.url, "peer appeared: forwarding from now on");
+        }
+        self.became_up(&peer);
+    }
+
+    fn became_up(&self, peer: &Arc<Peer>) {
+        let old = peer.set_state(MemberState::Up);
+        self.inner
+            .lock()
+            .expect("membership lock")
+            .unreachable_since
+            .remove(&peer.key);
+        match old {
+            MemberState::Up => return,
+            MemberState::Failed => {
+                tracing::info!(peer = %peer.key, pending = peer.queue.stats().pending, "failed peer recovered");
+                self.alert("peer_recovered", peer, "the peer is back");
+            }
+            MemberState::Left => {
+                tracing::info!(peer = %peer.key, pending = peer.queue.stats().pending, "peer rejoined")
+            }
+        }
+        peer.wake();
+    }
+
+    fn absent(&self, key: &str, state: MemberState, why: &str) {
+        let Some(peer) = self.peers.get(key) else {
+            return; // never knew it: a stale or leaving file of a node we never forwarded to
+        };
+        if self.source.is_some() {
+            self.peers.set_absent(key);
+        }
+        self.set_down(&peer, state, why);
+    }
+
+    fn set_down(&self, peer: &Arc<Peer>, state: MemberState, why: &str) {
+        let old = peer.set_state(state);
+        if old == state {
+            return;
+        }
+        match state {
+            MemberState::Failed => {
+                tracing::warn!(peer = %peer.key, url = %peer.url(), reason = why, "peer failed: it vanished without leaving; its messages are kept");
+                self.metrics
+                    .peer_failures
+                    .get_or_create(&Metrics::peer(&peer.key))
+                    .inc();
+                self.alert("peer_failed", peer, why);
+            }
+            MemberState::Left => {
+                tracing::info!(peer = %peer.key, reason = why, "peer left gracefully; its messages are kept")
+            }
+            MemberState::Up => {}
+        }
+    }
+
+    /// A signed leave from a peer (`POST /v1/peer/leave`).
+    pub fn on_leave(&self, hello: &Hello) -> bool {
+        let url = url::Url::parse(&hello.listen_url).ok();
+        let Some(peer) = self.peers.find(&hello.instance_id, url.as_ref()) else {
+            return false;
+        };
+        peer.set_instance_id(&hello.instance_id);
+        if self.source.is_some() {
+            self.peers.set_absent(&peer.key);
+        }
+        self.set_down(&peer, MemberState::Left, "it said goodbye");
+        true
+    }
+
+    /// A peer asking how much this node still holds for it (`POST /v1/peer/backlog`): wakes the
+    /// forwarder so a restarted peer catches up at once. `None` if the asker is unknown.
+    pub fn on_backlog(&self, hello: &Hello) -> Option<u64> {
+        let url = url::Url::parse(&hello.listen_url).ok();
+        let peer = self.peers.find(&hello.instance_id, url.as_ref())?;
+        peer.set_instance_id(&hello.instance_id);
+        peer.wake();
+        Some(peer.queue.stats().pending)
+    }
+
+    /// Static and dns peers: a failed readiness probe for longer than `ttl` means failed; a
+    /// ready answer means up. (shared-fs peers are judged by their heartbeats.)
+    async fn probe_all(&self) {
+        if matches!(self.config.peers.discovery, Discovery::SharedFs { .. }) {
+            return;
+        }
+        let timeout = self
+            .config
+            .http
+            .connection_timeout
+            .min(self.config.peers.heartbeat)
+            .max(Duration::from_millis(200));
+        let client = self.peers.client();
+        let present: Vec<_> = self
+            .peers
+            .list()
+            .into_iter()
+            .filter(|p| p.is_forwarding())
+            .collect();
+        let probes = present.iter().map(|p| {
+            let url = p.url();
+            async move { client.probe(&url, timeout).await }
+        });
+        let results = futures_util::future::join_all(probes).await;
+        for (peer, probe) in present.iter().zip(results) {
+            self.judge(peer, probe);
+        }
+    }
+
+    fn judge(&self, peer: &Arc<Peer>, probe: Probe) {
+        match probe {
+            Probe::Ready(Some(id)) | Probe::NotReady(Some(id)) if id == self.config.instance_id => {
+                tracing::warn!(peer = %peer.key, "this peer address is this node itself; not a peer");
+                self.inner
+                    .lock()
+                    .expect("membership lock")
+                    .selves
+                    .insert(peer.key.clone());
+                self.forget(&peer.key);
+            }
+            Probe::Ready(id) => {
+                if let Some(id) = id {
+                    peer.set_instance_id(&id);
+                }
+                self.became_up(peer);
+            }
+            Probe::NotReady(_) => {
+                self.inner
+                    .lock()
+                    .expect("membership lock")
+                    .unreachable_since
+                    .remove(&peer.key);
+            }
+            Probe::Unreachable(why) => {
+                let since = *self
+                    .inner
+                    .lock()
+                    .expect("membership lock")
+                    .unreachable_since
+                    .entry(peer.key.clone())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() >= self.config.peers.ttl
+                    && peer.status().state == MemberState::Up
+                {
+                    let why = format!("unreachable for more than peerInfo.shared-fs.ttl: {why}");
+                    self.set_down(peer, MemberState::Failed, &why);
+                }
+            }
+        }
+    }
+
+    fn expire(&self) {
+        let now = now_ms();
+        for p in self.peers.list() {
+            if let Some(since) = p.status().absent_since_ms {
+                if self.expired(since, now) {
+                    self.forget(&p.key);
+                }
+            }
+        }
+    }
+
+    async fn save_roster(&self) {
+        if self.source.is_none() {
+            return;
+        }
+        let entries: Vec<RosterEntry> = self
+            .peers
+            .list()
+            .iter()
+            .map(|p| {
+                let s = p.status();
+                RosterEntry {
+                    key: p.key.clone(),
+                    url: p.url().to_string(),
+                    instance_id: s.instance_id,
+                    state: s.state,
+                    absent_since_ms: s.absent_since_ms,
+                }
+            })
+            .collect();
+        {
+            let mut inner = self.inner.lock().expect("membership lock");
+            if inner.last_roster.as_ref() == Some(&entries) {
+                return;
+            }
+            inner.last_roster = Some(entries.clone());
+        }
+        let path = self.roster_path.clone();
+        let body = serde_json::to_vec_pretty(&entries).expect("the roster serialises");
+        let res = tokio::task::spawn_blocking(move || {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, &body)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = res {
+            tracing::warn!(path = %self.roster_path.display(), error = %e, "cannot save the peer roster");
+        }
+    }
+
+    fn hello(&self) -> Vec<u8> {
+        serde_json::to_vec(&Hello {
+            instance_id: self.config.instance_id.clone(),
+            listen_url: self.config.advertise_url.to_string(),
+        })
+        .expect("a hello serialises")
+    }
+
+    /// After a start: `/health` says "catching up" until every reachable peer reports nothing
+    /// left for this node (or `sidecar.catchUpTimeout` passes).
+    async fn catch_up(self: Arc<Self>, stop: CancellationToken) {
+        let started = Instant::now();
+        let deadline = started + self.config.catch_up_timeout;
+        let client = self.peers.client();
+        let body = self.hello();
+        let mut waiting: Vec<url::Url> = self
+            .peers
+            .list()
+            .iter()
+            .filter(|p| p.is_forwarding())
+            .map(|p| p.url())
+            .collect();
+        while !waiting.is_empty() && Instant::now() < deadline && !stop.is_cancelled() {
+            let asks = waiting.iter().map(|u| {
+                let body = body.clone();
+                async move {
+                    let r = client
+                        .post_signed(u, "v1/peer/backlog", body, Duration::from_secs(2))
+                        .await;
+                    match r {
+                        Ok((200, b)) => serde_json::from_slice::<serde_json::Value>(&b)
+                            .ok()
+                            .and_then(|v| v["pending"].as_u64())
+                            .unwrap_or(0),
+                        // Unreachable, unknown to it, or too old to answer: it holds nothing
+                        // it could deliver now.
+                        _ => 0,
+                    }
+                }
+            });
+            let pending = futures_util::future::join_all(asks).await;
+            waiting = waiting
+                .into_iter()
+                .zip(pending)
+                .filter(|(_, n)| *n > 0)
+                .map(|(u, _)| u)
+                .collect();
+            if !waiting.is_empty() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+        if !waiting.is_empty() && !stop.is_cancelled() {
+            tracing::warn!(peers = ?waiting.iter().map(|u| u.as_str()).collect::<Vec<_>>(), "catch-up incomplete after sidecar.catchUpTimeout; serving anyway");
+        }
+        if !stop.is_cancelled() {
+            self.health.finish_catching_up();
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "caught up with peers"
+            );
+        }
+    }
+
+    /// Graceful stop: mark the heartbeat leaving, tell every present peer, remove the heartbeat.
+    pub async fn leave(&self) {
+        self.write_heartbeat(true).await;
+        let client = self.peers.client();
+        let body = self.hello();
+        let targets: Vec<_> = self.peers.list().iter().map(|p| p.url()).collect();
+        let sends = targets.iter().map(|u| {
+            let body = body.clone();
+            async move {
+                let r = client
+                    .post_signed(u, "v1/peer/leave", body, Duration::from_secs(1))
+                    .await;
+                match r {
+                    Ok((200..=299, _)) => {}
+                    Ok((status, _)) => {
+                        tracing::debug!(peer = %u, status, "a peer did not take the goodbye")
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %u, error = %e, "could not say goodbye to a peer")
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        if let Some(hb) = self.heartbeats.clone() {
+            match tokio::task::spawn_blocking(move || hb.remove()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this node's heartbeat"),
+                Err(e) => tracing::warn!(error = %e, "heartbeat task failed"),
+            }
+        }
+        tracing::info!(peers = targets.len(), "told peers this node is leaving");
+    }
+
+    fn alert(&self, event: &'static str, peer: &Arc<Peer>, why: &str) {
+        let Some(url) = self.config.alert_webhook.clone() else {
+            return;
+        };
+        let s = peer.status();
+        let body = serde_json::json!({
+            "event": event,
+            "node": self.config.instance_id,
+            "peer": peer.key,
+            "peer_instance_id": s.instance_id,
+            "peer_url": peer.url().as_str(),
+            "state": s.state.as_str(),
+            "reason": why,
+            "outbox_depth": peer.queue.stats().pending,
+            "at_ms": now_ms(),
+        });
+        let client = self.peers.client().clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.post_alert(&url, &body, Duration::from_secs(5)).await {
+                metrics.alerts_failed.inc();
+                tracing::warn!(webhook = %url, event, error = %e, "alert webhook failed");
+            }
+        });
+    }
+}
