@@ -49,6 +49,10 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
+    /// Events appended to the log, `kind` = `local` or `remote`.
+    pub events_appended: Family<KindLabel, Counter>,
+    pub event_tailers: Gauge,
+    pub events_streamed: Counter,
 }
 
 impl Default for Metrics {
@@ -79,6 +83,9 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             local_mutations: Family::default(),
+            events_appended: Family::default(),
+            event_tailers: Gauge::default(),
+            events_streamed: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -150,6 +157,21 @@ impl Metrics {
             "local_mutations",
             "Mutations accepted on the local API, by kind",
             m.local_mutations.clone(),
+        );
+        r.register(
+            "events_appended",
+            "Stream events appended to the log, by kind (local, remote)",
+            m.events_appended.clone(),
+        );
+        r.register(
+            "event_tailers",
+            "Clients connected to /v1/events/stream",
+            m.event_tailers.clone(),
+        );
+        r.register(
+            "events_streamed",
+            "Events sent to stream clients",
+            m.events_streamed.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::value::RawValue;
 
 use crate::cache::Caches;
+use crate::events::{AppendOutcome, EventError, EventLog};
 use crate::metrics::Metrics;
 use crate::wire::{BatchReply, Message, MessageBody, Rejection};
 
@@ -23,11 +24,27 @@ pub enum ReceiveError {
         #[source]
         source: std::io::Error,
     },
+    /// A store failed in a way that may pass (i/o, shutting down): the sender retries.
+    #[error("cannot apply message {seq} of {origin}: {error}")]
+    Store {
+        origin: String,
+        seq: u64,
+        error: String,
+    },
+}
+
+/// Why a message was not applied.
+enum ApplyError {
+    /// For good: the sender sets the message aside.
+    Refuse(String),
+    /// For now: the batch fails and the sender retries it.
+    Retry(String),
 }
 
 /// The stores a peer message may touch.
 pub struct Stores {
     pub caches: Arc<Caches>,
+    pub events: Arc<EventLog>,
 }
 
 pub struct Receiver {
@@ -123,7 +140,7 @@ impl Receiver {
                 continue;
             }
             match serde_json::from_str::<Message>(raw.get()) {
-                Ok(m) => match self.apply(&m.body).await {
+                Ok(m) => match self.apply(origin, &m.body).await {
                     Ok(kind) => {
                         tracing::debug!(origin, seq, kind, "applied");
                         reply.applied += 1;
@@ -132,9 +149,22 @@ impl Receiver {
                             .get_or_create(&Metrics::kind(kind))
                             .inc();
                     }
-                    Err(why) => {
+                    Err(ApplyError::Refuse(why)) => {
                         self.refused(origin, seq, kind_of(raw), &why);
                         reply.rejected.push(reject(seq, why));
+                    }
+                    Err(ApplyError::Retry(error)) => {
+                        // Keep what was applied before it; the sender retries from here.
+                        if hwm != start {
+                            self.persist(origin, hwm).await?;
+                            *g = Some(hwm);
+                        }
+                        tracing::warn!(origin, seq, error = %error, "cannot apply a peer message now");
+                        return Err(ReceiveError::Store {
+                            origin: origin.to_owned(),
+                            seq,
+                            error,
+                        });
                     }
                 },
                 Err(e) => {
@@ -160,12 +190,14 @@ impl Receiver {
         tracing::warn!(origin, seq, kind, error = why, "refused a peer message");
     }
 
-    async fn apply(&self, body: &MessageBody) -> Result<&'static str, String> {
+    async fn apply(&self, origin: &str, body: &MessageBody) -> Result<&'static str, ApplyError> {
         match body {
             MessageBody::Eviction { cache, .. } | MessageBody::Flush { cache }
                 if !crate::wire::valid_cache_name(cache) =>
             {
-                Err(format!("`{cache}` is not a valid cache name"))
+                Err(ApplyError::Refuse(format!(
+                    "`{cache}` is not a valid cache name"
+                )))
             }
             MessageBody::Eviction { cache, keys } => {
                 self.stores.caches.evict(cache, keys);
@@ -175,11 +207,32 @@ impl Receiver {
                 self.stores.caches.flush(cache);
                 Ok("flush")
             }
-            MessageBody::Index { .. } => {
-                Err("index messages are not supported by this node".into())
-            }
-            MessageBody::Event { .. } => {
-                Err("event messages are not supported by this node".into())
+            MessageBody::Index { .. } => Err(ApplyError::Refuse(
+                "index messages are not supported by this node".into(),
+            )),
+            MessageBody::Event { event_seq, event } => {
+                match self
+                    .stores
+                    .events
+                    .append_remote(origin, *event_seq, event.get().as_bytes())
+                    .await
+                {
+                    Ok(AppendOutcome::Appended) => {
+                        self.metrics
+                            .events_appended
+                            .get_or_create(&Metrics::kind("remote"))
+                            .inc();
+                        Ok("event")
+                    }
+                    // Already held (a re-queue after a crash, or a catch-up got it first).
+                    Ok(AppendOutcome::Duplicate) => Ok("event"),
+                    Err(
+                        e @ (EventError::BadEvent(_)
+                        | EventError::TooLarge { .. }
+                        | EventError::BadOrigin(_)),
+                    ) => Err(ApplyError::Refuse(e.to_string())),
+                    Err(e) => Err(ApplyError::Retry(e.to_string())),
+                }
             }
         }
     }

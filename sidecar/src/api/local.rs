@@ -21,7 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The local API trusts loopback; `localToken`, when set, is required on every mutation and read.
-fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     match &state.config.local_token {
         None => Ok(()),
         Some(t) if bearer(req).is_some_and(|p| t.matches(p)) => Ok(()),

@@ -2,9 +2,11 @@
 //! master (`localListenUrl`) and the peer/stream/ops API (`listenUrl`).
 
 mod error;
+mod events;
 mod local;
 mod ops;
 mod peer;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +20,8 @@ pub use error::ApiError;
 
 use crate::cache::Caches;
 use crate::config::Config;
+use crate::event_relay::EventRelay;
+use crate::events::EventLog;
 use crate::health::Health;
 use crate::metrics::{HttpLabel, Metrics};
 use crate::peers::outbox::Outbox;
@@ -34,6 +38,11 @@ pub struct AppState {
     pub verifier: Arc<crate::auth::Verifier>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub events: Arc<EventLog>,
+    /// Moves local events into the outbox; `None` when `[event] synchronize` is off.
+    pub event_relay: Option<Arc<EventRelay>>,
+    /// Cancelled at shutdown: ends long-lived responses (event streams).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// Reads a request body up to `limit` bytes; past it, 413 without reading the rest.
@@ -112,14 +121,17 @@ pub fn serve_local(
     let workers = state.config.workers;
     let grace = state.config.shutdown_grace;
     let s = state.clone();
-    Ok(
-        HttpServer::new(move || build_app!(s, "local", local::configure))
-            .workers(workers)
-            .disable_signals()
-            .shutdown_timeout(grace.as_secs().max(1))
-            .listen(listener)?
-            .run(),
-    )
+    Ok(HttpServer::new(move || {
+        build_app!(s, "local", |cfg: &mut web::ServiceConfig| {
+            local::configure(cfg);
+            events::configure_local(cfg);
+        })
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace.as_secs().max(1))
+    .listen(listener)?
+    .run())
 }
 
 /// Starts the peer/stream/ops server on an already-bound listener.
@@ -134,6 +146,8 @@ pub fn serve_peer(
         build_app!(s, "peer", |cfg: &mut web::ServiceConfig| {
             peer::configure(cfg);
             ops::configure(cfg);
+            events::configure_peer(cfg);
+            stream::configure(cfg);
         })
     })
     .workers(workers)
