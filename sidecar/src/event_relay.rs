@@ -179,7 +179,7 @@ mod tests {
         let body = br#"{"type":"ref-updated","eventCreatedOn":1}"#;
         let mut msg = b"{\"seq\":3,".to_vec();
         msg.extend_from_slice(&event_payload(7, body)[1..]);
-        let m: Message = serde_json::from_slice(&msg).unwrap();
+        let m = Message::decode(std::str::from_utf8(&msg).unwrap()).unwrap();
         match m.body {
             MessageBody::Event { event_seq, event } => {
                 assert_eq!(event_seq, 7);

@@ -139,7 +139,7 @@ impl Receiver {
                     .inc();
                 continue;
             }
-            match serde_json::from_str::<Message>(raw.get()) {
+            match Message::decode(raw.get()) {
                 Ok(m) => match self.apply(origin, &m.body).await {
                     Ok(kind) => {
                         tracing::debug!(origin, seq, kind, "applied");
