@@ -3,6 +3,7 @@
 //! `bench/results/latest.json` (figure name → number) and `latest.md` (figure, ours, limit, ratio).
 //! Not a test: nothing here asserts.
 
+mod events;
 mod evictions;
 mod limits;
 mod report;
@@ -47,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         limits::run(&mut report, budget).await?;
         evictions::run(&mut report, budget).await?;
+        events::run(&mut report, budget).await?;
         anyhow::Ok(())
     })?;
     report.write(std::path::Path::new(&out_dir), quick)?;
