@@ -3,6 +3,7 @@
 //! `bench/results/latest.json` (figure name → number) and `latest.md` (figure, ours, limit, ratio).
 //! Not a test: nothing here asserts.
 
+mod events;
 mod evictions;
 mod limits;
 mod report;
@@ -31,6 +32,14 @@ fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .cloned()
         .unwrap_or_else(|| "bench/results".into());
+    // `--only events` (repeatable) runs just those parts.
+    let only: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--only")
+        .filter_map(|(i, _)| args.get(i + 1).cloned())
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let budget = if quick {
         Budget {
             sustain: Duration::from_secs(3),
@@ -50,9 +59,18 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut report = report::Report::default();
     rt.block_on(async {
-        limits::run(&mut report, budget).await?;
-        evictions::run(&mut report, budget).await?;
-        sessions::run(&mut report, budget).await?;
+        if wanted("limits") {
+            limits::run(&mut report, budget).await?;
+        }
+        if wanted("evictions") {
+            evictions::run(&mut report, budget).await?;
+        }
+        if wanted("sessions") {
+            sessions::run(&mut report, budget).await?;
+        }
+        if wanted("events") {
+            events::run(&mut report, budget).await?;
+        }
         anyhow::Ok(())
     })?;
     report.write(std::path::Path::new(&out_dir), quick)?;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod events;
+
 use ha_sidecar::app::{Listeners, Node};
 use ha_sidecar::config::{self, Secret};
 

@@ -2,6 +2,7 @@
 
 mod config_fixtures;
 mod membership;
+mod events;
 mod process;
 mod receiver;
 mod sessions;

@@ -11,6 +11,8 @@ use crate::api::{self, AppState};
 use crate::auth::Verifier;
 use crate::cache::Caches;
 use crate::config::Config;
+use crate::event_relay::EventRelay;
+use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
@@ -41,6 +43,8 @@ pub enum StartError {
     Outbox(#[from] crate::peers::outbox::OutboxError),
     #[error("cannot open the web sessions: {0}")]
     Sessions(#[from] crate::sessions::SessionsError),
+    #[error("cannot open the event log: {0}")]
+    Events(#[from] crate::events::EventError),
     #[error("{0}")]
     Other(String),
 }
@@ -64,6 +68,21 @@ impl Listeners {
     }
 }
 
+/// The event log's options from the config. Retention is checked often enough for short
+/// test retentions, and at most every 10 s.
+pub fn event_log_options(config: &Config) -> EventLogOptions {
+    let mut o = EventLogOptions::new(config.instance_id.clone());
+    o.retention = config.event.retention;
+    o.segment_bytes = config.event.segment_bytes;
+    o.max_bytes = config.event.max_bytes;
+    o.max_event_bytes = config.event.max_event_bytes;
+    o.retention_interval = (config.event.retention / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(10),
+    );
+    o
+}
+
 /// A running node.
 pub struct Node {
     state: Arc<AppState>,
@@ -71,6 +90,7 @@ pub struct Node {
     background: Vec<tokio::task::JoinHandle<()>>,
     handles: Vec<ServerHandle>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
     membership_stop: CancellationToken,
@@ -106,11 +126,16 @@ impl Node {
                 .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
         };
         let sessions = Arc::new(sessions);
+        let events = Arc::new(EventLog::open(
+            config.data_dir.join("events"),
+            event_log_options(&config),
+        )?);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
                 caches: caches.clone(),
                 sessions: sessions.clone(),
+                events: events.clone(),
             },
             metrics.clone(),
         )
@@ -148,6 +173,17 @@ impl Node {
             )
             .map_err(StartError::Other)?,
         );
+        // Started after membership has added the known peers, so re-queued events reach every peer's queue.
+        let relay = config.event.synchronize.then(|| {
+            let stop = CancellationToken::new();
+            let (relay, task) = EventRelay::start(
+                events.clone(),
+                outbox.clone(),
+                &config.data_dir,
+                stop.clone(),
+            );
+            (relay, stop, task)
+        });
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
@@ -159,6 +195,9 @@ impl Node {
             health: health.clone(),
             sessions: sessions.clone(),
             membership: membership.clone(),
+            events,
+            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            stop: CancellationToken::new(),
         });
         let peer_addr = listeners
             .peer
@@ -194,6 +233,7 @@ impl Node {
             background,
             handles,
             servers,
+            relay: relay.map(|(_, stop, task)| (stop, task)),
             peer_addr,
             local_addr,
             membership_stop,
@@ -220,6 +260,8 @@ impl Node {
     /// forwarders stop, the outbox commits what it holds and closes.
     pub async fn shutdown(self) {
         self.state.health.set_stopping();
+        // Event streams never end by themselves: end them so the drain does not wait on them.
+        self.state.stop.cancel();
         self.membership_stop.cancel();
         let _ = self.membership_task.await;
         self.state.membership.leave().await;
@@ -228,6 +270,10 @@ impl Node {
         }
         for s in self.servers {
             let _ = s.await;
+        }
+        if let Some((stop, task)) = self.relay {
+            stop.cancel();
+            let _ = task.await;
         }
         self.state.peers.shutdown().await;
         self.stop_background.cancel();
@@ -239,6 +285,9 @@ impl Node {
         let _ = tokio::task::spawn_blocking(move || sessions.stop_watching()).await;
         let outbox = self.state.outbox.clone();
         let _ = tokio::task::spawn_blocking(move || outbox.shutdown()).await;
+        if let Err(e) = self.state.events.shutdown().await {
+            tracing::error!(error = %e, "closing the event log failed");
+        }
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");
     }
 }

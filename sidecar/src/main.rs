@@ -45,6 +45,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tail stream events as JSON lines (like `gerrit stream-events`); fails over between the
+    /// URLs and resumes without loss or repeats.
+    StreamEvents {
+        /// A sidecar's listenUrl (or a load balancer in front of several); repeatable.
+        #[arg(long = "url", required = true)]
+        urls: Vec<url::Url>,
+        /// Only events of this type; repeatable.
+        #[arg(short = 's', long = "subscribe")]
+        types: Vec<String>,
+        /// Where to start without a cursor: `beginning`, epoch seconds, or a cursor.
+        #[arg(long)]
+        since: Option<String>,
+        /// Keeps the cursor here across runs (read at start, written after each chunk).
+        #[arg(long)]
+        cursor_file: Option<PathBuf>,
+        /// Bearer token of `[event] streamToken`.
+        #[arg(long, env = "HA_STREAM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Longest wait between reconnections.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        max_backoff: std::time::Duration,
+        /// Give a silent connection up after this long (the server sends heartbeats).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        idle_timeout: std::time::Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -64,7 +93,44 @@ fn main() -> ExitCode {
         }
         Command::Demo => runtime().block_on(ha_sidecar::demo::run()),
         Command::Status { url, json } => status(&url, json),
+        Command::StreamEvents {
+            urls,
+            types,
+            since,
+            cursor_file,
+            token,
+            max_backoff,
+            idle_timeout,
+        } => {
+            let mut opts = ha_sidecar::stream_client::Options::new(urls);
+            opts.types = types;
+            opts.since = since;
+            opts.cursor_file = cursor_file;
+            opts.token = token;
+            opts.max_backoff = max_backoff;
+            opts.idle_timeout = idle_timeout;
+            stream_events(opts)
+        }
     }
+}
+
+fn stream_events(opts: ha_sidecar::stream_client::Options) -> ExitCode {
+    runtime().block_on(async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            s.cancel();
+        });
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        match ha_sidecar::stream_client::run(&opts, &mut out, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ha-sidecar stream-events: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn init_tracing() {

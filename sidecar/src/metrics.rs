@@ -148,6 +148,10 @@ pub struct Metrics {
     pub peer_state: Family<PeerStateLabel, Gauge>,
     pub peer_failures: Family<PeerLabel, Counter>,
     pub alerts_failed: Counter,
+    /// Events appended to the log, `kind` = `local` or `remote`.
+    pub events_appended: Family<KindLabel, Counter>,
+    pub event_tailers: Gauge,
+    pub events_streamed: Counter,
 }
 
 impl Default for Metrics {
@@ -182,6 +186,9 @@ impl Metrics {
             peer_state: Family::default(),
             peer_failures: Family::default(),
             alerts_failed: Counter::default(),
+            events_appended: Family::default(),
+            event_tailers: Gauge::default(),
+            events_streamed: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -269,6 +276,21 @@ impl Metrics {
             "alerts_failed",
             "Alert webhook calls that failed",
             m.alerts_failed.clone(),
+        );
+        r.register(
+            "events_appended",
+            "Stream events appended to the log, by kind (local, remote)",
+            m.events_appended.clone(),
+        );
+        r.register(
+            "event_tailers",
+            "Clients connected to /v1/events/stream",
+            m.event_tailers.clone(),
+        );
+        r.register(
+            "events_streamed",
+            "Events sent to stream clients",
+            m.events_streamed.clone(),
         );
         Metrics { registry: r, ..m }
     }

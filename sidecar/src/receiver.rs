@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::value::RawValue;
 
 use crate::cache::Caches;
+use crate::events::{AppendOutcome, EventError, EventLog};
 use crate::metrics::Metrics;
 use crate::wire::{BatchReply, Message, MessageBody, Rejection};
 
@@ -23,6 +24,21 @@ pub enum ReceiveError {
         #[source]
         source: std::io::Error,
     },
+    /// A store failed in a way that may pass (i/o, shutting down): the sender retries.
+    #[error("cannot apply message {seq} of {origin}: {error}")]
+    Store {
+        origin: String,
+        seq: u64,
+        error: String,
+    },
+}
+
+/// Why a message was not applied.
+enum ApplyError {
+    /// For good: the sender sets the message aside.
+    Refuse(String),
+    /// For now: the batch fails and the sender retries it.
+    Retry(String),
 }
 
 /// The stores a peer message may touch.
@@ -30,6 +46,7 @@ pub struct Stores {
     pub caches: Arc<Caches>,
     /// A peer's logout arrives as an eviction of `web_sessions` keyed by token hashes.
     pub sessions: Arc<crate::sessions::Sessions>,
+    pub events: Arc<EventLog>,
 }
 
 pub struct Receiver {
@@ -104,6 +121,7 @@ impl Receiver {
         let mut hwm = self.load(origin, &mut g).await?;
         let start = hwm;
         let mut reply = BatchReply::default();
+        let mut appended = self.append_events(origin, hwm, messages).await;
         for raw in messages {
             let seq = match serde_json::from_str::<SeqOnly>(raw.get()) {
                 Ok(s) => s.seq,
@@ -124,8 +142,14 @@ impl Receiver {
                     .inc();
                 continue;
             }
-            match serde_json::from_str::<Message>(raw.get()) {
-                Ok(m) => match self.apply(&m.body).await {
+            let applied = appended
+                .remove(&seq)
+                .map(|r| event_outcome(&self.metrics, r));
+            match Message::decode(raw.get()) {
+                Ok(m) => match match applied {
+                    Some(r) => r,
+                    None => self.apply(origin, &m.body).await,
+                } {
                     Ok(kind) => {
                         tracing::debug!(origin, seq, kind, "applied");
                         reply.applied += 1;
@@ -134,9 +158,22 @@ impl Receiver {
                             .get_or_create(&Metrics::kind(kind))
                             .inc();
                     }
-                    Err(why) => {
+                    Err(ApplyError::Refuse(why)) => {
                         self.refused(origin, seq, kind_of(raw), &why);
                         reply.rejected.push(reject(seq, why));
+                    }
+                    Err(ApplyError::Retry(error)) => {
+                        // Keep what was applied before it; the sender retries from here.
+                        if hwm != start {
+                            self.persist(origin, hwm).await?;
+                            *g = Some(hwm);
+                        }
+                        tracing::warn!(origin, seq, error = %error, "cannot apply a peer message now");
+                        return Err(ReceiveError::Store {
+                            origin: origin.to_owned(),
+                            seq,
+                            error,
+                        });
                     }
                 },
                 Err(e) => {
@@ -162,12 +199,14 @@ impl Receiver {
         tracing::warn!(origin, seq, kind, error = why, "refused a peer message");
     }
 
-    async fn apply(&self, body: &MessageBody) -> Result<&'static str, String> {
+    async fn apply(&self, origin: &str, body: &MessageBody) -> Result<&'static str, ApplyError> {
         match body {
             MessageBody::Eviction { cache, .. } | MessageBody::Flush { cache }
                 if !crate::wire::valid_cache_name(cache) =>
             {
-                Err(format!("`{cache}` is not a valid cache name"))
+                Err(ApplyError::Refuse(format!(
+                    "`{cache}` is not a valid cache name"
+                )))
             }
             MessageBody::Eviction { cache, keys } => {
                 self.stores.caches.evict(cache, keys);
@@ -185,13 +224,49 @@ impl Receiver {
                 }
                 Ok("flush")
             }
-            MessageBody::Index { .. } => {
-                Err("index messages are not supported by this node".into())
-            }
-            MessageBody::Event { .. } => {
-                Err("event messages are not supported by this node".into())
+            MessageBody::Index { .. } => Err(ApplyError::Refuse(
+                "index messages are not supported by this node".into(),
+            )),
+            MessageBody::Event { event_seq, event } => {
+                let r = self
+                    .stores
+                    .events
+                    .append_remote(origin, *event_seq, event.get().as_bytes())
+                    .await;
+                event_outcome(&self.metrics, r)
             }
         }
+    }
+
+    /// Appends the batch's new events to the log together (one group commit instead of an
+    /// fsync each), in message order; the results are picked up by message seq.
+    async fn append_events(
+        &self,
+        origin: &str,
+        hwm: u64,
+        messages: &[&RawValue],
+    ) -> HashMap<u64, Result<AppendOutcome, EventError>> {
+        let decoded: Vec<(u64, Message)> = messages
+            .iter()
+            .filter(|raw| kind_of(raw) == "event")
+            .filter_map(|raw| Message::decode(raw.get()).ok())
+            .filter(|m| m.seq > hwm)
+            .map(|m| (m.seq, m))
+            .collect();
+        let events: Vec<(u64, &[u8])> = decoded
+            .iter()
+            .filter_map(|(_, m)| match &m.body {
+                MessageBody::Event { event_seq, event } => {
+                    Some((*event_seq, event.get().as_bytes()))
+                }
+                _ => None,
+            })
+            .collect();
+        if events.is_empty() {
+            return HashMap::new();
+        }
+        let results = self.stores.events.append_remote_many(origin, events).await;
+        decoded.iter().map(|(s, _)| *s).zip(results).collect()
     }
 
     async fn persist(&self, origin: &str, hwm: u64) -> Result<(), ReceiveError> {
@@ -203,6 +278,28 @@ impl Receiver {
             origin: origin.to_owned(),
             source,
         })
+    }
+}
+
+/// What appending one peer event means for the batch reply.
+fn event_outcome(
+    metrics: &Metrics,
+    r: Result<AppendOutcome, EventError>,
+) -> Result<&'static str, ApplyError> {
+    match r {
+        Ok(AppendOutcome::Appended) => {
+            metrics
+                .events_appended
+                .get_or_create(&Metrics::kind("remote"))
+                .inc();
+            Ok("event")
+        }
+        // Already held (a re-queue after a crash, or a catch-up got it first).
+        Ok(AppendOutcome::Duplicate) => Ok("event"),
+        Err(
+            e @ (EventError::BadEvent(_) | EventError::TooLarge { .. } | EventError::BadOrigin(_)),
+        ) => Err(ApplyError::Refuse(e.to_string())),
+        Err(e) => Err(ApplyError::Retry(e.to_string())),
     }
 }
 

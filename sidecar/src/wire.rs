@@ -41,6 +41,35 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+impl Message {
+    /// Decodes one message of a batch. An event is read without `flatten`, which cannot carry
+    /// a `RawValue` (serde buffers flattened fields), so its bytes stay exactly as sent.
+    pub fn decode(raw: &str) -> serde_json::Result<Message> {
+        #[derive(Deserialize)]
+        struct Kind<'a> {
+            #[serde(borrow, default)]
+            kind: Option<std::borrow::Cow<'a, str>>,
+        }
+        #[derive(Deserialize)]
+        struct EventMessage {
+            seq: u64,
+            event_seq: u64,
+            event: Box<RawValue>,
+        }
+        if serde_json::from_str::<Kind>(raw)?.kind.as_deref() == Some("event") {
+            let m: EventMessage = serde_json::from_str(raw)?;
+            return Ok(Message {
+                seq: m.seq,
+                body: MessageBody::Event {
+                    event_seq: m.event_seq,
+                    event: m.event,
+                },
+            });
+        }
+        serde_json::from_str(raw)
+    }
+}
+
 /// What a message asks the receiver to do. The `kind` tag names the variant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -12,6 +12,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
     Unsupported(String),
@@ -27,6 +29,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -63,6 +66,22 @@ impl From<crate::receiver::ReceiveError> for ApiError {
         match e {
             crate::receiver::ReceiveError::BadOrigin(_) => ApiError::BadRequest(e.to_string()),
             crate::receiver::ReceiveError::Persist { .. } => ApiError::Internal(e.to_string()),
+            crate::receiver::ReceiveError::Store { .. } => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::events::EventError> for ApiError {
+    fn from(e: crate::events::EventError) -> Self {
+        use crate::events::EventError as E;
+        match e {
+            E::BadEvent(_) | E::BadCursor(_) | E::BadOrigin(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            E::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            E::CursorExpired(_) => ApiError::Gone(e.to_string()),
+            E::Closed => ApiError::Unavailable(e.to_string()),
+            E::Io { .. } | E::Corrupt { .. } | E::Internal(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -3,10 +3,12 @@
 
 mod access;
 mod error;
+mod events;
 mod local;
 mod ops;
 mod peer;
 mod sessions;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +22,8 @@ pub use error::ApiError;
 
 use crate::cache::Caches;
 use crate::config::Config;
+use crate::event_relay::EventRelay;
+use crate::events::EventLog;
 use crate::health::Health;
 use crate::metrics::{HttpLabel, Metrics};
 use crate::peers::outbox::Outbox;
@@ -39,6 +43,11 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub sessions: Arc<Sessions>,
     pub membership: Arc<crate::peers::membership::Membership>,
+    pub events: Arc<EventLog>,
+    /// Moves local events into the outbox; `None` when `[event] synchronize` is off.
+    pub event_relay: Option<Arc<EventRelay>>,
+    /// Cancelled at shutdown: ends long-lived responses (event streams).
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// Reads a request body up to `limit` bytes; past it, 413 without reading the rest.
@@ -151,7 +160,10 @@ pub fn serve_local(
     state: Arc<AppState>,
     listener: std::net::TcpListener,
 ) -> std::io::Result<Server> {
-    serve(state, listener, "local", local::configure)
+    serve(state, listener, "local", |cfg| {
+        local::configure(cfg);
+        events::configure_local(cfg);
+    })
 }
 
 /// Starts the peer/stream/ops server on an already-bound listener.
@@ -162,5 +174,7 @@ pub fn serve_peer(
     serve(state, listener, "peer", |cfg| {
         peer::configure(cfg);
         ops::configure(cfg);
+        events::configure_peer(cfg);
+        stream::configure(cfg);
     })
 }

@@ -174,6 +174,14 @@ pub struct EventConfig {
     pub synchronize: bool,
     pub retention: Duration,
     pub stream_token: Option<Secret>,
+    /// How often an idle stream gets a comment line (keeps load balancers from closing it).
+    pub heartbeat: Duration,
+    /// Event log segment size; retention drops whole segments.
+    pub segment_bytes: u64,
+    /// Older segments are dropped while the log is bigger than this.
+    pub max_bytes: u64,
+    /// Largest single event accepted (413 above).
+    pub max_event_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -53,6 +53,10 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("event", None, "synchronize", false),
     ("event", None, "retention", false),
     ("event", None, "streamToken", false),
+    ("event", None, "heartbeatInterval", false),
+    ("event", None, "segmentSize", false),
+    ("event", None, "maxSize", false),
+    ("event", None, "maxEventSize", false),
     ("websession", None, "synchronize", false),
     ("websession", None, "cleanupInterval", false),
     ("websession", None, "maxAge", false),
@@ -564,7 +568,17 @@ pub(super) fn validate(
         synchronize: v.boolean("event", "synchronize", true),
         retention: v.duration("event", None, "retention", Duration::from_secs(7 * 86_400)),
         stream_token: v.token("event", "streamToken"),
+        heartbeat: v.duration("event", None, "heartbeatInterval", Duration::from_secs(15)),
+        segment_bytes: v.number("event", None, "segmentSize", 64 << 20, 4096),
+        max_bytes: v.number("event", None, "maxSize", 10 << 30, 1 << 20),
+        max_event_bytes: v.number("event", None, "maxEventSize", 1 << 20, 1024) as usize,
     };
+    if event.heartbeat.is_zero() {
+        v.err("event.heartbeatInterval", "must be above zero");
+    }
+    if event.max_event_bytes > 64 << 20 {
+        v.err("event.maxEventSize", "must not exceed 64m");
+    }
     if !listen.is_loopback() && event.stream_token.is_none() {
         v.err(
             "event.streamToken",

@@ -186,6 +186,51 @@ impl EventLog {
         rx.await.map_err(|_| EventError::Closed)?
     }
 
+    /// Like [`append_remote`](Self::append_remote) for several events of one origin, in seq
+    /// order, sharing group commits (one fsync for the lot instead of one each). Results are
+    /// in the same order. A transient failure of one commit may leave later events appended
+    /// while an earlier one is not (a later retry of it is then a duplicate): only i/o errors
+    /// cause that, and they fail the whole group.
+    pub async fn append_remote_many(
+        &self,
+        origin: &str,
+        events: Vec<(u64, &[u8])>,
+    ) -> Vec<Result<AppendOutcome>> {
+        let mut waiting = Vec::with_capacity(events.len());
+        for (seq, bytes) in events {
+            let sent = if !valid_instance_id(origin) {
+                Err(EventError::BadOrigin(format!(
+                    "invalid origin instanceId {origin:?}"
+                )))
+            } else if seq == 0 {
+                Err(EventError::BadOrigin(format!(
+                    "event seq of {origin} must start at 1"
+                )))
+            } else {
+                event::validate(bytes, self.shared.opts.max_event_bytes).and_then(|head| {
+                    let (reply, rx) = oneshot::channel();
+                    self.send(Request::Remote {
+                        origin: origin.to_string(),
+                        seq,
+                        body: Bytes::copy_from_slice(bytes),
+                        head,
+                        reply,
+                    })
+                    .map(|_| rx)
+                })
+            };
+            waiting.push(sent);
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            out.push(match w {
+                Ok(rx) => rx.await.map_err(|_| EventError::Closed).and_then(|r| r),
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
     fn send(&self, req: Request) -> Result<()> {
         self.tx.send(req).map_err(|_| EventError::Closed)
     }

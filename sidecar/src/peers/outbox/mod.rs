@@ -185,6 +185,40 @@ impl Outbox {
         }
     }
 
+    /// Appends several message bodies, in this order, to every peer's queue (they may share
+    /// one group commit); resolves once all are durable, with the last seq. For callers whose
+    /// messages must reach peers in a given order (stream events).
+    pub async fn append_many(&self, payloads: Vec<Vec<u8>>) -> Result<Option<u64>, OutboxError> {
+        if !self.has_peers() || payloads.is_empty() {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let mut replies = Vec::with_capacity(payloads.len());
+        // Sent synchronously, in order: the committer assigns seqs in arrival order.
+        for payload in payloads {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            self.tx
+                .send(Cmd::Append {
+                    payload,
+                    now_ms: now,
+                    reply,
+                })
+                .map_err(|_| OutboxError::Closed)?;
+            replies.push(rx);
+        }
+        let mut last = None;
+        for rx in replies {
+            match rx.await {
+                Ok(Ok(seq)) => last = Some(seq),
+                Ok(Err(e)) => {
+                    return Err(OutboxError::Io(self.root.clone(), std::io::Error::other(e)))
+                }
+                Err(_) => return Err(OutboxError::Closed),
+            }
+        }
+        Ok(last)
+    }
+
     /// Finishes every append already queued, closes the files and stops the committer.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Cmd::Shutdown);

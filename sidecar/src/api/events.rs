@@ -1,0 +1,127 @@
+//! Stream events on the HTTP API: `POST /v1/events` (local API, the master publishes) and the
+//! peer catch-up endpoints `GET /v1/peer/events[/{origin}]` (signed, for a node that lacks
+//! events: its data directory was lost, or it joins). The tail is in `stream`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::{read_body, ApiError, AppState};
+use crate::metrics::Metrics;
+
+/// Most events one catch-up reply carries.
+const MAX_CATCH_UP: usize = 5_000;
+
+pub fn configure_local(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/events", web::post().to(publish));
+}
+
+pub fn configure_peer(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/peer/events", web::get().to(origins))
+        .route("/v1/peer/events/{origin}", web::get().to(catch_up));
+}
+
+/// Appends one Gerrit event (fsync'd), waits until it is durably queued for every peer when
+/// `[event] synchronize` is on, and answers `202 {"id", "origin", "seq"}`.
+async fn publish(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    super::local::authorize(&state, &req)?;
+    let limit = state.config.event.max_event_bytes;
+    let body = read_body(payload, limit).await.map_err(|e| match e {
+        ApiError::TooLarge(_) => ApiError::TooLarge(format!(
+            "event exceeds the limit of {limit} bytes (event.maxEventSize)"
+        )),
+        other => other,
+    })?;
+    let event = state.events.append_local_event(&body).await?;
+    state
+        .metrics
+        .events_appended
+        .get_or_create(&Metrics::kind("local"))
+        .inc();
+    let forwarded = match &state.event_relay {
+        Some(relay) => {
+            relay
+                .wait_queued(event.id.seq)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            true
+        }
+        None => false,
+    };
+    state
+        .metrics
+        .local_mutations
+        .get_or_create(&Metrics::kind("event"))
+        .inc();
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "id": event.id.to_string(),
+        "origin": &*event.id.origin,
+        "seq": event.id.seq,
+        "forwarded": forwarded,
+    })))
+}
+
+/// `{"origins": {origin: last seq}}`: what this node's log holds.
+async fn origins(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    super::peer::authenticate(&state, &req, b"")?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "origins": state.events.last_seq_by_origin(),
+    })))
+}
+
+#[derive(serde::Deserialize)]
+struct CatchUpQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// `{"origin", "last_seq", "events": [{"seq", "event"}]}`: the origin's events after `after`,
+/// in seq order, each with Gerrit's bytes unchanged.
+async fn catch_up(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<CatchUpQuery>,
+) -> Result<HttpResponse, ApiError> {
+    super::peer::authenticate(&state, &req, b"")?;
+    let origin = path.into_inner();
+    if !crate::wire::valid_instance_id(&origin) {
+        return Err(ApiError::BadRequest(format!(
+            "`{origin}` is not a valid instanceId"
+        )));
+    }
+    let max = query.limit.unwrap_or(MAX_CATCH_UP).clamp(1, MAX_CATCH_UP);
+    let (log, o, after) = (state.events.clone(), origin.clone(), query.after);
+    let events = web::block(move || log.read_origin(&o, after, max))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let last_seq = state
+        .events
+        .last_seq_by_origin()
+        .get(&origin)
+        .copied()
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(events.iter().map(|(_, b)| b.len() + 32).sum::<usize>() + 64);
+    out.extend_from_slice(
+        serde_json::json!({ "origin": origin, "last_seq": last_seq })
+            .to_string()
+            .trim_end_matches('}')
+            .as_bytes(),
+    );
+    out.extend_from_slice(b",\"events\":[");
+    for (i, (id, bytes)) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"seq\":{},\"event\":", id.seq).as_bytes());
+        out.extend_from_slice(bytes);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(out))
+}

@@ -1,0 +1,223 @@
+//! Moves this node's own stream events from the event log into the outbox, in seq order, and
+//! remembers how far it got (`<data>/events.queued`), so an event fsync'd in the log reaches
+//! every peer even when the process dies between the log append and the outbox append: at
+//! start the relay re-queues every local event after the marker.
+//!
+//! One task does it, so events enter the outbox (and reach each peer) in seq order; a peer's
+//! log would otherwise take a later seq first and drop the earlier one as a duplicate. The
+//! marker is written without fsync: a stale marker only re-queues events that peers already
+//! hold, and they drop them as duplicates (`EventLog::append_remote` dedups on the event id).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventLog;
+use crate::peers::outbox::Outbox;
+
+/// Most events moved per round (one read of the log, one ordered outbox append).
+const ROUND: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the event relay stopped before queueing event {0} for peers")]
+pub struct RelayStopped(pub u64);
+
+pub struct EventRelay {
+    queued: watch::Sender<u64>,
+    stopped: CancellationToken,
+}
+
+impl EventRelay {
+    /// Reads the marker and starts the relay task; it runs until `stop` is cancelled.
+    pub fn start(
+        log: Arc<EventLog>,
+        outbox: Arc<Outbox>,
+        data_dir: &Path,
+        stop: CancellationToken,
+    ) -> (Arc<EventRelay>, tokio::task::JoinHandle<()>) {
+        let marker = data_dir.join("events.queued");
+        let start = read_marker(&marker);
+        let relay = Arc::new(EventRelay {
+            queued: watch::Sender::new(start),
+            stopped: CancellationToken::new(),
+        });
+        let task = tokio::spawn(run(relay.clone(), log, outbox, marker, stop));
+        (relay, task)
+    }
+
+    /// The highest local event seq durably queued for every peer (all below it are too).
+    pub fn queued(&self) -> u64 {
+        *self.queued.borrow()
+    }
+
+    /// Resolves once the local event `seq` is durably in every peer's queue.
+    pub async fn wait_queued(&self, seq: u64) -> Result<(), RelayStopped> {
+        let mut rx = self.queued.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|q| *q >= seq) => r.map(|_| ()).map_err(|_| RelayStopped(seq)),
+            _ = self.stopped.cancelled() => {
+                if self.queued() >= seq { Ok(()) } else { Err(RelayStopped(seq)) }
+            }
+        }
+    }
+}
+
+fn read_marker(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_marker(path: &Path, seq: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{seq}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The outbox payload of one event: `MessageBody::Event` with the stored bytes spliced in
+/// unchanged (they are a validated JSON object).
+pub fn event_payload(event_seq: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 48);
+    out.extend_from_slice(
+        format!("{{\"kind\":\"event\",\"event_seq\":{event_seq},\"event\":").as_bytes(),
+    );
+    out.extend_from_slice(bytes);
+    out.push(b'}');
+    out
+}
+
+async fn run(
+    relay: Arc<EventRelay>,
+    log: Arc<EventLog>,
+    outbox: Arc<Outbox>,
+    marker: PathBuf,
+    stop: CancellationToken,
+) {
+    let origin = log.instance_id().to_owned();
+    let mut wake = log.subscribe();
+    let mut backoff = Duration::from_millis(50);
+    let mut written = relay.queued();
+    if written > 0 {
+        tracing::info!(
+            after = written,
+            "event relay resumes queueing local events for peers"
+        );
+    }
+    loop {
+        wake.borrow_and_update();
+        let after = relay.queued();
+        let (l, o) = (log.clone(), origin.clone());
+        let read = tokio::task::spawn_blocking(move || l.read_origin(&o, after, ROUND)).await;
+        let result = match read {
+            Ok(Ok(events)) if events.is_empty() => {
+                if after != written {
+                    let (m, s) = (marker.clone(), after);
+                    match tokio::task::spawn_blocking(move || write_marker(&m, s)).await {
+                        Ok(Ok(())) => written = after,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "cannot write the event relay marker")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "event relay marker task failed"),
+                    }
+                }
+                tokio::select! {
+                    _ = wake.changed() => continue,
+                    _ = stop.cancelled() => break,
+                }
+            }
+            Ok(Ok(events)) => {
+                let last = events.last().map(|(id, _)| id.seq).unwrap_or(after);
+                let payloads = events
+                    .iter()
+                    .map(|(id, bytes)| event_payload(id.seq, bytes))
+                    .collect();
+                outbox
+                    .append_many(payloads)
+                    .await
+                    .map(|_| last)
+                    .map_err(|e| e.to_string())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(last) => {
+                backoff = Duration::from_millis(50);
+                relay.queued.send_replace(last);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, after, "cannot queue local events for peers; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+    }
+    let q = relay.queued();
+    if q != written {
+        let _ = tokio::task::spawn_blocking(move || write_marker(&marker, q)).await;
+    }
+    relay.stopped.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Message, MessageBody};
+
+    #[test]
+    fn payload_is_an_event_message() {
+        let body = br#"{"type":"ref-updated","eventCreatedOn":1}"#;
+        let mut msg = b"{\"seq\":3,".to_vec();
+        msg.extend_from_slice(&event_payload(7, body)[1..]);
+        let m = Message::decode(std::str::from_utf8(&msg).unwrap()).unwrap();
+        match m.body {
+            MessageBody::Event { event_seq, event } => {
+                assert_eq!(event_seq, 7);
+                assert_eq!(event.get().as_bytes(), body);
+            }
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn requeues_local_events_after_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            EventLog::open(
+                dir.path().join("events"),
+                crate::events::EventLogOptions::new("node-a"),
+            )
+            .unwrap(),
+        );
+        for i in 0..5 {
+            log.append_local(format!(r#"{{"type":"t","eventCreatedOn":{i}}}"#).as_bytes())
+                .await
+                .unwrap();
+        }
+        // A crash after the log append, before the outbox append: the marker says 2.
+        write_marker(&dir.path().join("events.queued"), 2).unwrap();
+        let outbox = Arc::new(
+            Outbox::open(dir.path(), crate::peers::outbox::OutboxOptions::default()).unwrap(),
+        );
+        let queue = outbox.add_peer("http://peer/").unwrap();
+        let stop = CancellationToken::new();
+        let (relay, task) =
+            EventRelay::start(log.clone(), outbox.clone(), dir.path(), stop.clone());
+        relay.wait_queued(5).await.unwrap();
+        assert_eq!(queue.stats().pending, 3, "events 3, 4 and 5 re-queued");
+        stop.cancel();
+        task.await.unwrap();
+        assert_eq!(read_marker(&dir.path().join("events.queued")), 5);
+        log.shutdown().await.unwrap();
+    }
+}

@@ -1,0 +1,352 @@
+//! The `ha-sidecar stream-events` client: tails `GET /v1/events/stream` of one of several
+//! sidecars and prints one event JSON per line, like `gerrit stream-events`. It reconnects with
+//! back-off, fails over to the next URL, and always resumes with the cursor of the last event
+//! it printed, so within one run every event is printed exactly once whichever node serves it.
+//!
+//! `--cursor-file` keeps the cursor across runs: it is written (atomically, fsync'd) after the
+//! events of each received chunk are written and flushed to the output. A run killed between
+//! the flush and the cursor write prints those events again on the next run: across restarts
+//! of the client delivery is at least once, with repeats bounded by one chunk.
+//!
+//! Like the demo, this is a client of the sidecar, so it uses reqwest (see ARCHITECTURE.md).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Base URLs of sidecars (`listenUrl`) or of a load balancer in front of them.
+    pub urls: Vec<url::Url>,
+    pub types: Vec<String>,
+    /// Where to start when there is no cursor yet: `beginning`, epoch seconds or a cursor.
+    pub since: Option<String>,
+    pub cursor_file: Option<PathBuf>,
+    pub token: Option<String>,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A connection that sends nothing (not even a heartbeat) for this long is given up.
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Options {
+    pub fn new(urls: Vec<url::Url>) -> Self {
+        Options {
+            urls,
+            types: Vec::new(),
+            since: None,
+            cursor_file: None,
+            token: None,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{url} refused the stream with {status}: {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("cursor file {path}: {source}")]
+    CursorFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What ended one connection.
+enum Ended {
+    /// Worth trying again (here or elsewhere).
+    Retry(String),
+    /// The server cannot serve this cursor (410): another node might.
+    Expired(String),
+}
+
+/// Tails until `stop` is cancelled or a permanent error.
+pub async fn run<W: Write>(
+    opts: &Options,
+    out: &mut W,
+    stop: CancellationToken,
+) -> Result<(), StreamError> {
+    if opts.urls.is_empty() {
+        return Err(StreamError::Setup("give at least one --url".into()));
+    }
+    let http = reqwest::Client::builder()
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.idle_timeout)
+        .user_agent(concat!(
+            "ha-sidecar-stream-events/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .map_err(|e| StreamError::Setup(format!("cannot build the HTTP client: {e}")))?;
+    let mut cursor = match &opts.cursor_file {
+        Some(p) => read_cursor(p)?,
+        None => None,
+    };
+    let mut backoff = opts.min_backoff;
+    let mut expired_in_a_row = 0usize;
+    let mut i = 0usize;
+    loop {
+        let url = &opts.urls[i % opts.urls.len()];
+        let ended = tokio::select! {
+            r = tail_once(&http, opts, url, &mut cursor, out) => r?,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        match ended {
+            (Ended::Retry(why), delivered) => {
+                expired_in_a_row = 0;
+                if delivered {
+                    backoff = opts.min_backoff;
+                }
+                tracing::warn!(url = %url, error = %why, "stream interrupted; failing over");
+            }
+            (Ended::Expired(why), _) => {
+                expired_in_a_row += 1;
+                if expired_in_a_row >= opts.urls.len() {
+                    return Err(StreamError::Refused {
+                        url: url.to_string(),
+                        status: 410,
+                        message: why,
+                    });
+                }
+                tracing::warn!(url = %url, error = %why, "cursor expired here; trying the next url");
+            }
+        }
+        i += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(backoff)) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(opts.max_backoff);
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+/// One connection: returns why it ended and whether it got through to the stream.
+async fn tail_once<W: Write>(
+    http: &reqwest::Client,
+    opts: &Options,
+    base: &url::Url,
+    cursor: &mut Option<String>,
+    out: &mut W,
+) -> Result<(Ended, bool), StreamError> {
+    let mut url = base
+        .join("v1/events/stream")
+        .map_err(|e| StreamError::Setup(format!("bad url {base}: {e}")))?;
+    {
+        let mut q = url.query_pairs_mut();
+        for t in &opts.types {
+            q.append_pair("type", t);
+        }
+        match (cursor.as_ref(), opts.since.as_ref()) {
+            (Some(c), _) => {
+                q.append_pair("cursor", c);
+            }
+            (None, Some(s)) => {
+                q.append_pair("since", s);
+            }
+            (None, None) => {}
+        }
+    }
+    let mut req = http.get(url).header("accept", "text/event-stream");
+    if let Some(t) = &opts.token {
+        req = req.bearer_auth(t);
+    }
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Ok((Ended::Retry(format!("connection failed: {e}")), false)),
+    };
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return match status {
+            410 => Ok((Ended::Expired(message), false)),
+            400 | 401 | 403 | 404 => Err(StreamError::Refused {
+                url: base.to_string(),
+                status,
+                message,
+            }),
+            _ => Ok((Ended::Retry(format!("answered {status}: {message}")), false)),
+        };
+    }
+    tracing::info!(url = %base, resumed = cursor.is_some(), "streaming events");
+    let mut parser = SseParser::default();
+    let mut saved = cursor.clone();
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok((Ended::Retry("the server closed the stream".into()), true)),
+            Err(e) => return Ok((Ended::Retry(format!("reading failed: {e}")), true)),
+        };
+        let mut ended = None;
+        for msg in parser.push(&chunk) {
+            if msg.event.as_deref() == Some("error") {
+                let v: serde_json::Value = serde_json::from_str(&msg.data).unwrap_or_default();
+                let why = v["error"].as_str().unwrap_or(&msg.data).to_owned();
+                ended = Some(if v["status"] == 410 {
+                    Ended::Expired(why)
+                } else {
+                    Ended::Retry(why)
+                });
+                break;
+            }
+            if !msg.data.is_empty() {
+                // A pretty-printed event arrives as several data lines: keep it on one line.
+                out.write_all(msg.data.replace('\n', " ").as_bytes())
+                    .and_then(|_| out.write_all(b"\n"))
+                    .map_err(StreamError::Output)?;
+            }
+            if let Some(id) = msg.id {
+                *cursor = Some(id);
+            }
+        }
+        out.flush().map_err(StreamError::Output)?;
+        if let (Some(path), true) = (&opts.cursor_file, *cursor != saved) {
+            write_cursor(path, cursor.as_deref().unwrap_or_default())?;
+            saved = cursor.clone();
+        }
+        if let Some(e) = ended {
+            return Ok((e, true));
+        }
+    }
+}
+
+fn read_cursor(path: &Path) -> Result<Option<String>, StreamError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => Ok(None),
+        Ok(t) => Ok(Some(t.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StreamError::CursorFile {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn write_cursor(path: &Path, cursor: &str) -> Result<(), StreamError> {
+    let err = |source| StreamError::CursorFile {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    f.write_all(format!("{cursor}\n").as_bytes()).map_err(err)?;
+    f.sync_data().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// One dispatched SSE message.
+#[derive(Debug, Default, PartialEq)]
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    /// `data:` lines joined with `\n`.
+    pub data: String,
+}
+
+/// An incremental Server-Sent Events parser: feed it chunks, get whole messages; a message cut
+/// off by a dropped connection is never returned.
+#[derive(Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    current: SseMessage,
+    has_data: bool,
+}
+
+impl SseParser {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let end = start + nl;
+            let line = &self.buf[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let line = String::from_utf8_lossy(line).into_owned();
+            start = end + 1;
+            if line.is_empty() {
+                let msg = std::mem::take(&mut self.current);
+                if self.has_data || msg.id.is_some() {
+                    out.push(msg);
+                }
+                self.has_data = false;
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f.to_owned(), v.strip_prefix(' ').unwrap_or(v).to_owned()),
+                None => (line.clone(), String::new()),
+            };
+            match field.as_str() {
+                "id" => self.current.id = Some(value),
+                "event" => self.current.event = Some(value),
+                "data" => {
+                    if self.has_data {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(&value);
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+        self.buf.drain(..start);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_messages_across_chunks() {
+        let mut p = SseParser::default();
+        assert!(p.push(b": hello\nretry: 1000\nid: v1~0\n\n").len() == 1);
+        let text = b"id: v1~0~a~1\ndata: {\"type\":\"x\",\ndata:  \"n\":1}\n\n: heartbeat\n\nid: v1~0~a~2\ndata: {}\n";
+        let (a, b) = text.split_at(17);
+        let mut got = p.push(a);
+        assert!(got.is_empty());
+        got.extend(p.push(b));
+        assert_eq!(got.len(), 1, "the second message is not complete");
+        assert_eq!(got[0].id.as_deref(), Some("v1~0~a~1"));
+        assert_eq!(got[0].data, "{\"type\":\"x\",\n \"n\":1}");
+        let last = p.push(b"\n");
+        assert_eq!(last[0].data, "{}");
+        let err = p.push(b"event: error\ndata: {\"error\":\"gone\",\"status\":410}\n\n");
+        assert_eq!(err[0].event.as_deref(), Some("error"));
+    }
+
+    #[test]
+    fn cursor_file_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cursor");
+        assert_eq!(read_cursor(&p).unwrap(), None);
+        write_cursor(&p, "v1~5~a~3").unwrap();
+        assert_eq!(read_cursor(&p).unwrap().as_deref(), Some("v1~5~a~3"));
+    }
+}
