@@ -12,6 +12,8 @@ use crate::auth::Verifier;
 use crate::cache::Caches;
 use crate::config::{Config, Discovery};
 use crate::health::Health;
+use crate::index::{IndexOptions, IndexStore};
+use crate::index_sync::IndexSync;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
 use crate::peers::deadletter::DeadLetters;
@@ -37,8 +39,24 @@ pub enum StartError {
     },
     #[error("cannot open the outbox: {0}")]
     Outbox(#[from] crate::peers::outbox::OutboxError),
+    #[error("cannot open the index: {0}")]
+    Index(#[from] crate::index::IndexError),
     #[error("{0}")]
     Other(String),
+}
+
+/// Opens `<dataDirectory>/index` off the executor (it replays the journal).
+async fn open_index(config: &Config) -> Result<IndexStore, StartError> {
+    let dir = config.data_dir.join("index");
+    let opts = IndexOptions {
+        refresh_interval: config.index.refresh_interval,
+        tombstone_ttl: config.index.tombstone_ttl,
+        max_doc_bytes: config.index.max_doc_bytes,
+    };
+    tokio::task::spawn_blocking(move || IndexStore::open(&dir, opts))
+        .await
+        .map_err(|e| StartError::Other(format!("index open task: {e}")))?
+        .map_err(StartError::Index)
 }
 
 /// The two listening sockets of a node, bound before the node starts.
@@ -65,6 +83,8 @@ pub struct Node {
     state: Arc<AppState>,
     handles: Vec<ServerHandle>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    index_sync: Option<tokio::task::JoinHandle<()>>,
+    index_sync_stop: CancellationToken,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
 }
@@ -86,10 +106,12 @@ impl Node {
             ..OutboxOptions::default()
         };
         let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
+        let index = Arc::new(open_index(&config).await?);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
                 caches: caches.clone(),
+                index: index.clone(),
             },
             metrics.clone(),
         )
@@ -108,7 +130,7 @@ impl Node {
             outbox.clone(),
             ForwarderCtx {
                 origin: config.instance_id.clone(),
-                client,
+                client: client.clone(),
                 metrics: metrics.clone(),
                 dead: Arc::new(DeadLetters::new(&config.data_dir)),
                 max_messages: config.http.max_batch_messages,
@@ -133,6 +155,7 @@ impl Node {
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
+            index: index.clone(),
             outbox,
             peers,
             receiver: Arc::new(receiver),
@@ -155,7 +178,32 @@ impl Node {
             .map_err(|e| io(e, local_addr, "localListenUrl"))?;
         let handles = vec![local_server.handle(), peer_server.handle()];
         let servers = vec![tokio::spawn(local_server), tokio::spawn(peer_server)];
-        health.set_ready();
+        let index_sync_stop = CancellationToken::new();
+        let mut index_sync = None;
+        if config.index.synchronize {
+            // An empty index catches up from the peers before this node takes traffic.
+            let stats = index.stats();
+            let empty = stats.kinds.iter().all(|(_, k)| k.docs + k.tombstones == 0);
+            if empty {
+                health.set_catching_up();
+            } else {
+                health.set_ready();
+            }
+            let sync = IndexSync {
+                store: index.clone(),
+                peers: state.peers.clone(),
+                client,
+                metrics: state.metrics.clone(),
+                health: health.clone(),
+                interval: config.index.anti_entropy_interval,
+                retry_interval: config.http.retry_interval,
+                max_retry_interval: config.http.max_retry_interval,
+                max_push_bytes: config.http.max_batch_bytes,
+            };
+            index_sync = Some(tokio::spawn(sync.run(empty, index_sync_stop.clone())));
+        } else {
+            health.set_ready();
+        }
         tracing::info!(
             instance = %config.instance_id,
             listen = %peer_addr,
@@ -167,6 +215,8 @@ impl Node {
             state,
             handles,
             servers,
+            index_sync,
+            index_sync_stop,
             peer_addr,
             local_addr,
         })
@@ -189,6 +239,11 @@ impl Node {
     /// Graceful stop: health goes 503, listeners stop accepting, in-flight requests finish,
     /// forwarders stop, the outbox commits what it holds and closes.
     pub async fn shutdown(self) {
+        // Stopped first, so a catch-up ending now cannot mark a stopping node ready.
+        self.index_sync_stop.cancel();
+        if let Some(t) = self.index_sync {
+            let _ = t.await;
+        }
         self.state.health.set_stopping();
         for h in &self.handles {
             h.stop(true).await;
@@ -199,6 +254,9 @@ impl Node {
         self.state.peers.shutdown().await;
         let outbox = self.state.outbox.clone();
         let _ = tokio::task::spawn_blocking(move || outbox.shutdown()).await;
+        if let Err(e) = self.state.index.shutdown().await {
+            tracing::error!(error = %e, "index did not close cleanly; its journal replays at the next start");
+        }
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");
     }
 }

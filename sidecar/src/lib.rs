@@ -10,6 +10,7 @@ pub mod demo;
 pub mod events;
 pub mod health;
 pub mod index;
+pub mod index_sync;
 pub mod metrics;
 pub mod peers;
 pub mod receiver;

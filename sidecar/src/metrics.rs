@@ -31,6 +31,16 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IndexWriteLabel {
+    /// changes, accounts, groups, projects
+    pub kind: String,
+    /// local (the master), peer (forwarded), sync (anti-entropy)
+    pub source: String,
+    /// applied, stale
+    pub outcome: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -49,6 +59,13 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
+    pub index_writes: Family<IndexWriteLabel, Counter>,
+    pub index_docs: Family<KindLabel, Gauge>,
+    pub index_tombstones: Family<KindLabel, Gauge>,
+    pub index_sync_rounds: Family<PeerLabel, Counter>,
+    pub index_sync_failures: Family<PeerLabel, Counter>,
+    pub index_docs_pulled: Family<PeerLabel, Counter>,
+    pub index_docs_pushed: Family<PeerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,6 +96,13 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
             local_mutations: Family::default(),
+            index_writes: Family::default(),
+            index_docs: Family::default(),
+            index_tombstones: Family::default(),
+            index_sync_rounds: Family::default(),
+            index_sync_failures: Family::default(),
+            index_docs_pulled: Family::default(),
+            index_docs_pushed: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -151,6 +175,41 @@ impl Metrics {
             "Mutations accepted on the local API, by kind",
             m.local_mutations.clone(),
         );
+        r.register(
+            "index_writes",
+            "Index writes by kind, source (local, peer, sync) and outcome (applied, stale)",
+            m.index_writes.clone(),
+        );
+        r.register(
+            "index_docs",
+            "Live index documents, by kind",
+            m.index_docs.clone(),
+        );
+        r.register(
+            "index_tombstones",
+            "Index tombstones (deletes kept for the version rule), by kind",
+            m.index_tombstones.clone(),
+        );
+        r.register(
+            "index_sync_rounds",
+            "Anti-entropy rounds completed with a peer",
+            m.index_sync_rounds.clone(),
+        );
+        r.register(
+            "index_sync_failures",
+            "Anti-entropy rounds that failed, per peer",
+            m.index_sync_failures.clone(),
+        );
+        r.register(
+            "index_docs_pulled",
+            "Index documents and tombstones pulled from a peer by anti-entropy",
+            m.index_docs_pulled.clone(),
+        );
+        r.register(
+            "index_docs_pushed",
+            "Index documents and tombstones pushed to a peer by anti-entropy",
+            m.index_docs_pushed.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -163,6 +222,31 @@ impl Metrics {
     pub fn kind(kind: &str) -> KindLabel {
         KindLabel {
             kind: kind.to_owned(),
+        }
+    }
+
+    /// Counts index write outcomes of one kind from one source.
+    pub fn index_outcomes(
+        &self,
+        kind: &str,
+        source: &str,
+        outcomes: &[crate::index::WriteOutcome],
+    ) {
+        let applied = outcomes
+            .iter()
+            .filter(|o| **o == crate::index::WriteOutcome::Applied)
+            .count() as u64;
+        let stale = outcomes.len() as u64 - applied;
+        for (outcome, n) in [("applied", applied), ("stale", stale)] {
+            if n > 0 {
+                self.index_writes
+                    .get_or_create(&IndexWriteLabel {
+                        kind: kind.to_owned(),
+                        source: source.to_owned(),
+                        outcome: outcome.to_owned(),
+                    })
+                    .inc_by(n);
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::value::RawValue;
 
 use crate::cache::Caches;
+use crate::index::{ExportedDoc, IndexError, IndexStore, Kind};
 use crate::metrics::Metrics;
 use crate::wire::{BatchReply, Message, MessageBody, Rejection};
 
@@ -23,11 +24,21 @@ pub enum ReceiveError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot apply index documents: {0}")]
+    Index(#[source] IndexError),
 }
 
 /// The stores a peer message may touch.
 pub struct Stores {
     pub caches: Arc<Caches>,
+    pub index: Arc<IndexStore>,
+}
+
+/// An index message of a batch, held back so the batch's documents are applied together.
+struct IndexWrite {
+    seq: u64,
+    kind: Kind,
+    doc: ExportedDoc,
 }
 
 pub struct Receiver {
@@ -102,6 +113,7 @@ impl Receiver {
         let mut hwm = self.load(origin, &mut g).await?;
         let start = hwm;
         let mut reply = BatchReply::default();
+        let mut index_writes = Vec::new();
         for raw in messages {
             let seq = match serde_json::from_str::<SeqOnly>(raw.get()) {
                 Ok(s) => s.seq,
@@ -123,6 +135,16 @@ impl Receiver {
                 continue;
             }
             match serde_json::from_str::<Message>(raw.get()) {
+                Ok(Message {
+                    body: body @ MessageBody::Index { .. },
+                    ..
+                }) => match index_write(seq, body) {
+                    Ok(w) => index_writes.push(w),
+                    Err(why) => {
+                        self.refused(origin, seq, "index", &why);
+                        reply.rejected.push(reject(seq, why));
+                    }
+                },
                 Ok(m) => match self.apply(&m.body).await {
                     Ok(kind) => {
                         tracing::debug!(origin, seq, kind, "applied");
@@ -144,6 +166,9 @@ impl Receiver {
                 }
             }
             hwm = seq;
+        }
+        if !index_writes.is_empty() {
+            self.apply_index(origin, index_writes, &mut reply).await?;
         }
         if hwm != start {
             self.persist(origin, hwm).await?;
@@ -176,12 +201,66 @@ impl Receiver {
                 Ok("flush")
             }
             MessageBody::Index { .. } => {
-                Err("index messages are not supported by this node".into())
+                let w = index_write(0, body.clone())?;
+                let outcome = self
+                    .stores
+                    .index
+                    .apply(w.kind, vec![w.doc])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.metrics
+                    .index_outcomes(w.kind.as_str(), "peer", &outcome);
+                Ok("index")
             }
             MessageBody::Event { .. } => {
                 Err("event messages are not supported by this node".into())
             }
         }
+    }
+
+    /// Applies a batch's index documents, one store call (one fsync) per kind. A document the
+    /// store refuses (bad, too large) is refused alone; a store failure fails the batch (the
+    /// sender retries it, and the version rule makes the repeat harmless).
+    async fn apply_index(
+        &self,
+        origin: &str,
+        writes: Vec<IndexWrite>,
+        reply: &mut BatchReply,
+    ) -> Result<(), ReceiveError> {
+        let mut by_kind: [Vec<IndexWrite>; 4] = Default::default();
+        for w in writes {
+            by_kind[Kind::ALL.iter().position(|k| *k == w.kind).unwrap_or(0)].push(w);
+        }
+        for writes in by_kind.into_iter().filter(|w| !w.is_empty()) {
+            let kind = writes[0].kind;
+            let (seqs, docs): (Vec<u64>, Vec<ExportedDoc>) =
+                writes.into_iter().map(|w| (w.seq, w.doc)).unzip();
+            let results = self
+                .stores
+                .index
+                .apply_each(kind, docs)
+                .await
+                .map_err(ReceiveError::Index)?;
+            let mut outcomes = Vec::with_capacity(results.len());
+            for (seq, r) in seqs.into_iter().zip(results) {
+                match r {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => {
+                        let why = e.to_string();
+                        self.refused(origin, seq, "index", &why);
+                        reply.rejected.push(reject(seq, why));
+                    }
+                }
+            }
+            self.metrics
+                .index_outcomes(kind.as_str(), "peer", &outcomes);
+            reply.applied += outcomes.len() as u64;
+            self.metrics
+                .messages_applied
+                .get_or_create(&Metrics::kind("index"))
+                .inc_by(outcomes.len() as u64);
+        }
+        Ok(())
     }
 
     async fn persist(&self, origin: &str, hwm: u64) -> Result<(), ReceiveError> {
@@ -194,6 +273,37 @@ impl Receiver {
             source,
         })
     }
+}
+
+/// Checks an index message and turns it into a store write.
+fn index_write(seq: u64, body: MessageBody) -> Result<IndexWrite, String> {
+    let MessageBody::Index {
+        index,
+        id,
+        version,
+        deleted,
+        doc,
+    } = body
+    else {
+        return Err("not an index message".into());
+    };
+    let kind: Kind = index.parse().map_err(|e: IndexError| e.to_string())?;
+    if deleted == doc.is_some() {
+        return Err(format!(
+            "index message {kind}/{id} must carry either a doc or deleted: true"
+        ));
+    }
+    Ok(IndexWrite {
+        seq,
+        kind,
+        doc: ExportedDoc {
+            id,
+            version,
+            deleted,
+            doc,
+            deleted_at: None,
+        },
+    })
 }
 
 #[derive(serde::Deserialize)]

@@ -2,9 +2,11 @@
 //! master (`localListenUrl`) and the peer/stream/ops API (`listenUrl`).
 
 mod error;
+mod index;
 mod local;
 mod ops;
 mod peer;
+mod peer_index;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +30,7 @@ use crate::receiver::Receiver;
 pub struct AppState {
     pub config: Arc<Config>,
     pub caches: Arc<Caches>,
+    pub index: Arc<crate::index::IndexStore>,
     pub outbox: Arc<Outbox>,
     pub peers: Arc<Peers>,
     pub receiver: Arc<Receiver>,
@@ -135,6 +138,7 @@ pub fn serve_peer(
 ) -> std::io::Result<Server> {
     serve(state, listener, "peer", |cfg| {
         peer::configure(cfg);
+        peer_index::configure(cfg);
         ops::configure(cfg);
     })
 }
