@@ -140,6 +140,10 @@ impl IndexSync {
                 if current.len() == peers.len() && caught_up(&current) {
                     catching_up = false;
                     let synced = current.iter().filter(|s| s.synced).count();
+                    // What was pulled is searchable before the node takes traffic.
+                    if let Err(e) = self.store.commit().await {
+                        tracing::error!(error = %e, "index commit after catching up failed");
+                    }
                     if shutdown.is_cancelled() {
                         return;
                     }
@@ -174,14 +178,6 @@ impl IndexSync {
                 .await
                 .map_err(|e| format!("{kind}: {e}"))?;
         }
-        self.metrics
-            .index_docs_pulled
-            .get_or_create(&Metrics::peer(&peer.key))
-            .inc_by(total.pulled);
-        self.metrics
-            .index_docs_pushed
-            .get_or_create(&Metrics::peer(&peer.key))
-            .inc_by(total.pushed);
         Ok(total)
     }
 
@@ -262,7 +258,7 @@ impl IndexSync {
             }
             rest = &rest[reply.consumed..];
             if let Some(prev) = in_flight.take() {
-                applied += self.finish_apply(kind, prev).await?;
+                applied += self.finish_apply(peer, kind, prev).await?;
             }
             let store = self.store.clone();
             in_flight = Some(tokio::spawn(async move {
@@ -270,13 +266,14 @@ impl IndexSync {
             }));
         }
         if let Some(prev) = in_flight {
-            applied += self.finish_apply(kind, prev).await?;
+            applied += self.finish_apply(peer, kind, prev).await?;
         }
         Ok(applied)
     }
 
     async fn finish_apply(
         &self,
+        peer: &Peer,
         kind: Kind,
         h: tokio::task::JoinHandle<crate::index::Result<Vec<crate::index::Result<WriteOutcome>>>>,
     ) -> Result<u64, SendError> {
@@ -321,6 +318,10 @@ impl IndexSync {
                     )
                     .await?;
                 applied += reply.applied;
+                self.metrics
+                    .index_docs_pushed
+                    .get_or_create(&Metrics::peer(&peer.key))
+                    .inc_by(reply.applied);
             }
         }
         Ok(applied)

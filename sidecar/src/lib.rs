@@ -14,4 +14,5 @@ pub mod index_sync;
 pub mod metrics;
 pub mod peers;
 pub mod receiver;
+pub mod reindex;
 pub mod wire;
