@@ -292,10 +292,15 @@ impl IndexSync {
         }
         self.metrics
             .index_outcomes(kind.as_str(), "sync", &outcomes);
-        Ok(outcomes
+        let applied = outcomes
             .iter()
             .filter(|o| **o == WriteOutcome::Applied)
-            .count() as u64)
+            .count() as u64;
+        self.metrics
+            .index_docs_pulled
+            .get_or_create(&Metrics::peer(&peer.key))
+            .inc_by(applied);
+        Ok(applied)
     }
 
     /// Exports `ids` here and applies them on the peer, in requests of at most `max_push_bytes`.
