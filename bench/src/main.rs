@@ -4,6 +4,7 @@
 //! Not a test: nothing here asserts.
 
 mod evictions;
+mod index;
 mod limits;
 mod report;
 
@@ -47,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         limits::run(&mut report, budget).await?;
         evictions::run(&mut report, budget).await?;
+        index::run(&mut report, budget, quick).await?;
         anyhow::Ok(())
     })?;
     report.write(std::path::Path::new(&out_dir), quick)?;

@@ -384,28 +384,31 @@ fn bucket_of(node: &ha_sidecar::app::Node, id: &str) -> u8 {
 /// pushed until both hold the same (id, version) set, tombstones included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_entropy_repairs_what_the_transport_missed() {
-    use ha_sidecar::index::Kind;
+    use ha_sidecar::index::{ExportedDoc, Kind};
     let dir = tempfile::tempdir().unwrap();
     let specs = mesh_specs(dir.path(), 2, INDEX_CONFIG);
     let a = start_in_process(&specs[0], dir.path()).await;
     let b = start_in_process(&specs[1], dir.path()).await;
     let (sa, sb) = (a.state().index.clone(), b.state().index.clone());
-    for i in 0..300 {
-        sa.upsert(Kind::Changes, &format!("c{i}"), 1, change(i, 1))
-            .await
-            .unwrap();
-    }
-    for i in 200..400 {
-        sb.upsert(Kind::Changes, &format!("c{i}"), 2, change(i, 2))
-            .await
-            .unwrap();
-    }
+    let docs = |ids: std::ops::Range<usize>, v: u64| -> Vec<ExportedDoc> {
+        ids.map(|i| ExportedDoc {
+            id: format!("c{i}"),
+            version: v,
+            deleted: false,
+            doc: Some(change(i, v)),
+            deleted_at: None,
+        })
+        .collect()
+    };
+    // Straight into each store, in one batch each (one fsync), bypassing the outbox.
+    sa.apply(Kind::Changes, docs(0..300, 1)).await.unwrap();
+    sb.apply(Kind::Changes, docs(200..400, 2)).await.unwrap();
     sb.delete(Kind::Changes, "c0", 5).await.unwrap();
     sa.upsert(Kind::Groups, "g1", 1, json!({"name": "admins"}))
         .await
         .unwrap();
     let digest = |s: &ha_sidecar::index::IndexStore, k| s.digest(k, 0..=255);
-    eventually("equal digests", Duration::from_secs(15), || async {
+    eventually("equal digests", Duration::from_secs(20), || async {
         Kind::ALL.iter().all(|k| digest(&sa, *k) == digest(&sb, *k))
     })
     .await;
