@@ -5,6 +5,7 @@
 
 mod events;
 mod evictions;
+mod index;
 mod limits;
 mod report;
 mod sessions;
@@ -70,6 +71,9 @@ fn main() -> anyhow::Result<()> {
         }
         if wanted("events") {
             events::run(&mut report, budget).await?;
+        }
+        if wanted("index") {
+            index::run(&mut report, budget, quick).await?;
         }
         anyhow::Ok(())
     })?;

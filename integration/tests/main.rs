@@ -1,8 +1,9 @@
 //! One test binary for every multi-node and multi-process test (see STYLE.md).
 
 mod config_fixtures;
-mod membership;
 mod events;
+mod index;
+mod membership;
 mod process;
 mod receiver;
 mod sessions;

@@ -209,7 +209,9 @@ async fn secret_rotation_without_downtime() {
         "B counts the refused requests",
         Duration::from_secs(10),
         || async {
+            // Anti-entropy requests are refused too: also wait for the forwarder's own failure.
             api::metric(&h, &b_url, "ha_auth_failures_total", &["bad_signature"]).await >= 1.0
+                && api::status(&h, &a.peer_url()).await["peers"][0]["last_error"].is_string()
         },
     )
     .await;

@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::event_relay::EventRelay;
 use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
+use crate::index::{IndexOptions, IndexStore};
+use crate::index_sync::IndexSync;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
 use crate::peers::deadletter::DeadLetters;
@@ -45,8 +47,24 @@ pub enum StartError {
     Sessions(#[from] crate::sessions::SessionsError),
     #[error("cannot open the event log: {0}")]
     Events(#[from] crate::events::EventError),
+    #[error("cannot open the index: {0}")]
+    Index(#[from] crate::index::IndexError),
     #[error("{0}")]
     Other(String),
+}
+
+/// Opens `<dataDirectory>/index` off the executor (it replays the journal).
+async fn open_index(config: &Config) -> Result<IndexStore, StartError> {
+    let dir = config.data_dir.join("index");
+    let opts = IndexOptions {
+        refresh_interval: config.index.refresh_interval,
+        tombstone_ttl: config.index.tombstone_ttl,
+        max_doc_bytes: config.index.max_doc_bytes,
+    };
+    tokio::task::spawn_blocking(move || IndexStore::open(&dir, opts))
+        .await
+        .map_err(|e| StartError::Other(format!("index open task: {e}")))?
+        .map_err(StartError::Index)
 }
 
 /// The two listening sockets of a node, bound before the node starts.
@@ -91,6 +109,8 @@ pub struct Node {
     handles: Vec<ServerHandle>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+    index_sync: Option<tokio::task::JoinHandle<()>>,
+    index_sync_stop: CancellationToken,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
     membership_stop: CancellationToken,
@@ -130,12 +150,14 @@ impl Node {
             config.data_dir.join("events"),
             event_log_options(&config),
         )?);
+        let index = Arc::new(open_index(&config).await?);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
                 caches: caches.clone(),
                 sessions: sessions.clone(),
                 events: events.clone(),
+                index: index.clone(),
             },
             metrics.clone(),
         )
@@ -154,7 +176,7 @@ impl Node {
             outbox.clone(),
             ForwarderCtx {
                 origin: config.instance_id.clone(),
-                client,
+                client: client.clone(),
                 metrics: metrics.clone(),
                 dead: Arc::new(DeadLetters::new(&config.data_dir)),
                 max_messages: config.http.max_batch_messages,
@@ -187,6 +209,7 @@ impl Node {
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
+            index: index.clone(),
             outbox,
             peers,
             receiver: Arc::new(receiver),
@@ -217,9 +240,31 @@ impl Node {
         let stop_background = CancellationToken::new();
         let background = vec![sessions.spawn_cleanup(stop_background.clone())];
         // 503 "catching up" until the peers have delivered what they held for this node.
-        health.set_catching_up();
+        health.begin_catch_up("peers");
         let membership_stop = CancellationToken::new();
         let membership_task = tokio::spawn(membership.run(membership_stop.clone()));
+        let index_sync_stop = CancellationToken::new();
+        let mut index_sync = None;
+        if config.index.synchronize {
+            // An empty index catches up from the peers before this node takes traffic.
+            let stats = index.stats();
+            let empty = stats.kinds.iter().all(|(_, k)| k.docs + k.tombstones == 0);
+            if empty {
+                health.begin_catch_up("index");
+            }
+            let sync = IndexSync {
+                store: index.clone(),
+                peers: state.peers.clone(),
+                client,
+                metrics: state.metrics.clone(),
+                health: health.clone(),
+                interval: config.index.anti_entropy_interval,
+                retry_interval: config.http.retry_interval,
+                max_retry_interval: config.http.max_retry_interval,
+                max_push_bytes: config.http.max_batch_bytes,
+            };
+            index_sync = Some(tokio::spawn(sync.run(empty, index_sync_stop.clone())));
+        }
         tracing::info!(
             instance = %config.instance_id,
             listen = %peer_addr,
@@ -234,6 +279,8 @@ impl Node {
             handles,
             servers,
             relay: relay.map(|(_, stop, task)| (stop, task)),
+            index_sync,
+            index_sync_stop,
             peer_addr,
             local_addr,
             membership_stop,
@@ -259,6 +306,11 @@ impl Node {
     /// removed), listeners stop accepting, in-flight requests finish,
     /// forwarders stop, the outbox commits what it holds and closes.
     pub async fn shutdown(self) {
+        // Stopped first, so a catch-up ending now cannot mark a stopping node ready.
+        self.index_sync_stop.cancel();
+        if let Some(t) = self.index_sync {
+            let _ = t.await;
+        }
         self.state.health.set_stopping();
         // Event streams never end by themselves: end them so the drain does not wait on them.
         self.state.stop.cancel();
@@ -287,6 +339,9 @@ impl Node {
         let _ = tokio::task::spawn_blocking(move || outbox.shutdown()).await;
         if let Err(e) = self.state.events.shutdown().await {
             tracing::error!(error = %e, "closing the event log failed");
+        }
+        if let Err(e) = self.state.index.shutdown().await {
+            tracing::error!(error = %e, "index did not close cleanly; its journal replays at the next start");
         }
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");
     }

@@ -13,6 +13,8 @@ pub struct Health {
     phase: AtomicU8,
     drained: AtomicBool,
     drain_file: PathBuf,
+    /// What this node is still catching up on (peers' backlogs, the index): ready when empty.
+    catching_up: std::sync::Mutex<Vec<&'static str>>,
 }
 
 impl Health {
@@ -23,6 +25,7 @@ impl Health {
             phase: AtomicU8::new(STARTING),
             drained: AtomicBool::new(drain_file.exists()),
             drain_file,
+            catching_up: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -30,15 +33,30 @@ impl Health {
         self.phase.store(READY, Ordering::SeqCst);
     }
 
-    pub fn set_catching_up(&self) {
-        self.phase.store(CATCHING_UP, Ordering::SeqCst);
-    }
-
-    /// Catching up is over: healthy unless a stop began meanwhile.
-    pub fn finish_catching_up(&self) {
+    /// Starts catching up on `what`: 503 "catching up" until every such `what` has ended.
+    pub fn begin_catch_up(&self, what: &'static str) {
+        let mut pending = self.catching_up.lock().expect("health lock");
+        if !pending.contains(&what) {
+            pending.push(what);
+        }
+        let _ =
+            self.phase
+                .compare_exchange(STARTING, CATCHING_UP, Ordering::SeqCst, Ordering::SeqCst);
         let _ = self
             .phase
-            .compare_exchange(CATCHING_UP, READY, Ordering::SeqCst, Ordering::SeqCst);
+            .compare_exchange(READY, CATCHING_UP, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Catching up on `what` is over; when nothing else is pending the node is healthy, unless a
+    /// stop began meanwhile.
+    pub fn end_catch_up(&self, what: &'static str) {
+        let mut pending = self.catching_up.lock().expect("health lock");
+        pending.retain(|w| *w != what);
+        if pending.is_empty() {
+            let _ =
+                self.phase
+                    .compare_exchange(CATCHING_UP, READY, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 
     pub fn set_stopping(&self) {
@@ -86,6 +104,23 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_only_when_every_catch_up_ended() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Health::new(d.path());
+        h.begin_catch_up("peers");
+        h.begin_catch_up("index");
+        assert_eq!(h.unhealthy_reason(), Some("catching up"));
+        h.end_catch_up("index");
+        assert_eq!(h.unhealthy_reason(), Some("catching up"));
+        h.end_catch_up("peers");
+        assert_eq!(h.unhealthy_reason(), None);
+        h.begin_catch_up("index");
+        h.set_stopping();
+        h.end_catch_up("index");
+        assert_eq!(h.unhealthy_reason(), Some("shutting down"));
+    }
 
     #[test]
     fn drain_survives_restart() {

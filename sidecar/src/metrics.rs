@@ -47,6 +47,16 @@ pub struct PeerStateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IndexWriteLabel {
+    /// changes, accounts, groups, projects
+    pub kind: String,
+    /// local (the master), peer (forwarded), sync (anti-entropy)
+    pub source: String,
+    /// applied, stale
+    pub outcome: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Web session figures (`ha_session_*`).
@@ -152,6 +162,13 @@ pub struct Metrics {
     pub events_appended: Family<KindLabel, Counter>,
     pub event_tailers: Gauge,
     pub events_streamed: Counter,
+    pub index_writes: Family<IndexWriteLabel, Counter>,
+    pub index_docs: Family<KindLabel, Gauge>,
+    pub index_tombstones: Family<KindLabel, Gauge>,
+    pub index_sync_rounds: Family<PeerLabel, Counter>,
+    pub index_sync_failures: Family<PeerLabel, Counter>,
+    pub index_docs_pulled: Family<PeerLabel, Counter>,
+    pub index_docs_pushed: Family<PeerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -189,6 +206,13 @@ impl Metrics {
             events_appended: Family::default(),
             event_tailers: Gauge::default(),
             events_streamed: Counter::default(),
+            index_writes: Family::default(),
+            index_docs: Family::default(),
+            index_tombstones: Family::default(),
+            index_sync_rounds: Family::default(),
+            index_sync_failures: Family::default(),
+            index_docs_pulled: Family::default(),
+            index_docs_pushed: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -292,6 +316,41 @@ impl Metrics {
             "Events sent to stream clients",
             m.events_streamed.clone(),
         );
+        r.register(
+            "index_writes",
+            "Index writes by kind, source (local, peer, sync) and outcome (applied, stale)",
+            m.index_writes.clone(),
+        );
+        r.register(
+            "index_docs",
+            "Live index documents, by kind",
+            m.index_docs.clone(),
+        );
+        r.register(
+            "index_tombstones",
+            "Index tombstones (deletes kept for the version rule), by kind",
+            m.index_tombstones.clone(),
+        );
+        r.register(
+            "index_sync_rounds",
+            "Anti-entropy rounds completed with a peer",
+            m.index_sync_rounds.clone(),
+        );
+        r.register(
+            "index_sync_failures",
+            "Anti-entropy rounds that failed, per peer",
+            m.index_sync_failures.clone(),
+        );
+        r.register(
+            "index_docs_pulled",
+            "Index documents and tombstones pulled from a peer by anti-entropy",
+            m.index_docs_pulled.clone(),
+        );
+        r.register(
+            "index_docs_pushed",
+            "Index documents and tombstones pushed to a peer by anti-entropy",
+            m.index_docs_pushed.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -310,6 +369,31 @@ impl Metrics {
     pub fn kind(kind: &str) -> KindLabel {
         KindLabel {
             kind: kind.to_owned(),
+        }
+    }
+
+    /// Counts index write outcomes of one kind from one source.
+    pub fn index_outcomes(
+        &self,
+        kind: &str,
+        source: &str,
+        outcomes: &[crate::index::WriteOutcome],
+    ) {
+        let applied = outcomes
+            .iter()
+            .filter(|o| **o == crate::index::WriteOutcome::Applied)
+            .count() as u64;
+        let stale = outcomes.len() as u64 - applied;
+        for (outcome, n) in [("applied", applied), ("stale", stale)] {
+            if n > 0 {
+                self.index_writes
+                    .get_or_create(&IndexWriteLabel {
+                        kind: kind.to_owned(),
+                        source: source.to_owned(),
+                        outcome: outcome.to_owned(),
+                    })
+                    .inc_by(n);
+            }
         }
     }
 

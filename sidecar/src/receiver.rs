@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::cache::Caches;
 use crate::events::{AppendOutcome, EventError, EventLog};
+use crate::index::{ExportedDoc, IndexError, IndexStore, Kind};
 use crate::metrics::Metrics;
 use crate::wire::{BatchReply, Message, MessageBody, Rejection};
 
@@ -31,6 +32,8 @@ pub enum ReceiveError {
         seq: u64,
         error: String,
     },
+    #[error("cannot apply index documents: {0}")]
+    Index(#[source] IndexError),
 }
 
 /// Why a message was not applied.
@@ -47,6 +50,14 @@ pub struct Stores {
     /// A peer's logout arrives as an eviction of `web_sessions` keyed by token hashes.
     pub sessions: Arc<crate::sessions::Sessions>,
     pub events: Arc<EventLog>,
+    pub index: Arc<IndexStore>,
+}
+
+/// An index message of a batch, held back so the batch's documents are applied together.
+struct IndexWrite {
+    seq: u64,
+    kind: Kind,
+    doc: ExportedDoc,
 }
 
 pub struct Receiver {
@@ -122,6 +133,7 @@ impl Receiver {
         let start = hwm;
         let mut reply = BatchReply::default();
         let mut appended = self.append_events(origin, hwm, messages).await;
+        let mut index_writes = Vec::new();
         for raw in messages {
             let seq = match serde_json::from_str::<SeqOnly>(raw.get()) {
                 Ok(s) => s.seq,
@@ -140,6 +152,21 @@ impl Receiver {
                     .messages_duplicate
                     .get_or_create(&Metrics::kind(kind_of(raw)))
                     .inc();
+                continue;
+            }
+            if kind_of(raw) == "index" {
+                // Held back: the batch's documents go to the store together (one fsync).
+                let write = Message::decode(raw.get())
+                    .map_err(|e| format!("cannot read message: {e}"))
+                    .and_then(|m| index_write(seq, m.body));
+                match write {
+                    Ok(w) => index_writes.push(w),
+                    Err(why) => {
+                        self.refused(origin, seq, "index", &why);
+                        reply.rejected.push(reject(seq, why));
+                    }
+                }
+                hwm = seq;
                 continue;
             }
             let applied = appended
@@ -164,6 +191,10 @@ impl Receiver {
                     }
                     Err(ApplyError::Retry(error)) => {
                         // Keep what was applied before it; the sender retries from here.
+                        if !index_writes.is_empty() {
+                            let held = std::mem::take(&mut index_writes);
+                            self.apply_index(origin, held, &mut reply).await?;
+                        }
                         if hwm != start {
                             self.persist(origin, hwm).await?;
                             *g = Some(hwm);
@@ -183,6 +214,9 @@ impl Receiver {
                 }
             }
             hwm = seq;
+        }
+        if !index_writes.is_empty() {
+            self.apply_index(origin, index_writes, &mut reply).await?;
         }
         if hwm != start {
             self.persist(origin, hwm).await?;
@@ -224,9 +258,18 @@ impl Receiver {
                 }
                 Ok("flush")
             }
-            MessageBody::Index { .. } => Err(ApplyError::Refuse(
-                "index messages are not supported by this node".into(),
-            )),
+            MessageBody::Index { .. } => {
+                let w = index_write(0, body.clone()).map_err(ApplyError::Refuse)?;
+                let outcome = self
+                    .stores
+                    .index
+                    .apply(w.kind, vec![w.doc])
+                    .await
+                    .map_err(|e| ApplyError::Retry(e.to_string()))?;
+                self.metrics
+                    .index_outcomes(w.kind.as_str(), "peer", &outcome);
+                Ok("index")
+            }
             MessageBody::Event { event_seq, event } => {
                 let r = self
                     .stores
@@ -269,6 +312,51 @@ impl Receiver {
         decoded.iter().map(|(s, _)| *s).zip(results).collect()
     }
 
+    /// Applies a batch's index documents, one store call (one fsync) per kind. A document the
+    /// store refuses (bad, too large) is refused alone; a store failure fails the batch (the
+    /// sender retries it, and the version rule makes the repeat harmless).
+    async fn apply_index(
+        &self,
+        origin: &str,
+        writes: Vec<IndexWrite>,
+        reply: &mut BatchReply,
+    ) -> Result<(), ReceiveError> {
+        let mut by_kind: [Vec<IndexWrite>; 4] = Default::default();
+        for w in writes {
+            by_kind[Kind::ALL.iter().position(|k| *k == w.kind).unwrap_or(0)].push(w);
+        }
+        for writes in by_kind.into_iter().filter(|w| !w.is_empty()) {
+            let kind = writes[0].kind;
+            let (seqs, docs): (Vec<u64>, Vec<ExportedDoc>) =
+                writes.into_iter().map(|w| (w.seq, w.doc)).unzip();
+            let results = self
+                .stores
+                .index
+                .apply_each(kind, docs)
+                .await
+                .map_err(ReceiveError::Index)?;
+            let mut outcomes = Vec::with_capacity(results.len());
+            for (seq, r) in seqs.into_iter().zip(results) {
+                match r {
+                    Ok(o) => outcomes.push(o),
+                    Err(e) => {
+                        let why = e.to_string();
+                        self.refused(origin, seq, "index", &why);
+                        reply.rejected.push(reject(seq, why));
+                    }
+                }
+            }
+            self.metrics
+                .index_outcomes(kind.as_str(), "peer", &outcomes);
+            reply.applied += outcomes.len() as u64;
+            self.metrics
+                .messages_applied
+                .get_or_create(&Metrics::kind("index"))
+                .inc_by(outcomes.len() as u64);
+        }
+        Ok(())
+    }
+
     async fn persist(&self, origin: &str, hwm: u64) -> Result<(), ReceiveError> {
         let path = self.dir.join(format!("{origin}.hwm"));
         let res = tokio::task::spawn_blocking(move || write_durably(&path, hwm))
@@ -279,6 +367,37 @@ impl Receiver {
             source,
         })
     }
+}
+
+/// Checks an index message and turns it into a store write.
+fn index_write(seq: u64, body: MessageBody) -> Result<IndexWrite, String> {
+    let MessageBody::Index {
+        index,
+        id,
+        version,
+        deleted,
+        doc,
+    } = body
+    else {
+        return Err("not an index message".into());
+    };
+    let kind: Kind = index.parse().map_err(|e: IndexError| e.to_string())?;
+    if deleted == doc.is_some() {
+        return Err(format!(
+            "index message {kind}/{id} must carry either a doc or deleted: true"
+        ));
+    }
+    Ok(IndexWrite {
+        seq,
+        kind,
+        doc: ExportedDoc {
+            id,
+            version,
+            deleted,
+            doc,
+            deleted_at: None,
+        },
+    })
 }
 
 /// What appending one peer event means for the batch reply.

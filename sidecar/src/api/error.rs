@@ -65,8 +65,23 @@ impl From<crate::receiver::ReceiveError> for ApiError {
     fn from(e: crate::receiver::ReceiveError) -> Self {
         match e {
             crate::receiver::ReceiveError::BadOrigin(_) => ApiError::BadRequest(e.to_string()),
-            crate::receiver::ReceiveError::Persist { .. } => ApiError::Internal(e.to_string()),
             crate::receiver::ReceiveError::Store { .. } => ApiError::Unavailable(e.to_string()),
+            crate::receiver::ReceiveError::Persist { .. }
+            | crate::receiver::ReceiveError::Index(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::index::IndexError> for ApiError {
+    fn from(e: crate::index::IndexError) -> Self {
+        use crate::index::IndexError as E;
+        match e {
+            E::BadQuery(_) | E::BadDocument { .. } | E::BadOptions(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            E::UnknownKind(_) => ApiError::NotFound(e.to_string()),
+            E::DocumentTooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            E::Internal { .. } | E::WriterStopped => ApiError::Internal(e.to_string()),
         }
     }
 }

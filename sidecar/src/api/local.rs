@@ -1,4 +1,5 @@
-//! The master's local API (SPEC §4.1): caches here; index, events and sessions join later.
+//! The master's local API (SPEC §4.1): caches here, the index in `index`; events and sessions
+//! join later.
 //! Handlers apply locally, append to the outbox, answer; they never wait on peers.
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -18,7 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/cache/{cache}/flush", web::post().to(flush))
         .route("/v1/cache/{cache}/{key:.+}", web::put().to(put))
         .route("/v1/cache/{cache}/{key:.+}", web::get().to(get))
-        .configure(super::sessions::configure);
+        .configure(super::sessions::configure)
+        .configure(super::index::configure);
 }
 
 /// The local API trusts loopback; `localToken`, when set, is required on every mutation and read.

@@ -4,9 +4,11 @@
 mod access;
 mod error;
 mod events;
+mod index;
 mod local;
 mod ops;
 mod peer;
+mod peer_index;
 mod sessions;
 mod stream;
 
@@ -35,6 +37,7 @@ use crate::sessions::Sessions;
 pub struct AppState {
     pub config: Arc<Config>,
     pub caches: Arc<Caches>,
+    pub index: Arc<crate::index::IndexStore>,
     pub outbox: Arc<Outbox>,
     pub peers: Arc<Peers>,
     pub receiver: Arc<Receiver>,
@@ -173,6 +176,7 @@ pub fn serve_peer(
 ) -> std::io::Result<Server> {
     serve(state, listener, "peer", |cfg| {
         peer::configure(cfg);
+        peer_index::configure(cfg);
         ops::configure(cfg);
         events::configure_peer(cfg);
         stream::configure(cfg);

@@ -81,6 +81,19 @@ async fn health_delete(
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
+    for (kind, k) in state.index.stats().kinds {
+        let label = crate::metrics::Metrics::kind(kind.as_str());
+        state
+            .metrics
+            .index_docs
+            .get_or_create(&label)
+            .set(k.docs as i64);
+        state
+            .metrics
+            .index_tombstones
+            .get_or_create(&label)
+            .set(k.tombstones as i64);
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.encode())
@@ -186,6 +199,7 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
         "strategy": state.config.peers.discovery.name(),
         "level": level,
         "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
+        "index": state.index.stats().kinds.into_iter().map(|(kind, k)| (kind.as_str().to_owned(), k)).collect::<std::collections::BTreeMap<_, _>>(),
         "peers": peers,
     }))
 }

@@ -169,6 +169,20 @@ pub struct CacheConfig {
     pub caches: BTreeMap<String, CacheLimits>,
 }
 
+/// `[index]`: forwarding, near-real-time refresh, anti-entropy and tombstones.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    pub synchronize: bool,
+    /// How soon a write is visible to queries (≤ 500 ms).
+    pub refresh_interval: Duration,
+    /// How often digests are compared with every peer (also at start and when a peer returns).
+    pub anti_entropy_interval: Duration,
+    /// How long a delete's tombstone is kept; must outlive any partition.
+    pub tombstone_ttl: Duration,
+    /// Largest document, in bytes of its JSON.
+    pub max_doc_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct EventConfig {
     pub synchronize: bool,
@@ -228,7 +242,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub cache: CacheConfig,
-    pub index_synchronize: bool,
+    pub index: IndexConfig,
     pub event: EventConfig,
     pub websession: WebSessionConfig,
     pub healthcheck_enable: bool,

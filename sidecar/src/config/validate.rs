@@ -50,6 +50,10 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("cache", None, "maxEntries", false),
     ("cache", None, "expireAfterWrite", false),
     ("index", None, "synchronize", false),
+    ("index", None, "refreshInterval", false),
+    ("index", None, "antiEntropyInterval", false),
+    ("index", None, "tombstoneTtl", false),
+    ("index", None, "maxDocumentSize", false),
     ("event", None, "synchronize", false),
     ("event", None, "retention", false),
     ("event", None, "streamToken", false),
@@ -564,6 +568,7 @@ pub(super) fn validate(
         caches,
     };
 
+    let index = index_config(&mut v);
     let event = EventConfig {
         synchronize: v.boolean("event", "synchronize", true),
         retention: v.duration("event", None, "retention", Duration::from_secs(7 * 86_400)),
@@ -658,7 +663,7 @@ pub(super) fn validate(
         },
         http,
         cache,
-        index_synchronize: v.boolean("index", "synchronize", true),
+        index,
         event,
         websession,
         healthcheck_enable: v.boolean("healthcheck", "enable", true),
@@ -703,4 +708,42 @@ fn advertise_url(v: &mut V<'_>, listen: &ListenUrl, discovery: &Discovery) -> ur
         );
     }
     listen.url.clone()
+}
+
+fn index_config(v: &mut V<'_>) -> IndexConfig {
+    let refresh_interval = v.duration("index", None, "refreshInterval", Duration::from_millis(200));
+    if refresh_interval.is_zero() || refresh_interval > Duration::from_millis(500) {
+        v.err(
+            "index.refreshInterval",
+            "must be above 0 and at most 500ms (writes must be searchable within half a second)",
+        );
+    }
+    let anti_entropy_interval = v.duration(
+        "index",
+        None,
+        "antiEntropyInterval",
+        Duration::from_secs(60),
+    );
+    if anti_entropy_interval < Duration::from_millis(100) {
+        v.err("index.antiEntropyInterval", "must be at least 100ms");
+    }
+    let tombstone_ttl = v.duration(
+        "index",
+        None,
+        "tombstoneTtl",
+        Duration::from_secs(7 * 86_400),
+    );
+    if tombstone_ttl < Duration::from_secs(1) {
+        v.err(
+            "index.tombstoneTtl",
+            "must be at least 1s (and should outlive any partition)",
+        );
+    }
+    IndexConfig {
+        synchronize: v.boolean("index", "synchronize", true),
+        refresh_interval,
+        anti_entropy_interval,
+        tombstone_ttl,
+        max_doc_bytes: v.number("index", None, "maxDocumentSize", 1 << 20, 1024) as usize,
+    }
 }

@@ -223,6 +223,10 @@ pub struct ExportedDoc {
     pub deleted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub doc: Option<serde_json::Value>,
+    /// For a tombstone: when it was deleted where it comes from (ms since the epoch), so every
+    /// node compacts it at about the same time; absent means now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<u64>,
 }
 
 /// Outcome counts of a `bulk_upsert`.

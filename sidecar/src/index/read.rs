@@ -184,6 +184,7 @@ impl IndexStore {
                     version: e.version,
                     deleted: true,
                     doc: None,
+                    deleted_at: Some(e.deleted_at),
                 }),
                 Some(_) => {
                     if let Some(d) = self.get(kind, id)? {
@@ -192,6 +193,7 @@ impl IndexStore {
                             version: d.version,
                             deleted: false,
                             doc: Some(d.doc),
+                            deleted_at: None,
                         });
                     }
                 }

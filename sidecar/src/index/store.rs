@@ -283,32 +283,64 @@ impl IndexStore {
     }
 
     /// Applies many upserts and deletes at once, with one fsync: for a peer's batch or an
-    /// anti-entropy transfer. Outcomes are in the order of `docs`.
+    /// anti-entropy transfer. Outcomes are in the order of `docs`. A bad document fails the
+    /// whole call before anything is written.
     pub async fn apply(&self, kind: Kind, docs: Vec<ExportedDoc>) -> Result<Vec<WriteOutcome>> {
         let now = now_ms();
+        let ops = docs
+            .into_iter()
+            .map(|d| self.prepare(kind, d, now))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(ops, true).await
+    }
+
+    /// Like [`IndexStore::apply`], but a bad document (`BadDocument`, `DocumentTooLarge`) is
+    /// refused alone: each document gets its own result, the good ones are written (one fsync).
+    /// The outer error is a failure of the store itself.
+    pub async fn apply_each(
+        &self,
+        kind: Kind,
+        docs: Vec<ExportedDoc>,
+    ) -> Result<Vec<Result<WriteOutcome>>> {
+        let now = now_ms();
+        let mut results: Vec<Result<WriteOutcome>> = Vec::with_capacity(docs.len());
         let mut ops = Vec::with_capacity(docs.len());
         for d in docs {
-            ops.push(match (d.deleted, d.doc) {
-                (true, _) => {
-                    check_id(kind, &d.id)?;
-                    PreparedOp {
-                        kind,
-                        id: d.id,
-                        version: d.version,
-                        body: OpBody::Delete { deleted_at: now },
-                    }
+            match self.prepare(kind, d, now) {
+                Ok(op) => {
+                    ops.push(op);
+                    results.push(Ok(WriteOutcome::Applied));
                 }
-                (false, Some(doc)) => self.prepare_upsert(kind, &d.id, d.version, &doc)?,
-                (false, None) => {
-                    return Err(IndexError::BadDocument {
-                        kind,
-                        id: d.id,
-                        reason: "an upsert needs a document".into(),
-                    })
-                }
-            });
+                Err(e) => results.push(Err(e)),
+            }
         }
-        self.write(ops, true).await
+        let mut written = self.write(ops, true).await?.into_iter();
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            *r = Ok(written.next().ok_or(IndexError::WriterStopped)?);
+        }
+        Ok(results)
+    }
+
+    fn prepare(&self, kind: Kind, d: ExportedDoc, now: u64) -> Result<PreparedOp> {
+        match (d.deleted, d.doc) {
+            (true, _) => {
+                check_id(kind, &d.id)?;
+                Ok(PreparedOp {
+                    kind,
+                    id: d.id,
+                    version: d.version,
+                    body: OpBody::Delete {
+                        deleted_at: d.deleted_at.unwrap_or(now).clamp(1, now.max(1)),
+                    },
+                })
+            }
+            (false, Some(doc)) => self.prepare_upsert(kind, &d.id, d.version, &doc),
+            (false, None) => Err(IndexError::BadDocument {
+                kind,
+                id: d.id,
+                reason: "an upsert needs a document".into(),
+            }),
+        }
     }
 
     /// Bulk load (reindex): not journaled, committed in large batches and once at the end, so

@@ -77,6 +77,7 @@ async fn loaded_store(dir: &std::path::Path) -> (IndexStore, Vec<Change>) {
             version: 1,
             deleted: false,
             doc: Some(d.clone()),
+            deleted_at: None,
         })
         .collect();
     store

@@ -83,6 +83,7 @@ async fn version_rule_on_every_path() {
         version: v,
         deleted,
         doc: (!deleted).then(|| doc(v)),
+        deleted_at: None,
     };
     let outcomes = store
         .apply(

@@ -211,6 +211,69 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// A signed JSON `POST` to `<base><path>` (anti-entropy calls); any failure is `Retry`
+    /// unless the peer refused the request for good.
+    pub async fn call<Req, Resp>(
+        &self,
+        base: &url::Url,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, SendError>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let url = base
+            .join(path)
+            .map_err(|e| SendError::Retry(format!("bad peer url {base}: {e}")))?;
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| SendError::Retry("no auth.secretFile configured".into()))?;
+        let body = serde_json::to_vec(req)
+            .map_err(|e| SendError::Retry(format!("cannot encode the request: {e}")))?;
+        let sig = auth::sign(
+            secret,
+            "POST",
+            url.path(),
+            &body,
+            crate::peers::outbox::now_ms(),
+        );
+        let resp = self
+            .http
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
+            .header(auth::HEADER_NONCE, &sig.nonce)
+            .header(auth::HEADER_SIGNATURE, &sig.signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| SendError::Retry(format!("{url}: {}", describe(&e))))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| {
+            SendError::Retry(format!("reading the reply of {url}: {}", describe(&e)))
+        })?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| SendError::Retry(format!("unreadable reply from {url}: {e}")));
+        }
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
+            });
+        match status {
+            400 | 413 | 422 => Err(SendError::Refused { status, message }),
+            _ => Err(SendError::Retry(format!(
+                "{url} answered {status}: {message}"
+            ))),
+        }
+    }
+}
+
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_connect() {
         "connection failed"

@@ -558,7 +558,7 @@ impl Membership {
             tracing::warn!(peers = ?waiting.iter().map(|u| u.as_str()).collect::<Vec<_>>(), "catch-up incomplete after sidecar.catchUpTimeout; serving anyway");
         }
         if !stop.is_cancelled() {
-            self.health.finish_catching_up();
+            self.health.end_catch_up("peers");
             tracing::info!(
                 took_ms = started.elapsed().as_millis() as u64,
                 "caught up with peers"

@@ -241,6 +241,14 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Hands out seqs from a reserved block; the block's end is fsync'd before any seq in it is used.
 struct SeqAllocator {
     path: PathBuf,
@@ -251,9 +259,13 @@ struct SeqAllocator {
 impl SeqAllocator {
     fn open(root: &Path) -> Result<Self, OutboxError> {
         let path = root.join("seq.next");
+        // Without a reservation file (first start, or a wiped data directory) seqs start at the
+        // clock in microseconds: peers keep this origin's high-water mark across our wipe, and
+        // seqs that restarted at 1 would be dropped as duplicates. The clock stays ahead as long
+        // as a node averages under a million messages a second.
         let next = match std::fs::read_to_string(&path) {
-            Ok(t) => t.trim().parse().unwrap_or(1),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Ok(t) => t.trim().parse().unwrap_or_else(|_| clock_seed()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => clock_seed(),
             Err(e) => return Err(OutboxError::Io(path, e)),
         };
         // Also never go below what queues on disk already hold (belt and braces).

@@ -166,3 +166,21 @@ fn concurrent_appends_are_group_committed_and_all_durable() {
     assert_eq!(seqs.len(), 1600);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn a_wiped_data_directory_never_reuses_seqs() {
+    let rt = rt();
+    let first = {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), OutboxOptions::default()).unwrap();
+        ob.add_peer("p").unwrap();
+        rt.block_on(ob.append(b"{}".to_vec())).unwrap().unwrap()
+    };
+    // The same node, its data directory gone: a fresh one must start above the old seqs.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), OutboxOptions::default()).unwrap();
+    ob.add_peer("p").unwrap();
+    let after_wipe = rt.block_on(ob.append(b"{}".to_vec())).unwrap().unwrap();
+    assert!(after_wipe > first, "{after_wipe} <= {first}");
+}

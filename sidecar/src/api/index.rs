@@ -1,0 +1,251 @@
+//! The master's index API (SPEC §4.1): upsert, delete, get and search the documents of one
+//! kind, and a bulk load (`POST /v1/index/{kind}`, used by `ha-sidecar reindex`). A write is
+//! applied here first (journaled, under the version rule); only a write that was applied is
+//! queued for the peers, then the handler answers 202. It never waits on a peer.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::error::parse_json;
+use super::local::{authorize, forward};
+use super::{read_body, ApiError, AppState};
+use crate::index::{ExportedDoc, Kind, WriteOutcome};
+use crate::metrics::Metrics;
+use crate::wire::MessageBody;
+
+/// Results of a search unless `limit` says otherwise.
+const DEFAULT_LIMIT: usize = 100;
+/// Most documents in one bulk request.
+const MAX_BULK_DOCS: usize = 10_000;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/index/{kind}", web::get().to(search))
+        .route("/v1/index/{kind}", web::post().to(bulk))
+        .route("/v1/index/{kind}/{id:.+}", web::put().to(put))
+        .route("/v1/index/{kind}/{id:.+}", web::delete().to(delete))
+        .route("/v1/index/{kind}/{id:.+}", web::get().to(get));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    version: u64,
+    doc: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    version: u64,
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    #[serde(default)]
+    q: String,
+    limit: Option<usize>,
+}
+
+/// One line of a bulk load: an upsert (`doc`) or a delete (`deleted: true`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkDoc {
+    id: String,
+    version: u64,
+    #[serde(default)]
+    deleted: bool,
+    doc: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    docs: Vec<BulkDoc>,
+}
+
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
+}
+
+fn index_message(kind: Kind, d: ExportedDoc) -> MessageBody {
+    MessageBody::Index {
+        index: kind.as_str().to_owned(),
+        id: d.id,
+        version: d.version,
+        deleted: d.deleted,
+        doc: d.doc,
+    }
+}
+
+/// Queues the applied writes for every peer (one group commit) when `[index] synchronize`.
+async fn forward_applied(
+    state: &AppState,
+    kind: Kind,
+    docs: Vec<ExportedDoc>,
+    outcomes: &[WriteOutcome],
+) -> Result<(bool, Option<u64>), ApiError> {
+    if !state.config.index.synchronize {
+        return Ok((false, None));
+    }
+    let sends = docs
+        .into_iter()
+        .zip(outcomes)
+        .filter(|(_, o)| **o == WriteOutcome::Applied)
+        .map(|(d, _)| forward(state, index_message(kind, d)));
+    let seqs = futures_util::future::try_join_all(sends).await?;
+    Ok((true, seqs.into_iter().flatten().max()))
+}
+
+fn count_local(state: &AppState, kind: Kind, outcomes: &[WriteOutcome]) {
+    state
+        .metrics
+        .index_outcomes(kind.as_str(), "local", outcomes);
+    state
+        .metrics
+        .local_mutations
+        .get_or_create(&Metrics::kind("index"))
+        .inc_by(outcomes.len() as u64);
+}
+
+fn write_reply(
+    outcome: WriteOutcome,
+    version: u64,
+    forwarded: bool,
+    seq: Option<u64>,
+) -> HttpResponse {
+    let (applied, stored) = match outcome {
+        WriteOutcome::Applied => (true, version),
+        WriteOutcome::Stale { stored_version } => (false, stored_version),
+    };
+    HttpResponse::Accepted().json(serde_json::json!({
+        "applied": applied, "version": stored, "forwarded": forwarded && applied, "seq": seq,
+    }))
+}
+
+async fn put(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (kind, id) = path.into_inner();
+    let kind: Kind = kind.parse()?;
+    let body = read_body(payload, state.config.limits.max_local_body).await?;
+    let p: PutBody = parse_json(&body)?;
+    let outcome = state
+        .index
+        .upsert(kind, &id, p.version, p.doc.clone())
+        .await?;
+    count_local(&state, kind, &[outcome]);
+    let doc = ExportedDoc {
+        id,
+        version: p.version,
+        deleted: false,
+        doc: Some(p.doc),
+        deleted_at: None,
+    };
+    let (forwarded, seq) = forward_applied(&state, kind, vec![doc], &[outcome]).await?;
+    Ok(write_reply(outcome, p.version, forwarded, seq))
+}
+
+async fn delete(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (kind, id) = path.into_inner();
+    let kind: Kind = kind.parse()?;
+    let q: DeleteQuery = query(&req)
+        .map_err(|e| ApiError::BadRequest(format!("{e} (a delete needs ?version=N, a u64)")))?;
+    let outcome = state.index.delete(kind, &id, q.version).await?;
+    count_local(&state, kind, &[outcome]);
+    let doc = ExportedDoc {
+        id,
+        version: q.version,
+        deleted: true,
+        doc: None,
+        deleted_at: None,
+    };
+    let (forwarded, seq) = forward_applied(&state, kind, vec![doc], &[outcome]).await?;
+    Ok(write_reply(outcome, q.version, forwarded, seq))
+}
+
+async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (kind, id) = path.into_inner();
+    let kind: Kind = kind.parse()?;
+    let store = state.index.clone();
+    let found = {
+        let id = id.clone();
+        web::block(move || store.get(kind, &id))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    };
+    match found {
+        Some(d) => Ok(HttpResponse::Ok().json(d)),
+        None => Err(ApiError::NotFound(format!("no document {kind}/{id}"))),
+    }
+}
+
+async fn search(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let kind: Kind = path.into_inner().parse()?;
+    let q: SearchQuery = query(&req)?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    let store = state.index.clone();
+    let result = web::block(move || store.search(kind, &q.q, limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok().json(result))
+}
+
+async fn bulk(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let kind: Kind = path.into_inner().parse()?;
+    let body = read_body(payload, state.config.limits.max_local_body).await?;
+    let parsed: BulkBody = parse_json(&body)?;
+    drop(body);
+    if parsed.docs.len() > MAX_BULK_DOCS {
+        return Err(ApiError::TooLarge(format!(
+            "{} documents in one request; the limit is {MAX_BULK_DOCS}",
+            parsed.docs.len()
+        )));
+    }
+    let docs: Vec<ExportedDoc> = parsed
+        .docs
+        .into_iter()
+        .map(|d| ExportedDoc {
+            id: d.id,
+            version: d.version,
+            deleted: d.deleted,
+            doc: if d.deleted { None } else { d.doc },
+            deleted_at: None,
+        })
+        .collect();
+    let outcomes = state.index.apply(kind, docs.clone()).await?;
+    count_local(&state, kind, &outcomes);
+    let applied = outcomes
+        .iter()
+        .filter(|o| **o == WriteOutcome::Applied)
+        .count();
+    let (forwarded, seq) = forward_applied(&state, kind, docs, &outcomes).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "applied": applied, "stale": outcomes.len() - applied, "forwarded": forwarded, "seq": seq,
+    })))
+}

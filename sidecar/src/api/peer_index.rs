@@ -1,0 +1,125 @@
+//! The anti-entropy endpoints of the peer API (`/v1/peer/index/*`): digests, bucket entries,
+//! export and apply, for `index_sync` on other nodes. Signed like batches (`peer::authenticate`);
+//! they answer from the store's in-memory version map and never forward anything.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::error::parse_json;
+use super::peer::authenticate;
+use super::{read_body, ApiError, AppState};
+use crate::index::WriteOutcome;
+use crate::wire::index_sync::{
+    ApplyReply, ApplyRequest, BucketEntries, DigestRequest, EntriesReply, EntriesRequest,
+    ExportRequest,
+};
+
+/// An export reply stops growing past this many bytes of documents (at least one is sent).
+const MAX_EXPORT_BYTES: usize = 4 << 20;
+/// Ids exported per look-up of the store.
+const EXPORT_CHUNK: usize = 64;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/peer/index/digest", web::post().to(digest))
+        .route("/v1/peer/index/entries", web::post().to(entries))
+        .route("/v1/peer/index/export", web::post().to(export))
+        .route("/v1/peer/index/apply", web::post().to(apply));
+}
+
+/// Reads, authenticates and parses a signed peer request.
+async fn signed<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let body = read_body(payload, state.config.limits.max_peer_body).await?;
+    authenticate(state, req, &body)?;
+    parse_json(&body)
+}
+
+async fn digest(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let r: DigestRequest = signed(&state, &req, payload).await?;
+    Ok(HttpResponse::Ok().json(state.index.digest(r.kind, 0..=255)))
+}
+
+async fn entries(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let r: EntriesRequest = signed(&state, &req, payload).await?;
+    let store = state.index.clone();
+    let reply = web::block(move || EntriesReply {
+        buckets: r
+            .buckets
+            .iter()
+            .map(|b| BucketEntries {
+                bucket: *b,
+                entries: store.entries(r.kind, *b),
+            })
+            .collect(),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(reply))
+}
+
+async fn export(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let r: ExportRequest = signed(&state, &req, payload).await?;
+    let store = state.index.clone();
+    // The reply is written by hand so its size is known as it grows.
+    let body = web::block(move || -> Result<Vec<u8>, ApiError> {
+        let mut out = Vec::with_capacity(64 << 10);
+        out.extend_from_slice(b"{\"docs\":[");
+        let mut consumed = 0;
+        let mut first = true;
+        'outer: for chunk in r.ids.chunks(EXPORT_CHUNK) {
+            for d in store.export(r.kind, chunk)? {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut out, &d)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+            }
+            consumed += chunk.len();
+            if out.len() > MAX_EXPORT_BYTES {
+                break 'outer;
+            }
+        }
+        out.extend_from_slice(format!("],\"consumed\":{consumed}}}").as_bytes());
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+async fn apply(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let r: ApplyRequest = signed(&state, &req, payload).await?;
+    let outcomes = state.index.apply(r.kind, r.docs).await?;
+    state
+        .metrics
+        .index_outcomes(r.kind.as_str(), "sync", &outcomes);
+    let applied = outcomes
+        .iter()
+        .filter(|o| **o == WriteOutcome::Applied)
+        .count() as u64;
+    Ok(HttpResponse::Ok().json(ApplyReply {
+        applied,
+        stale: outcomes.len() as u64 - applied,
+    }))
+}
