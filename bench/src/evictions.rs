@@ -353,6 +353,16 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         None,
         "RSS of node A after the eviction runs",
     );
+    report.row(
+        "rss_after_outage_mib",
+        Some("rss_before_outage_mib"),
+        "RSS of A after its peer was down under load (the backlog is on disk: must stay flat)",
+    );
+    report.row(
+        "outage_backlog_messages",
+        None,
+        "messages queued on disk for the down peer at the end of the outage",
+    );
     Ok(())
 }
 
