@@ -51,32 +51,13 @@ impl PeerClient {
         base: &url::Url,
         body: Vec<u8>,
     ) -> Result<BatchReply, SendError> {
-        let url = base
-            .join("v1/peer/batch")
-            .map_err(|e| SendError::Retry(format!("bad peer url {base}: {e}")))?;
-        let secret = self
-            .secret
-            .as_ref()
-            .ok_or_else(|| SendError::Retry("no auth.secretFile configured".into()))?;
-        let sig = auth::sign(
-            secret,
-            "POST",
-            url.path(),
-            &body,
-            crate::peers::outbox::now_ms(),
-        );
+        let url = join(base, "v1/peer/batch").map_err(SendError::Retry)?;
         let resp = self
-            .http
-            .post(url.clone())
-            .header("content-type", "application/json")
-            .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
-            .header(auth::HEADER_NONCE, &sig.nonce)
-            .header(auth::HEADER_SIGNATURE, &sig.signature)
-            .body(body)
+            .signed_post(&url, body)
+            .map_err(SendError::Retry)?
             .send()
             .await
             .map_err(|e| SendError::Retry(describe(&e)))?;
-        let status = resp.status().as_u16();
         if resp
             .headers()
             .get("x-ha-instance")
@@ -87,30 +68,34 @@ impl PeerClient {
                 "{url} is this node itself (it answers with our instanceId); fix peerInfo"
             )));
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| SendError::Retry(format!("reading the reply: {}", describe(&e))))?;
-        let message = || {
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| {
-                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
-                })
-        };
-        match status {
-            200..=299 => serde_json::from_slice(&bytes)
-                .map_err(|e| SendError::Retry(format!("unreadable reply from peer: {e}"))),
-            400 | 413 | 422 => Err(SendError::Refused {
-                status,
-                message: message(),
-            }),
-            _ => Err(SendError::Retry(format!(
-                "peer answered {status}: {}",
-                message()
-            ))),
-        }
+        classify(&url, resp).await
+    }
+
+    /// A signed `POST` of a JSON body to `url` (a `/v1/peer/` endpoint), ready to send.
+    fn signed_post(
+        &self,
+        url: &url::Url,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let secret = self
+            .secret
+            .as_ref()
+            .ok_or_else(|| "no auth.secretFile configured".to_owned())?;
+        let sig = auth::sign(
+            secret,
+            "POST",
+            url.path(),
+            &body,
+            crate::peers::outbox::now_ms(),
+        );
+        Ok(self
+            .http
+            .post(url.clone())
+            .header("content-type", "application/json")
+            .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
+            .header(auth::HEADER_NONCE, &sig.nonce)
+            .header(auth::HEADER_SIGNATURE, &sig.signature)
+            .body(body))
     }
 }
 
@@ -157,29 +142,10 @@ impl PeerClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), String> {
-        let url = base
-            .join(path.trim_start_matches('/'))
-            .map_err(|e| format!("bad peer url {base}: {e}"))?;
-        let secret = self
-            .secret
-            .as_ref()
-            .ok_or_else(|| "no auth.secretFile configured".to_owned())?;
-        let sig = auth::sign(
-            secret,
-            "POST",
-            url.path(),
-            &body,
-            crate::peers::outbox::now_ms(),
-        );
+        let url = join(base, path.trim_start_matches('/'))?;
         let resp = self
-            .http
-            .post(url)
+            .signed_post(&url, body)?
             .timeout(timeout)
-            .header("content-type", "application/json")
-            .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
-            .header(auth::HEADER_NONCE, &sig.nonce)
-            .header(auth::HEADER_SIGNATURE, &sig.signature)
-            .body(body)
             .send()
             .await
             .map_err(|e| describe(&e))?;
@@ -224,53 +190,48 @@ impl PeerClient {
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
     {
-        let url = base
-            .join(path)
-            .map_err(|e| SendError::Retry(format!("bad peer url {base}: {e}")))?;
-        let secret = self
-            .secret
-            .as_ref()
-            .ok_or_else(|| SendError::Retry("no auth.secretFile configured".into()))?;
+        let url = join(base, path).map_err(SendError::Retry)?;
         let body = serde_json::to_vec(req)
             .map_err(|e| SendError::Retry(format!("cannot encode the request: {e}")))?;
-        let sig = auth::sign(
-            secret,
-            "POST",
-            url.path(),
-            &body,
-            crate::peers::outbox::now_ms(),
-        );
         let resp = self
-            .http
-            .post(url.clone())
-            .header("content-type", "application/json")
-            .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
-            .header(auth::HEADER_NONCE, &sig.nonce)
-            .header(auth::HEADER_SIGNATURE, &sig.signature)
-            .body(body)
+            .signed_post(&url, body)
+            .map_err(SendError::Retry)?
             .send()
             .await
             .map_err(|e| SendError::Retry(format!("{url}: {}", describe(&e))))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| {
-            SendError::Retry(format!("reading the reply of {url}: {}", describe(&e)))
-        })?;
-        if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| SendError::Retry(format!("unreadable reply from {url}: {e}")));
-        }
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| {
-                String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned()
-            });
-        match status {
-            400 | 413 | 422 => Err(SendError::Refused { status, message }),
-            _ => Err(SendError::Retry(format!(
-                "{url} answered {status}: {message}"
-            ))),
-        }
+        classify(&url, resp).await
+    }
+}
+
+fn join(base: &url::Url, path: &str) -> Result<url::Url, String> {
+    base.join(path)
+        .map_err(|e| format!("bad peer url {base}: {e}"))
+}
+
+/// A peer's reply: the decoded body on 2xx; `Refused` for a request it will never accept
+/// (400, 413, 422); `Retry` for everything else.
+async fn classify<T: serde::de::DeserializeOwned>(
+    url: &url::Url,
+    resp: reqwest::Response,
+) -> Result<T, SendError> {
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| SendError::Retry(format!("reading the reply of {url}: {}", describe(&e))))?;
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| SendError::Retry(format!("unreadable reply from {url}: {e}")));
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
+    match status {
+        400 | 413 | 422 => Err(SendError::Refused { status, message }),
+        _ => Err(SendError::Retry(format!(
+            "{url} answered {status}: {message}"
+        ))),
     }
 }
 
