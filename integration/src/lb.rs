@@ -79,8 +79,20 @@ impl LbProc {
 }
 
 impl Drop for LbProc {
+    /// SIGTERM first: nginx's master then stops its workers (a SIGKILLed master leaves them
+    /// behind as orphans); SIGKILL only if it has not exited within a deadline.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
