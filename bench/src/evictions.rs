@@ -27,7 +27,7 @@ async fn pair(extra_a: &str, b_env: &[(&str, &str)]) -> anyhow::Result<Pair> {
     Ok(Pair { a, b, _dir: dir })
 }
 
-fn rss_mib(pid: i32) -> f64 {
+pub fn rss_mib(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -38,6 +38,32 @@ fn rss_mib(pid: i32) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Samples the RSS of `pids` every 50 ms until the returned sender is dropped or fired; the
+/// task's result is the highest RSS seen of each.
+fn rss_sampler(
+    pids: Vec<i32>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Vec<f64>>,
+) {
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut max = vec![0f64; pids.len()];
+        // Bounded by the caller's phases, and by one hour at most.
+        for _ in 0..72_000 {
+            for (m, pid) in max.iter_mut().zip(&pids) {
+                *m = m.max(rss_mib(*pid));
+            }
+            tokio::select! {
+                _ = &mut rx => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        max
+    });
+    (tx, task)
 }
 
 /// Sustained load of `keys_per_request` keys per evict request from `concurrency` clients.
@@ -105,7 +131,8 @@ async fn sustained(
 }
 
 /// B is SIGSTOPped while A takes single-key evictions at about 2,000/s for `dur`: A's memory
-/// must not grow with the backlog, which lives on disk. Returns (RSS before, RSS after, backlog).
+/// must not grow with the backlog, which lives on disk. Returns (RSS before, RSS after, backlog);
+/// B is left frozen.
 async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64)> {
     let h = integration::http();
     let url = format!("{}v1/cache/projects/evict", p.a.spec.local_url());
@@ -145,7 +172,6 @@ async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64)> {
     let after = rss_mib(p.a.pid());
     let st = api::status(&h, &p.a.spec.peer_url()).await;
     let backlog = st["peers"][0]["outbox_depth"].as_f64().unwrap_or(f64::NAN);
-    p.b.thaw();
     Ok((before, after, backlog))
 }
 
@@ -249,6 +275,8 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     eprintln!("evictions: A → B, 100 keys per request");
     let p = pair("", &[]).await?;
     report.set("rss_idle_mib", rss_mib(p.a.pid()));
+    report.set("rss_idle_mib_receiver", rss_mib(p.b.pid()));
+    let (stop_sampling, sampler) = rss_sampler(vec![p.a.pid(), p.b.pid()]);
     let (acc, del) = sustained(&p, 100, 8, budget.sustain).await?;
     report.set("evictions_accepted_per_s_batched", acc);
     report.set("evictions_per_s_batched", del);
@@ -256,6 +284,10 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     let (acc, del) = sustained(&p, 1, 32, budget.sustain).await?;
     report.set("evictions_accepted_per_s_single", acc);
     report.set("evictions_per_s_single", del);
+    let _ = stop_sampling.send(());
+    let peak = sampler.await?;
+    report.set("rss_under_load_mib", peak[0]);
+    report.set("rss_under_load_mib_receiver", peak[1]);
     report.set("rss_after_load_mib", rss_mib(p.a.pid()));
     drop(p);
 
@@ -271,11 +303,18 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         "evictions: RSS while the peer is down for {:?} under load",
         budget.outage
     );
-    let p = pair("", &[]).await?;
+    let mut p = pair("", &[]).await?;
     let (rss_start, rss_end, backlog) = outage(&p, budget.outage).await?;
     report.set("rss_before_outage_mib", rss_start);
     report.set("rss_after_outage_mib", rss_end);
     report.set("outage_backlog_messages", backlog);
+    eprintln!("evictions: restart of A with that backlog on disk (SIGKILL, start → /health 204)");
+    p.a.kill9();
+    p.b.thaw();
+    let start = Instant::now();
+    p.a.start();
+    let ms = crate::startup::until_healthy(&p.a, start, Duration::from_secs(120)).await?;
+    report.set("startup_ms_with_backlog", ms);
     drop(p);
 
     eprintln!("evictions: latency at 1,000/s");
@@ -357,6 +396,21 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         "rss_after_outage_mib",
         Some("rss_before_outage_mib"),
         "RSS of A after its peer was down under load (the backlog is on disk: must stay flat)",
+    );
+    report.row(
+        "startup_ms_with_backlog",
+        Some("startup_ms"),
+        "A restarted (after SIGKILL) with the outage's backlog on disk: spawn → /health 204",
+    );
+    report.row(
+        "rss_under_load_mib",
+        Some("rss_idle_mib"),
+        "peak RSS of node A (sender) during the eviction runs",
+    );
+    report.row(
+        "rss_under_load_mib_receiver",
+        Some("rss_idle_mib_receiver"),
+        "peak RSS of node B (receiver) during the eviction runs",
     );
     report.row(
         "outage_backlog_messages",

@@ -8,7 +8,31 @@ pub struct Report {
     pub figures: BTreeMap<String, f64>,
     /// (figure, limit figure, what the limit is) rows of the Markdown table.
     pub rows: Vec<(String, Option<String>, String)>,
+    /// figure → the peer's (Redis's) figure it is compared with, in the table's peer column.
+    pub peers: BTreeMap<String, String>,
 }
+
+/// Every figure the issue asks `latest.json` to hold (a full run of every part writes them all).
+pub const REQUIRED: &[&str] = &[
+    "evictions_per_s_batched",
+    "evictions_per_s_single",
+    "eviction_p99_ms_at_1k",
+    "raw_http_msgs_per_s_batched",
+    "index_updates_per_s",
+    "index_visible_p99_ms_at_1k",
+    "query_p99_ms_100k",
+    "events_per_s",
+    "event_p99_ms_at_1k",
+    "event_replay_per_s",
+    "session_creates_per_s",
+    "session_reads_per_s_cached",
+    "redis_set_fsync_per_s",
+    "redis_get_per_s",
+    "redis_pubsub_msgs_per_s",
+    "plugin_baseline_evictions_per_s",
+    "rss_idle_mib",
+    "rss_after_outage_mib",
+];
 
 impl Report {
     pub fn set(&mut self, name: &str, value: f64) {
@@ -19,6 +43,20 @@ impl Report {
     pub fn row(&mut self, figure: &str, limit: Option<&str>, note: &str) {
         self.rows
             .push((figure.to_owned(), limit.map(str::to_owned), note.to_owned()));
+    }
+
+    /// Shows `peer` (a Redis figure of the same run) beside `figure` in the table.
+    pub fn peer(&mut self, figure: &str, peer: &str) {
+        self.peers.insert(figure.to_owned(), peer.to_owned());
+    }
+
+    /// Required figures this run did not produce.
+    pub fn missing(&self) -> Vec<&'static str> {
+        REQUIRED
+            .iter()
+            .copied()
+            .filter(|f| !self.figures.contains_key(*f))
+            .collect()
     }
 
     pub fn write(&self, dir: &Path, quick: bool) -> anyhow::Result<()> {
@@ -33,24 +71,35 @@ impl Report {
         } else {
             "Full run (`make bench`).\n\n"
         });
-        md.push_str("Every figure was measured in this run on this machine; ratios compare figures of the same run.\n\n");
-        md.push_str(
-            "| figure | ours | limit (same run) | ratio | what |\n|---|---:|---:|---:|---|\n",
-        );
+        md.push_str(&format!("Run finished {} UTC.\n\n", utc_now()));
+        md.push_str("Every figure was measured in this run on this machine; ratios compare figures of the same run \
+            (ours / limit: how close to what the machine can do; ours / peer: against Redis doing the same job).\n\n");
+        md.push_str("| figure | ours | limit (same run) | ratio | peer: Redis (same run) | ratio | what |\n\
+                     |---|---:|---:|---:|---:|---:|---|\n");
         for (fig, limit, note) in &self.rows {
-            let ours = self.figures.get(fig).copied();
-            let lim = limit.as_ref().and_then(|l| self.figures.get(l).copied());
-            let ratio = match (ours, lim) {
-                (Some(o), Some(l)) if l > 0.0 => format!("{:.2}", o / l),
-                _ => "–".into(),
+            // A Redis figure given as the limit is the peer, not a limit of the machine.
+            let (limit, peer) = match limit {
+                Some(l) if l.starts_with("redis_") => (None, Some(l)),
+                l => (l.as_ref(), self.peers.get(fig)),
             };
-            md.push_str(&format!(
-                "| `{fig}` | {} | {} | {ratio} | {note} |\n",
-                ours.map(fmt).unwrap_or_else(|| "–".into()),
-                match (limit, lim) {
+            let ours = self.figures.get(fig).copied();
+            let cell = |other: Option<&String>| -> (String, String) {
+                let v = other.and_then(|l| self.figures.get(l).copied());
+                let ratio = match (ours, v) {
+                    (Some(o), Some(l)) if l > 0.0 => format!("{:.2}", o / l),
+                    _ => "–".into(),
+                };
+                let shown = match (other, v) {
                     (Some(l), Some(v)) => format!("{} (`{l}`)", fmt(v)),
                     _ => "–".into(),
-                },
+                };
+                (shown, ratio)
+            };
+            let (lim, lim_ratio) = cell(limit);
+            let (peer, peer_ratio) = cell(peer);
+            md.push_str(&format!(
+                "| `{fig}` | {} | {lim} | {lim_ratio} | {peer} | {peer_ratio} | {note} |\n",
+                ours.map(fmt).unwrap_or_else(|| "–".into()),
             ));
         }
         std::fs::write(dir.join("latest.md"), md)?;
@@ -65,4 +114,27 @@ fn fmt(v: f64) -> String {
     } else {
         format!("{:.2}", v)
     }
+}
+
+/// `YYYY-MM-DD HH:MM` of now, UTC (civil from days, Howard Hinnant's algorithm).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3_600,
+        rem % 3_600 / 60
+    )
 }
