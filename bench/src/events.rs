@@ -248,7 +248,7 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     let p = pair("[http]\n  maxBatchMessages = 1\n").await?;
     report.set(
         "plugin_baseline_events_per_s",
-        end_to_end(&p, budget.sustain).await?,
+        end_to_end(&p, budget.baseline).await?,
     );
     drop(p);
 

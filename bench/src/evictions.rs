@@ -66,7 +66,8 @@ fn rss_sampler(
     (tx, task)
 }
 
-/// Sustained load of `keys_per_request` keys per evict request from `concurrency` clients.
+/// Sustained load of `keys_per_request` keys per evict request from `concurrency` clients, for
+/// `dur` and at most `max_requests` requests.
 /// Returns (accepted keys/s, delivered keys/s): delivery is complete when B has applied every
 /// message A accepted.
 async fn sustained(
@@ -74,7 +75,9 @@ async fn sustained(
     keys_per_request: usize,
     concurrency: usize,
     dur: Duration,
+    max_requests: u64,
 ) -> anyhow::Result<(f64, f64)> {
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(concurrency)
@@ -83,11 +86,13 @@ async fn sustained(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url, issued) = (client.clone(), url.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
             let mut accepted = 0u64;
             let mut i = 0u64;
-            while start.elapsed() < dur {
+            while start.elapsed() < dur
+                && issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max_requests
+            {
                 let keys: Vec<String> = (0..keys_per_request)
                     .map(|k| format!("t{t}-r{i}-k{k}"))
                     .collect();
@@ -277,11 +282,11 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     report.set("rss_idle_mib", rss_mib(p.a.pid()));
     report.set("rss_idle_mib_receiver", rss_mib(p.b.pid()));
     let (stop_sampling, sampler) = rss_sampler(vec![p.a.pid(), p.b.pid()]);
-    let (acc, del) = sustained(&p, 100, 8, budget.sustain).await?;
+    let (acc, del) = sustained(&p, 100, 8, budget.sustain, u64::MAX).await?;
     report.set("evictions_accepted_per_s_batched", acc);
     report.set("evictions_per_s_batched", del);
     eprintln!("evictions: A → B, one key per request");
-    let (acc, del) = sustained(&p, 1, 32, budget.sustain).await?;
+    let (acc, del) = sustained(&p, 1, 32, budget.sustain, u64::MAX).await?;
     report.set("evictions_accepted_per_s_single", acc);
     report.set("evictions_per_s_single", del);
     let _ = stop_sampling.send(());
@@ -293,9 +298,16 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
 
     eprintln!("evictions: plugin-like baseline (one peer request per message)");
     let p = pair("[http]\n  maxBatchMessages = 1\n", &[]).await?;
-    // Fewer clients and a short phase: one peer request per message drains a backlog slowly,
-    // and the delivered rate is what is measured.
-    let (_, del) = sustained(&p, 1, 8, budget.sustain.min(Duration::from_secs(3))).await?;
+    // Fewer clients and a bounded count: one peer request per message drains a backlog slowly,
+    // and the delivered rate (over the time until all of it arrived) is what is measured.
+    let (_, del) = sustained(
+        &p,
+        1,
+        8,
+        budget.sustain.min(Duration::from_secs(3)),
+        budget.baseline_requests,
+    )
+    .await?;
     report.set("plugin_baseline_evictions_per_s", del);
     drop(p);
 

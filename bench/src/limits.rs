@@ -114,7 +114,7 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         line.trim().parse()?
     };
     let url = format!("http://127.0.0.1:{port}/batch");
-    let d = budget.sustain.min(Duration::from_secs(5));
+    let d = budget.limit_phase;
     report.set(
         "raw_http_msgs_per_s_batched",
         http_rate(&url, 100, 1, d).await,
@@ -133,7 +133,7 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
 
     eprintln!("limits: fsync of the data directory's file system");
     let dir = tempfile::tempdir()?;
-    let d = budget.sustain.min(Duration::from_secs(3));
+    let d = budget.limit_phase.min(Duration::from_secs(3));
     report.set(
         "raw_fsync_records_per_s_single",
         fsync_rate(dir.path(), 1, d)?,
@@ -146,7 +146,12 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     eprintln!("limits: moka invalidation");
     let cache: moka::sync::Cache<String, u64> =
         moka::sync::Cache::builder().max_capacity(2_000_000).build();
-    let keys: Vec<String> = (0..500_000).map(|i| format!("key-{i}")).collect();
+    let n = if budget.limit_phase >= Duration::from_secs(3) {
+        500_000
+    } else {
+        200_000
+    };
+    let keys: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
     for (i, k) in keys.iter().enumerate() {
         cache.insert(k.clone(), i as u64);
     }

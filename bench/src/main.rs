@@ -21,6 +21,14 @@ pub struct Budget {
     pub latency_samples: usize,
     /// How long a peer stays down under load for the RSS-after-outage figure.
     pub outage: Duration,
+    /// Each phase of the machine's limits (loopback HTTP, fsync).
+    pub limit_phase: Duration,
+    /// How long clients post in the plugin-like event baseline (its backlog then drains one
+    /// event per peer request, slowly), and how many requests the eviction baseline posts.
+    pub baseline: Duration,
+    pub baseline_requests: u64,
+    /// Sessions written straight to the shared directory for the uncached-read phase.
+    pub uncached_sessions: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,16 +52,26 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let budget = if quick {
+        // `make bench-quick`: under 2 minutes in all, every figure still measured.
         Budget {
-            sustain: Duration::from_secs(3),
+            sustain: Duration::from_secs(2),
             latency_samples: 1_000,
-            outage: Duration::from_secs(15),
+            outage: Duration::from_secs(5),
+            limit_phase: Duration::from_secs(1),
+            baseline: Duration::from_millis(250),
+            baseline_requests: 1_000,
+            uncached_sessions: 10_000,
         }
     } else {
+        // The figures: a peer down for 10 minutes under load.
         Budget {
             sustain: Duration::from_secs(10),
             latency_samples: 5_000,
             outage: Duration::from_secs(600),
+            limit_phase: Duration::from_secs(5),
+            baseline: Duration::from_secs(2),
+            baseline_requests: 5_000,
+            uncached_sessions: 50_000,
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -33,7 +33,14 @@ impl Redis {
         let port = integration::free_port();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             // A subscriber that falls behind is not disconnected during a bounded phase.
             .args(["--client-output-buffer-limit", "pubsub 0 0 0"])
             .arg("--dir")
@@ -187,7 +194,10 @@ impl Resp {
                 Ok((n >= 0).then_some(n as usize))
             }
             Some(b'-') => anyhow::bail!("redis error: {}", String::from_utf8_lossy(&self.line)),
-            _ => anyhow::bail!("expected an array, got {}", String::from_utf8_lossy(&self.line)),
+            _ => anyhow::bail!(
+                "expected an array, got {}",
+                String::from_utf8_lossy(&self.line)
+            ),
         }
     }
 
@@ -409,17 +419,17 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     let port = redis.port;
     let d = budget.sustain;
     eprintln!("redis: pub/sub fan-out of invalidations to one subscriber");
-    report.set(
-        "redis_pubsub_msgs_per_s",
-        pubsub(port, 8, 100, d).await?,
-    );
+    report.set("redis_pubsub_msgs_per_s", pubsub(port, 8, 100, d).await?);
     report.set(
         "redis_pubsub_msgs_per_s_single",
         pubsub(port, 32, 1, d).await?,
     );
 
     eprintln!("redis: streams, ~1 KB events (XADD with appendfsync always, one XREAD follower)");
-    report.set("redis_xadd_per_s", xadd_followed(port, "events", 32, d).await?);
+    report.set(
+        "redis_xadd_per_s",
+        xadd_followed(port, "events", 32, d).await?,
+    );
     let mut c = Resp::connect(port).await?;
     c.call(&[b"CONFIG", b"SET", b"appendonly", b"no"]).await?;
     report.set(

@@ -20,8 +20,6 @@ use crate::Budget;
 const CONCURRENCY: usize = 16;
 /// Bytes of the master's extra fields in each session (a realistic session file is ~0.5 KiB).
 const EXTRA_BYTES: usize = 300;
-/// Sessions written straight to the directory for the uncached reads.
-const UNCACHED_SET: usize = 50_000;
 
 pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     eprintln!("web sessions: one node, {CONCURRENCY} clients");
@@ -79,7 +77,8 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     // almost every read misses the 1 s cache and reads its file.
     let shared = specs[0].shared_dir.clone();
     let cold: Arc<Vec<String>> = Arc::new(
-        tokio::task::spawn_blocking(move || write_sessions(&shared, UNCACHED_SET)).await??,
+        tokio::task::spawn_blocking(move || write_sessions(&shared, budget.uncached_sessions))
+            .await??,
     );
     let peer = specs[0].peer_url();
     let misses0 = api::metric(&h, &peer, "ha_session_reads_total", &["miss"]).await;

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::cache::Caches;
 use crate::events::{AppendOutcome, EventError, EventLog};
-use crate::index::{ExportedDoc, IndexError, IndexStore, Kind};
+use crate::index::{ExportedDoc, IndexError, IndexStore, Kind, RawDoc};
 use crate::metrics::Metrics;
 use crate::wire::{BatchReply, Message, MessageBody, Rejection};
 
@@ -57,7 +57,7 @@ pub struct Stores {
 struct IndexWrite {
     seq: u64,
     kind: Kind,
-    doc: ExportedDoc,
+    doc: RawDoc,
 }
 
 pub struct Receiver {
@@ -156,9 +156,8 @@ impl Receiver {
             }
             if kind_of(raw) == "index" {
                 // Held back: the batch's documents go to the store together (one fsync).
-                let write = Message::decode(raw.get())
-                    .map_err(|e| format!("cannot read message: {e}"))
-                    .and_then(|m| index_write(seq, m.body));
+                let write =
+                    decode_index(raw.get()).map(|(kind, doc)| IndexWrite { seq, kind, doc });
                 match write {
                     Ok(w) => index_writes.push(w),
                     Err(why) => {
@@ -259,15 +258,14 @@ impl Receiver {
                 Ok("flush")
             }
             MessageBody::Index { .. } => {
-                let w = index_write(0, body.clone()).map_err(ApplyError::Refuse)?;
+                let (kind, doc) = index_write(body.clone()).map_err(ApplyError::Refuse)?;
                 let outcome = self
                     .stores
                     .index
-                    .apply(w.kind, vec![w.doc])
+                    .apply(kind, vec![doc])
                     .await
                     .map_err(|e| ApplyError::Retry(e.to_string()))?;
-                self.metrics
-                    .index_outcomes(w.kind.as_str(), "peer", &outcome);
+                self.metrics.index_outcomes(kind.as_str(), "peer", &outcome);
                 Ok("index")
             }
             MessageBody::Event { event_seq, event } => {
@@ -327,12 +325,12 @@ impl Receiver {
         }
         for writes in by_kind.into_iter().filter(|w| !w.is_empty()) {
             let kind = writes[0].kind;
-            let (seqs, docs): (Vec<u64>, Vec<ExportedDoc>) =
+            let (seqs, docs): (Vec<u64>, Vec<RawDoc>) =
                 writes.into_iter().map(|w| (w.seq, w.doc)).unzip();
             let results = self
                 .stores
                 .index
-                .apply_each(kind, docs)
+                .apply_each_raw(kind, docs)
                 .await
                 .map_err(ReceiveError::Index)?;
             let mut outcomes = Vec::with_capacity(results.len());
@@ -370,7 +368,7 @@ impl Receiver {
 }
 
 /// Checks an index message and turns it into a store write.
-fn index_write(seq: u64, body: MessageBody) -> Result<IndexWrite, String> {
+fn index_write(body: MessageBody) -> Result<(Kind, ExportedDoc), String> {
     let MessageBody::Index {
         index,
         id,
@@ -387,17 +385,53 @@ fn index_write(seq: u64, body: MessageBody) -> Result<IndexWrite, String> {
             "index message {kind}/{id} must carry either a doc or deleted: true"
         ));
     }
-    Ok(IndexWrite {
-        seq,
+    Ok((
         kind,
-        doc: ExportedDoc {
+        ExportedDoc {
             id,
             version,
             deleted,
             doc,
             deleted_at: None,
         },
-    })
+    ))
+}
+
+/// Decodes an index message of a batch in one pass, keeping the document's JSON text as sent
+/// (the store parses it once and stores it as is): `Message::decode` would buffer the whole
+/// message (an internally tagged enum) and build a `Value` the store then serializes again.
+/// Public for the benchmark of the apply path (`ha-bench`).
+pub fn decode_index(raw: &str) -> Result<(Kind, RawDoc), String> {
+    #[derive(serde::Deserialize)]
+    struct IndexMessage<'a> {
+        #[serde(borrow)]
+        index: std::borrow::Cow<'a, str>,
+        id: String,
+        version: u64,
+        #[serde(default)]
+        deleted: bool,
+        #[serde(default, borrow)]
+        doc: Option<&'a RawValue>,
+    }
+    let m: IndexMessage =
+        serde_json::from_str(raw).map_err(|e| format!("cannot read message: {e}"))?;
+    let kind: Kind = m.index.parse().map_err(|e: IndexError| e.to_string())?;
+    let doc = m.doc; // `"doc": null` reads as None, as with `Option<Value>`
+    if m.deleted == doc.is_some() {
+        return Err(format!(
+            "index message {kind}/{} must carry either a doc or deleted: true",
+            m.id
+        ));
+    }
+    Ok((
+        kind,
+        RawDoc {
+            id: m.id,
+            version: m.version,
+            deleted: m.deleted,
+            source: doc.map(|d| d.get().to_owned()),
+        },
+    ))
 }
 
 /// What appending one peer event means for the batch reply.
@@ -456,4 +490,35 @@ fn write_durably(path: &Path, value: u64) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_index;
+    use crate::index::Kind;
+
+    #[test]
+    fn index_messages_decode_in_one_pass_keeping_the_document_text() {
+        let (kind, d) = decode_index(
+            r#"{"seq":3,"kind":"index","index":"changes","id":"c1","version":2,"doc":{"b":1,"a":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(kind, Kind::Changes);
+        assert_eq!((d.id.as_str(), d.version, d.deleted), ("c1", 2, false));
+        assert_eq!(d.source.as_deref(), Some(r#"{"b":1,"a":"x"}"#));
+        let (_, d) = decode_index(
+            r#"{"seq":4,"kind":"index","index":"accounts","id":"7","version":5,"deleted":true}"#,
+        )
+        .unwrap();
+        assert!(d.deleted && d.source.is_none());
+        for bad in [
+            r#"{"seq":5,"kind":"index","index":"changes","id":"c1","version":2}"#,
+            r#"{"seq":5,"kind":"index","index":"changes","id":"c1","version":2,"doc":null}"#,
+            r#"{"seq":5,"kind":"index","index":"changes","id":"c1","version":2,"deleted":true,"doc":{}}"#,
+            r#"{"seq":5,"kind":"index","index":"nope","id":"c1","version":2,"doc":{}}"#,
+            r#"{"seq":5,"kind":"index","index":"changes","version":2,"doc":{}}"#,
+        ] {
+            assert!(decode_index(bad).is_err(), "{bad}");
+        }
+    }
 }

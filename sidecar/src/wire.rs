@@ -96,6 +96,37 @@ pub enum MessageBody {
     },
 }
 
+/// The payload of an index message, byte for byte what serializing the
+/// [`MessageBody::Index`] would give, from borrowed parts (a bulk load needs no copy of its
+/// documents to queue them).
+pub fn encode_index(
+    index: &str,
+    id: &str,
+    version: u64,
+    deleted: bool,
+    doc: Option<&serde_json::Value>,
+) -> serde_json::Result<Vec<u8>> {
+    #[derive(Serialize)]
+    struct IndexRef<'a> {
+        kind: &'static str,
+        index: &'a str,
+        id: &'a str,
+        version: u64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        doc: Option<&'a serde_json::Value>,
+    }
+    serde_json::to_vec(&IndexRef {
+        kind: "index",
+        index,
+        id,
+        version,
+        deleted,
+        doc,
+    })
+}
+
 /// The receiver's answer to a batch it accepted (HTTP 200).
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchReply {
@@ -179,5 +210,28 @@ pub mod index_sync {
     pub struct ApplyReply {
         pub applied: u64,
         pub stale: u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_index_is_the_message_body_serialized() {
+        let doc = serde_json::json!({"subject": "fix \"it\"", "n": 1, "a": [1, {"b": null}]});
+        for (deleted, doc) in [(false, Some(doc)), (true, None)] {
+            let body = MessageBody::Index {
+                index: "changes".into(),
+                id: "c/1~é".into(),
+                version: 7,
+                deleted,
+                doc: doc.clone(),
+            };
+            assert_eq!(
+                encode_index("changes", "c/1~é", 7, deleted, doc.as_ref()).unwrap(),
+                serde_json::to_vec(&body).unwrap()
+            );
+        }
     }
 }

@@ -7,11 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::error::parse_json;
-use super::local::{authorize, forward};
+use super::local::authorize;
 use super::{read_body, ApiError, AppState};
 use crate::index::{ExportedDoc, Kind, WriteOutcome};
 use crate::metrics::Metrics;
-use crate::wire::MessageBody;
 
 /// Results of a search unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
@@ -68,33 +67,41 @@ fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiErro
         .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
 }
 
-fn index_message(kind: Kind, d: ExportedDoc) -> MessageBody {
-    MessageBody::Index {
-        index: kind.as_str().to_owned(),
-        id: d.id,
-        version: d.version,
-        deleted: d.deleted,
-        doc: d.doc,
-    }
-}
-
-/// Queues the applied writes for every peer (one group commit) when `[index] synchronize`.
-async fn forward_applied(
+/// The index messages of `docs` for the peers, when `[index] synchronize`; made before the
+/// write so that the documents are not copied for it.
+fn index_payloads(
     state: &AppState,
     kind: Kind,
-    docs: Vec<ExportedDoc>,
+    docs: &[ExportedDoc],
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    if !state.config.index.synchronize {
+        return Ok(Vec::new());
+    }
+    docs.iter()
+        .map(|d| {
+            crate::wire::encode_index(kind.as_str(), &d.id, d.version, d.deleted, d.doc.as_ref())
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        })
+        .collect()
+}
+
+/// Queues the applied writes' messages for every peer (one group commit) when
+/// `[index] synchronize`; returns (forwarded, the last seq).
+async fn forward_applied(
+    state: &AppState,
+    payloads: Vec<Vec<u8>>,
     outcomes: &[WriteOutcome],
 ) -> Result<(bool, Option<u64>), ApiError> {
     if !state.config.index.synchronize {
         return Ok((false, None));
     }
-    let sends = docs
+    let applied: Vec<Vec<u8>> = payloads
         .into_iter()
         .zip(outcomes)
         .filter(|(_, o)| **o == WriteOutcome::Applied)
-        .map(|(d, _)| forward(state, index_message(kind, d)));
-    let seqs = futures_util::future::try_join_all(sends).await?;
-    Ok((true, seqs.into_iter().flatten().max()))
+        .map(|(p, _)| p)
+        .collect();
+    Ok((true, state.outbox.append_many(applied).await?))
 }
 
 fn count_local(state: &AppState, kind: Kind, outcomes: &[WriteOutcome]) {
@@ -134,11 +141,6 @@ async fn put(
     let kind: Kind = kind.parse()?;
     let body = read_body(payload, state.config.limits.max_local_body).await?;
     let p: PutBody = parse_json(&body)?;
-    let outcome = state
-        .index
-        .upsert(kind, &id, p.version, p.doc.clone())
-        .await?;
-    count_local(&state, kind, &[outcome]);
     let doc = ExportedDoc {
         id,
         version: p.version,
@@ -146,7 +148,13 @@ async fn put(
         doc: Some(p.doc),
         deleted_at: None,
     };
-    let (forwarded, seq) = forward_applied(&state, kind, vec![doc], &[outcome]).await?;
+    let payloads = index_payloads(&state, kind, std::slice::from_ref(&doc))?;
+    let outcome = state
+        .index
+        .upsert(kind, &doc.id, p.version, doc.doc.unwrap_or_default())
+        .await?;
+    count_local(&state, kind, &[outcome]);
+    let (forwarded, seq) = forward_applied(&state, payloads, &[outcome]).await?;
     Ok(write_reply(outcome, p.version, forwarded, seq))
 }
 
@@ -160,8 +168,6 @@ async fn delete(
     let kind: Kind = kind.parse()?;
     let q: DeleteQuery = query(&req)
         .map_err(|e| ApiError::BadRequest(format!("{e} (a delete needs ?version=N, a u64)")))?;
-    let outcome = state.index.delete(kind, &id, q.version).await?;
-    count_local(&state, kind, &[outcome]);
     let doc = ExportedDoc {
         id,
         version: q.version,
@@ -169,7 +175,10 @@ async fn delete(
         doc: None,
         deleted_at: None,
     };
-    let (forwarded, seq) = forward_applied(&state, kind, vec![doc], &[outcome]).await?;
+    let payloads = index_payloads(&state, kind, std::slice::from_ref(&doc))?;
+    let outcome = state.index.delete(kind, &doc.id, q.version).await?;
+    count_local(&state, kind, &[outcome]);
+    let (forwarded, seq) = forward_applied(&state, payloads, &[outcome]).await?;
     Ok(write_reply(outcome, q.version, forwarded, seq))
 }
 
@@ -238,13 +247,14 @@ async fn bulk(
             deleted_at: None,
         })
         .collect();
-    let outcomes = state.index.apply(kind, docs.clone()).await?;
+    let payloads = index_payloads(&state, kind, &docs)?;
+    let outcomes = state.index.apply(kind, docs).await?;
     count_local(&state, kind, &outcomes);
     let applied = outcomes
         .iter()
         .filter(|o| **o == WriteOutcome::Applied)
         .count();
-    let (forwarded, seq) = forward_applied(&state, kind, docs, &outcomes).await?;
+    let (forwarded, seq) = forward_applied(&state, payloads, &outcomes).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "applied": applied, "stale": outcomes.len() - applied, "forwarded": forwarded, "seq": seq,
     })))

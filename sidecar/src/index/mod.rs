@@ -229,6 +229,18 @@ pub struct ExportedDoc {
     pub deleted_at: Option<u64>,
 }
 
+/// A document or tombstone as a peer's index message carries it: the document's JSON text is
+/// kept as received, parsed once and stored as it is (no second serialization). See
+/// [`IndexStore::apply_each_raw`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawDoc {
+    pub id: String,
+    pub version: u64,
+    pub deleted: bool,
+    /// The document's JSON text (an object) for an upsert.
+    pub source: Option<String>,
+}
+
 /// Outcome counts of a `bulk_upsert`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BulkOutcome {

@@ -23,7 +23,8 @@ use super::schema::KindSchema;
 use super::versions::{Entry, VersionMap};
 use super::writer::{Command, OpBody, PreparedOp, Writer};
 use super::{
-    BulkOutcome, ExportedDoc, IndexError, IndexOptions, IndexStats, Kind, Result, WriteOutcome,
+    BulkOutcome, ExportedDoc, IndexError, IndexOptions, IndexStats, Kind, RawDoc, Result,
+    WriteOutcome,
 };
 
 /// Largest accepted document id, in bytes.
@@ -214,14 +215,49 @@ impl IndexStore {
     ) -> Result<PreparedOp> {
         check_id(kind, id)?;
         if !doc.is_object() {
-            return Err(IndexError::BadDocument {
-                kind,
-                id: id.into(),
-                reason: "the document must be a JSON object".into(),
-            });
+            return Err(not_an_object(kind, id));
         }
         let source = serde_json::to_string(doc)
             .map_err(|e| IndexError::internal(format!("serialize {kind}/{id}"), e))?;
+        self.prepare_source(kind, id, version, source, doc)
+    }
+
+    /// An upsert whose JSON text is given (a peer's message): parsed once, stored as given.
+    fn prepare_raw_upsert(
+        &self,
+        kind: Kind,
+        id: &str,
+        version: u64,
+        source: String,
+    ) -> Result<PreparedOp> {
+        check_id(kind, id)?;
+        if source.len() > self.opts.max_doc_bytes {
+            return Err(IndexError::DocumentTooLarge {
+                kind,
+                id: id.into(),
+                size: source.len(),
+                max: self.opts.max_doc_bytes,
+            });
+        }
+        let doc: Value = serde_json::from_str(&source).map_err(|e| IndexError::BadDocument {
+            kind,
+            id: id.into(),
+            reason: format!("not JSON: {e}"),
+        })?;
+        if !doc.is_object() {
+            return Err(not_an_object(kind, id));
+        }
+        self.prepare_source(kind, id, version, source, &doc)
+    }
+
+    fn prepare_source(
+        &self,
+        kind: Kind,
+        id: &str,
+        version: u64,
+        source: String,
+        doc: &Value,
+    ) -> Result<PreparedOp> {
         if source.len() > self.opts.max_doc_bytes {
             return Err(IndexError::DocumentTooLarge {
                 kind,
@@ -303,10 +339,23 @@ impl IndexStore {
         docs: Vec<ExportedDoc>,
     ) -> Result<Vec<Result<WriteOutcome>>> {
         let now = now_ms();
-        let mut results: Vec<Result<WriteOutcome>> = Vec::with_capacity(docs.len());
-        let mut ops = Vec::with_capacity(docs.len());
-        for d in docs {
-            match self.prepare(kind, d, now) {
+        let ops = docs
+            .into_iter()
+            .map(|d| self.prepare(kind, d, now))
+            .collect();
+        self.write_each(ops).await
+    }
+
+    /// Writes the operations that could be prepared (one fsync); a preparation error is that
+    /// document's result.
+    async fn write_each(
+        &self,
+        prepared: Vec<Result<PreparedOp>>,
+    ) -> Result<Vec<Result<WriteOutcome>>> {
+        let mut results: Vec<Result<WriteOutcome>> = Vec::with_capacity(prepared.len());
+        let mut ops = Vec::with_capacity(prepared.len());
+        for p in prepared {
+            match p {
                 Ok(op) => {
                     ops.push(op);
                     results.push(Ok(WriteOutcome::Applied));
@@ -319,6 +368,40 @@ impl IndexStore {
             *r = Ok(written.next().ok_or(IndexError::WriterStopped)?);
         }
         Ok(results)
+    }
+
+    /// Like [`IndexStore::apply_each`] for documents whose JSON text is given as received
+    /// (a peer's batch): each text is parsed once and stored as it is, without the second
+    /// serialization `apply_each` needs to turn a `Value` back into text.
+    pub async fn apply_each_raw(
+        &self,
+        kind: Kind,
+        docs: Vec<RawDoc>,
+    ) -> Result<Vec<Result<WriteOutcome>>> {
+        let now = now_ms();
+        let ops = docs
+            .into_iter()
+            .map(|d| match (d.deleted, d.source) {
+                (true, _) => self.prepare(
+                    kind,
+                    ExportedDoc {
+                        id: d.id,
+                        version: d.version,
+                        deleted: true,
+                        doc: None,
+                        deleted_at: None,
+                    },
+                    now,
+                ),
+                (false, Some(source)) => self.prepare_raw_upsert(kind, &d.id, d.version, source),
+                (false, None) => Err(IndexError::BadDocument {
+                    kind,
+                    id: d.id,
+                    reason: "an upsert needs a document".into(),
+                }),
+            })
+            .collect();
+        self.write_each(ops).await
     }
 
     fn prepare(&self, kind: Kind, d: ExportedDoc, now: u64) -> Result<PreparedOp> {
@@ -437,6 +520,14 @@ impl IndexStore {
             last_commit_micros: self.shared.last_commit_micros.load(Ordering::Relaxed),
             journal_bytes: self.shared.journal_bytes.load(Ordering::Relaxed),
         }
+    }
+}
+
+fn not_an_object(kind: Kind, id: &str) -> IndexError {
+    IndexError::BadDocument {
+        kind,
+        id: id.into(),
+        reason: "the document must be a JSON object".into(),
     }
 }
 

@@ -369,3 +369,64 @@ async fn timing_of_10k_upserts_printed() {
     assert_eq!(stats.kinds[0].1.docs, 2 * n as u64);
     store.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn apply_each_raw_stores_the_text_given_and_refuses_bad_documents_alone() {
+    use super::RawDoc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(
+        dir.path(),
+        IndexOptions {
+            max_doc_bytes: 200,
+            ..fast_opts()
+        },
+    );
+    let raw = |id: &str, version, source: Option<&str>| RawDoc {
+        id: id.into(),
+        version,
+        deleted: false,
+        source: source.map(str::to_owned),
+    };
+    let big = format!(r#"{{"subject": "{}"}}"#, "x".repeat(300));
+    let results = store
+        .apply_each_raw(
+            C,
+            vec![
+                raw(
+                    "a",
+                    1,
+                    Some(r#"{"subject": "hello world", "status": "NEW"}"#),
+                ),
+                raw("b", 1, Some("[1, 2]")),
+                raw("c", 1, Some(&big)),
+                raw("d", 1, None),
+                raw("a", 1, Some(r#"{"subject": "older"}"#)),
+                RawDoc {
+                    deleted: true,
+                    ..raw("e", 4, None)
+                },
+            ],
+        )
+        .await
+        .expect("apply");
+    let shown: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(o) => format!("{o:?}"),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert_eq!(shown[0], "Applied");
+    assert!(shown[1].contains("must be a JSON object"), "{}", shown[1]);
+    assert!(shown[2].contains("over the limit"), "{}", shown[2]);
+    assert!(shown[3].contains("needs a document"), "{}", shown[3]);
+    assert_eq!(shown[4], "Stale { stored_version: 1 }");
+    assert_eq!(shown[5], "Applied");
+    assert_eq!(
+        store.get(C, "a").expect("get").expect("live").doc,
+        json!({"subject": "hello world", "status": "NEW"})
+    );
+    store.commit().await.expect("commit");
+    assert_eq!(store.search(C, "hello", 10).expect("search").total, 1);
+    assert_eq!(store.get(C, "e").expect("get"), None);
+}
