@@ -136,9 +136,9 @@ async fn sustained(
 }
 
 /// B is SIGSTOPped while A takes single-key evictions at about 2,000/s for `dur`: A's memory
-/// must not grow with the backlog, which lives on disk. Returns (RSS before, RSS after, backlog);
-/// B is left frozen.
-async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64)> {
+/// must not grow with the backlog, which lives on disk. Returns (RSS before, RSS at a tenth of
+/// the outage, RSS after, backlog); B is left frozen.
+async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64, f64)> {
     let h = integration::http();
     let url = format!("{}v1/cache/projects/evict", p.a.spec.local_url());
     // Warm up so the baseline includes connection pools and caches, not a cold process.
@@ -154,7 +154,11 @@ async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64)> {
     let mut tick = tokio::time::interval(Duration::from_micros(500));
     let mut i = 0u64;
     let mut inflight = Vec::new();
+    let mut early = None;
     while start.elapsed() < dur {
+        if early.is_none() && start.elapsed() >= dur / 10 {
+            early = Some(rss_mib(p.a.pid()));
+        }
         tick.tick().await;
         let (h, url) = (h.clone(), url.clone());
         i += 1;
@@ -177,7 +181,7 @@ async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64)> {
     let after = rss_mib(p.a.pid());
     let st = api::status(&h, &p.a.spec.peer_url()).await;
     let backlog = st["peers"][0]["outbox_depth"].as_f64().unwrap_or(f64::NAN);
-    Ok((before, after, backlog))
+    Ok((before, early.unwrap_or(f64::NAN), after, backlog))
 }
 
 /// Parses tracing's RFC 3339 UTC timestamp (`2026-11-23T18:59:51.976802Z`) to µs since the epoch.
@@ -316,8 +320,9 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         budget.outage
     );
     let mut p = pair("", &[]).await?;
-    let (rss_start, rss_end, backlog) = outage(&p, budget.outage).await?;
+    let (rss_start, rss_early, rss_end, backlog) = outage(&p, budget.outage).await?;
     report.set("rss_before_outage_mib", rss_start);
+    report.set("rss_early_outage_mib", rss_early);
     report.set("rss_after_outage_mib", rss_end);
     report.set("outage_backlog_messages", backlog);
     eprintln!("evictions: restart of A with that backlog on disk (SIGKILL, start → /health 204)");
@@ -423,6 +428,11 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         "rss_under_load_mib_receiver",
         Some("rss_idle_mib_receiver"),
         "peak RSS of node B (receiver) during the eviction runs",
+    );
+    report.row(
+        "rss_early_outage_mib",
+        None,
+        "RSS of A a tenth of the way into the outage (after vs this: growth with the backlog)",
     );
     report.row(
         "outage_backlog_messages",

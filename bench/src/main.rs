@@ -78,7 +78,10 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut report = report::Report::default();
+    let mut report = report::Report {
+        load_at_start: report::load_average(),
+        ..Default::default()
+    };
     let started = std::time::Instant::now();
     rt.block_on(async {
         let timed = |part: &str, t: std::time::Instant| {

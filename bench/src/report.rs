@@ -10,6 +10,17 @@ pub struct Report {
     pub rows: Vec<(String, Option<String>, String)>,
     /// figure → the peer's (Redis's) figure it is compared with, in the table's peer column.
     pub peers: BTreeMap<String, String>,
+    /// The machine's load average (1 min) at the start of the run, for context.
+    pub load_at_start: Option<String>,
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+pub fn load_average() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
 }
 
 /// Every figure the issue asks `latest.json` to hold (a full run of every part writes them all).
@@ -71,7 +82,14 @@ impl Report {
         } else {
             "Full run (`make bench`).\n\n"
         });
-        md.push_str(&format!("Run finished {} UTC.\n\n", utc_now()));
+        md.push_str(&format!(
+            "Run finished {} UTC on {} cores; load average (1 min) {} at the start, {} at the end \
+             (other work on the machine makes absolute figures drift; the ratios less so).\n\n",
+            utc_now(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            self.load_at_start.as_deref().unwrap_or("?"),
+            load_average().as_deref().unwrap_or("?"),
+        ));
         md.push_str("Every figure was measured in this run on this machine; ratios compare figures of the same run \
             (ours / limit: how close to what the machine can do; ours / peer: against Redis doing the same job).\n\n");
         md.push_str("| figure | ours | limit (same run) | ratio | peer: Redis (same run) | ratio | what |\n\
