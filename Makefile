@@ -9,7 +9,11 @@ BIN        := $(TARGET_DIR)/release/ha-sidecar
 TEST_PACKAGES  ?= haproxy nginx nfs-ganesha nfs-ganesha-vfs rpcbind gvfs-fuse gvfs-backends libglib2.0-bin dbus iproute2 util-linux
 BENCH_PACKAGES ?= redis-server
 
+# QEMU, Debian's kernel and an initramfs for the kernel-NFS VM test (integration/vm/prepare.sh).
+NFS_VM_KIT ?= $(TARGET_DIR)/nfs-vm
+
 export HA_SIDECAR_BIN := $(BIN)
+export HA_NFS_VM_KIT := $(NFS_VM_KIT)
 
 .PHONY: all deps deps-bench build run test lint unit integration bench bench-quick clean
 
@@ -18,6 +22,7 @@ all: build
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "make deps: cargo not found: install the Rust toolchain (rustup)"; exit 1; }
 	@$(CURDIR)/.ci/apt-install $(TEST_PACKAGES)
+	@$(CURDIR)/integration/vm/prepare.sh $(NFS_VM_KIT)
 	$(CARGO) fetch --locked
 
 deps-bench: deps

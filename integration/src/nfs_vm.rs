@@ -71,6 +71,21 @@ pub struct KernelNfsVms {
     forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Makes `cmd`'s process die with the thread that spawns it (the test's own thread), so a
+/// test runner killed with SIGKILL leaves no VM or server behind.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 fn run(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -115,7 +130,10 @@ impl KernelNfsVms {
             prepare.display(),
             kit.display()
         );
-        for (cmd, pkg) in [("ganesha.nfsd", "nfs-ganesha nfs-ganesha-vfs"), ("ip", "iproute2")] {
+        for (cmd, pkg) in [
+            ("ganesha.nfsd", "nfs-ganesha nfs-ganesha-vfs"),
+            ("ip", "iproute2"),
+        ] {
             let found = Command::new("sh")
                 .arg("-c")
                 .arg(format!("command -v {cmd}"))
@@ -170,8 +188,8 @@ impl KernelNfsVms {
         // The veth is created inside the switch namespace, its peer moved straight into the
         // server's: no name is ever taken in the root namespace.
         run(&[
-            "ip", "-n", sw, "link", "add", "srv0", "type", "veth", "peer", "name", "eth0",
-            "netns", srv,
+            "ip", "-n", sw, "link", "add", "srv0", "type", "veth", "peer", "name", "eth0", "netns",
+            srv,
         ])?;
         run(&["ip", "-n", sw, "link", "set", "srv0", "master", "br0"])?;
         run(&["ip", "-n", sw, "link", "set", "srv0", "up"])?;
@@ -204,7 +222,7 @@ impl KernelNfsVms {
         let out = File::create(d.join("ganesha.out")).unwrap();
         // NFSv4 only: no rpcbind. A private /run keeps ganesha's pid and sockets its own.
         // `ip netns exec`, `unshare` and `sh` all exec: the child's PID is ganesha's.
-        let child = Command::new("ip")
+        let child = die_with_parent(&mut Command::new("ip"))
             .args(["netns", "exec", &self.server_ns])
             .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
             .arg(format!(
@@ -275,7 +293,7 @@ impl KernelNfsVms {
         let serial = self.dir.path().join(format!("vm-{role}.serial"));
         let log = File::create(&serial).unwrap();
         let ip = vm_ip(i);
-        let child = Command::new("ip")
+        let child = die_with_parent(&mut Command::new("ip"))
             .args(["netns", "exec", &sw])
             .arg(q.join("usr/bin/qemu-system-x86_64"))
             .env(
@@ -288,7 +306,15 @@ impl KernelNfsVms {
             )
             // KVM hangs the guest on these machines (INFRA.md §1c(iv)): TCG only.
             .args(["-name", role, "-machine", "q35,accel=tcg", "-cpu", "max"])
-            .args(["-smp", "1", "-m", "512", "-nographic", "-no-reboot", "-nodefaults"])
+            .args([
+                "-smp",
+                "1",
+                "-m",
+                "512",
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+            ])
             .arg("-L")
             .arg(q.join("usr/share/qemu"))
             .arg("-L")
@@ -309,7 +335,10 @@ impl KernelNfsVms {
                 "virtio-net-pci,netdev=n0,mac=52:54:00:cb:00:{:02x},romfile=",
                 ip.octets()[3]
             ))
-            .args(["-fsdev", "local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap"])
+            .args([
+                "-fsdev",
+                "local,id=hr,path=/,security_model=none,readonly=on,multidevs=remap",
+            ])
             .args(["-device", "virtio-9p-pci,fsdev=hr,mount_tag=hostroot"])
             .arg("-fsdev")
             .arg(format!(
@@ -372,7 +401,14 @@ impl KernelNfsVms {
         }
         let g = std::fs::read_to_string(self.dir.path().join("ganesha.log")).unwrap_or_default();
         s.push_str("--- ganesha.log (last 10 lines)\n");
-        for l in g.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev() {
+        for l in g
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             s.push_str(l);
             s.push('\n');
         }
@@ -415,10 +451,7 @@ impl KernelNfsVms {
             }
             self.check_vms();
             if Instant::now() > deadline {
-                panic!(
-                    "{url} not ready after {timeout:?}\n{}",
-                    self.diagnostics()
-                );
+                panic!("{url} not ready after {timeout:?}\n{}", self.diagnostics());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -1,7 +1,8 @@
 //! Web sessions (issue 5's acceptance): cross-node login and logout within 2 s over a plain
-//! shared directory and over real NFS (ganesha + gvfs), concurrency across two processes,
-//! SIGKILL during writes, quarantine of corrupt files, tokens kept out of names and logs,
-//! expiry and cleanup at 100,000 sessions, hostile input.
+//! shared directory and over real NFS (ganesha with gvfs clients, and with kernel clients in
+//! QEMU VMs), concurrency across two processes, SIGKILL during writes, quarantine of corrupt
+//! files, tokens kept out of names and logs, expiry and cleanup at 100,000 sessions, hostile
+//! input.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -272,7 +273,10 @@ async fn cross_node_login_and_logout_over_kernel_nfs_in_vms() {
             urls.insert((role, *name), (peer, local));
         }
     }
-    eprintln!("VMs booted and sidecars ready after {:?}", started.elapsed());
+    eprintln!(
+        "VMs booted and sidecars ready after {:?}",
+        started.elapsed()
+    );
     for (name, ..) in &variants {
         let (a_peer, a) = &urls[&("a", *name)];
         let (_, b) = &urls[&("b", *name)];

@@ -10,6 +10,7 @@ echo "$CLIENT_ID" > /sys/module/nfs/parameters/nfs4_unique_id
 mount -t nfs -o "$NFS_OPTIONS" "$NFS_SOURCE" "/host$MOUNT_POINT" || { echo "GUEST FAILED: NFS mount"; exit 1; }
 grep " /host$MOUNT_POINT " /proc/mounts
 echo "GUEST NFS MOUNTED at $(cut -d' ' -f1 /proc/uptime) s"
+echo "GUEST: starting sidecars at $(date -u +%T) (uptime $(cut -d' ' -f1 /proc/uptime) s)"
 for c in $CONFIGS; do
   chroot /host "$BIN" run -c "$c" > "/host$c.log" 2>&1 &
 done
