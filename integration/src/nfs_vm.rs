@@ -359,6 +359,16 @@ impl KernelNfsVms {
         });
     }
 
+    /// The NFS mount as the `i`th VM's kernel reports it (its `/proc/mounts` line), once mounted.
+    pub fn mount_line(&self, i: usize) -> Option<String> {
+        let serial = std::fs::read_to_string(&self.vms.get(i)?.serial).ok()?;
+        let needle = format!(" /host{MOUNT_POINT} nfs4 ");
+        serial
+            .lines()
+            .find(|l| l.contains(&needle))
+            .map(|l| l.trim().to_owned())
+    }
+
     /// Panics with the logs when a VM has stopped or reported a failure.
     pub fn check_vms(&mut self) {
         let mut dead = None;

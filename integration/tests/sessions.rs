@@ -277,6 +277,13 @@ async fn cross_node_login_and_logout_over_kernel_nfs_in_vms() {
         "VMs booted and sidecars ready after {:?}",
         started.elapsed()
     );
+    for i in 0..2 {
+        let m = lab.mount_line(i).expect("the VM reported its NFS mount");
+        eprintln!("VM {i}: {m}");
+        for opt in ["vers=4.2", "hard", "lookupcache=pos"] {
+            assert!(m.split([',', ' ']).any(|o| o == opt), "{opt} not in {m}");
+        }
+    }
     for (name, ..) in &variants {
         let (a_peer, a) = &urls[&("a", *name)];
         let (_, b) = &urls[&("b", *name)];

@@ -42,8 +42,14 @@ rm -rf "$NEW"
 trap 'rm -rf "$NEW"' EXIT
 mkdir -p "$NEW/debs" "$NEW/root" "$NEW/kernel" "$NEW/initrd/mods"
 # shellcheck disable=SC2086
-(cd "$NEW/debs" && apt-get -q -o APT::Sandbox::User=root download $QEMU_DEBS "$KPKG" >/dev/null) \
-  || { echo "prepare.sh: apt-get download failed (try: apt-get update)" >&2; exit 1; }
+download() { (cd "$NEW/debs" && apt-get -q -o APT::Sandbox::User=root download $QEMU_DEBS "$KPKG" >/dev/null); }
+if ! download; then
+  # Stale package lists name versions the mirror no longer has: refresh them once.
+  apt-get update -qq
+  KPKG=$(kernel_pkg)
+  KVER=${KPKG#linux-image-}
+  download || { echo "prepare.sh: apt-get download failed" >&2; exit 1; }
+fi
 for d in "$NEW"/debs/*.deb; do
   case $(basename "$d") in
     linux-image-*) dpkg-deb -x "$d" "$NEW/kernel" ;;
