@@ -125,10 +125,17 @@ impl KernelNfsVms {
             .expect("run prepare.sh");
         assert!(
             st.success(),
-            "the kernel-NFS VM kit in {} is stale: run `{} {}` as root",
+            "the kernel-NFS VM kit in {} is stale and could not be rebuilt (see above): \
+             run `{} {}` as root",
             kit.display(),
             prepare.display(),
             kit.display()
+        );
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the kernel-NFS VM test needs root (network namespaces, taps, ganesha)"
         );
         for (cmd, pkg) in [
             ("ganesha.nfsd", "nfs-ganesha nfs-ganesha-vfs"),
