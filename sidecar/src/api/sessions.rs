@@ -10,11 +10,21 @@ use crate::metrics::Metrics;
 use crate::sessions::{Sessions, SESSIONS_CACHE};
 use crate::wire::MessageBody;
 
+/// One scope with a static prefix and one resource for the three methods on a token: the
+/// master reads its session on every request it serves, so the router should spend on it one
+/// pattern match, not one per route registered before it (actix tries resources in order, and
+/// each dynamic one is a regex). Register this before the other dynamic routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/sessions", web::post().to(create))
-        .route("/v1/sessions/{token}", web::get().to(get))
-        .route("/v1/sessions/{token}", web::put().to(refresh))
-        .route("/v1/sessions/{token}", web::delete().to(delete));
+    cfg.service(
+        web::scope("/v1/sessions")
+            .route("", web::post().to(create))
+            .service(
+                web::resource("/{token}")
+                    .route(web::get().to(get))
+                    .route(web::put().to(refresh))
+                    .route(web::delete().to(delete)),
+            ),
+    );
 }
 
 fn sessions(state: &AppState) -> &std::sync::Arc<Sessions> {
@@ -74,7 +84,10 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     match sessions(&state).get(&path.into_inner()).await? {
-        Some(rec) => Ok(HttpResponse::Ok().json(&*rec)),
+        // The bytes encoded when the session entered the cache: nothing to serialise here.
+        Some(rec) => Ok(HttpResponse::Ok()
+            .content_type(actix_web::http::header::ContentType::json())
+            .body(rec.json)),
         None => Err(not_found()),
     }
 }
