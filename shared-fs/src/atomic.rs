@@ -16,8 +16,6 @@ use std::time::SystemTime;
 
 use rand::RngCore;
 
-pub use crate::group::WriteMode;
-
 /// Marker between the target name and the random suffix of a temp file.
 const TEMP_MARKER: &str = ".tmp.";
 /// Hex digits of randomness at the end of a temp file name.
@@ -95,7 +93,10 @@ pub fn write_atomic_with(
     opts: &WriteOptions,
 ) -> Result<(), AtomicError> {
     let temp = write_temp(path, bytes, opts)?;
-    commit_temp(&temp, path, WriteMode::Put)?;
+    if let Err(e) = std::fs::rename(&temp, path) {
+        discard(&temp);
+        return Err(AtomicError::io("rename", path, e));
+    }
     finish(path, opts)
 }
 
@@ -110,10 +111,17 @@ pub fn create_new_atomic(
     opts: &WriteOptions,
 ) -> Result<bool, AtomicError> {
     let temp = write_temp(path, bytes, opts)?;
-    if !commit_temp(&temp, path, WriteMode::CreateNew)? {
-        return Ok(false);
+    match rename_noreplace(&temp, path) {
+        Ok(true) => finish(path, opts).map(|()| true),
+        Ok(false) => {
+            discard(&temp);
+            Ok(false)
+        }
+        Err(e) => {
+            discard(&temp);
+            Err(e)
+        }
     }
-    finish(path, opts).map(|()| true)
 }
 
 /// Replaces `path` only if it exists; returns `false` (and writes nothing) if it does not.
@@ -127,42 +135,6 @@ pub fn replace_existing_atomic(
     opts: &WriteOptions,
 ) -> Result<bool, AtomicError> {
     let temp = write_temp(path, bytes, opts)?;
-    if !commit_temp(&temp, path, WriteMode::ReplaceExisting)? {
-        return Ok(false);
-    }
-    finish(path, opts).map(|()| true)
-}
-
-/// Renames a complete temp file to `path` as `mode` says: `Ok(false)` when the mode refuses
-/// (the target exists for `CreateNew`, is missing for `ReplaceExisting`). The temp file is gone
-/// afterwards whatever the outcome. No fsync here: the caller syncs the directory.
-pub(crate) fn commit_temp(temp: &Path, path: &Path, mode: WriteMode) -> Result<bool, AtomicError> {
-    match mode {
-        WriteMode::Put => match std::fs::rename(temp, path) {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                discard(temp);
-                Err(AtomicError::io("rename", path, e))
-            }
-        },
-        WriteMode::CreateNew => match rename_noreplace(temp, path) {
-            Ok(true) => Ok(true),
-            Ok(false) => {
-                discard(temp);
-                Ok(false)
-            }
-            Err(e) => {
-                discard(temp);
-                Err(e)
-            }
-        },
-        WriteMode::ReplaceExisting => replace_step(temp, path),
-    }
-}
-
-/// The rename of [`replace_existing_atomic`].
-fn replace_step(temp: &Path, path: &Path) -> Result<bool, AtomicError> {
-    let temp = temp.to_path_buf();
     let outcome = exchange(&temp, path);
     let replaced = match outcome {
         Ok(Some(true)) => {
@@ -196,7 +168,7 @@ fn replace_step(temp: &Path, path: &Path) -> Result<bool, AtomicError> {
             return Err(e);
         }
     };
-    Ok(replaced)
+    finish(path, opts).map(|()| replaced)
 }
 
 /// Renames `from` to `to` unless `to` exists; `Ok(false)` when it does (then `from` is kept).
@@ -286,32 +258,35 @@ fn split(path: &Path) -> Result<(&Path, &OsStr), AtomicError> {
     }
 }
 
-/// Writes `bytes` to a new temp file beside `path`, stamps `mtime`, and returns its path and the
-/// open file (content complete, not synced): the first step of a group commit.
-pub(crate) fn stage_temp(
-    path: &Path,
-    bytes: &[u8],
-    mtime: Option<SystemTime>,
-) -> Result<(PathBuf, File), AtomicError> {
-    let opts = WriteOptions {
-        fsync: false,
-        mtime,
-    };
-    let (temp, file) = open_temp(path)?;
-    match fill(&temp, &file, bytes, &opts) {
-        Ok(()) => Ok((temp, file)),
-        Err(e) => {
-            drop(file);
-            discard(&temp);
-            Err(e)
-        }
-    }
-}
-
 /// Writes `bytes` to a new temp file beside `path` and returns its path (content complete).
 fn write_temp(path: &Path, bytes: &[u8], opts: &WriteOptions) -> Result<PathBuf, AtomicError> {
-    let (temp, file) = open_temp(path)?;
-    let result = fill(&temp, &file, bytes, opts);
+    let mut attempt = 0;
+    let (temp, mut file) = loop {
+        let temp = temp_path_for(path)?;
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(f) => break (temp, f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 3 => attempt += 1,
+            Err(e) => return Err(AtomicError::io("create temp", &temp, e)),
+        }
+    };
+    let result = (|| {
+        file.write_all(bytes)
+            .map_err(|e| AtomicError::io("write", &temp, e))?;
+        if let Some(mtime) = opts.mtime {
+            file.set_modified(mtime)
+                .map_err(|e| AtomicError::io("set mtime", &temp, e))?;
+        }
+        if opts.fsync {
+            file.sync_all()
+                .map_err(|e| AtomicError::io("fsync", &temp, e))?;
+        }
+        Ok(())
+    })();
     drop(file);
     match result {
         Ok(()) => Ok(temp),
@@ -320,44 +295,6 @@ fn write_temp(path: &Path, bytes: &[u8], opts: &WriteOptions) -> Result<PathBuf,
             Err(e)
         }
     }
-}
-
-/// Creates a fresh temp file beside `path` (`0600`, `O_EXCL`, write-only).
-fn open_temp(path: &Path) -> Result<(PathBuf, File), AtomicError> {
-    let mut attempt = 0;
-    loop {
-        let temp = temp_path_for(path)?;
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-        {
-            Ok(f) => return Ok((temp, f)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 3 => attempt += 1,
-            Err(e) => return Err(AtomicError::io("create temp", &temp, e)),
-        }
-    }
-}
-
-/// Writes the content, stamps the mtime and (if asked) fsyncs.
-fn fill(
-    temp: &Path,
-    mut file: &File,
-    bytes: &[u8],
-    opts: &WriteOptions,
-) -> Result<(), AtomicError> {
-    file.write_all(bytes)
-        .map_err(|e| AtomicError::io("write", temp, e))?;
-    if let Some(mtime) = opts.mtime {
-        file.set_modified(mtime)
-            .map_err(|e| AtomicError::io("set mtime", temp, e))?;
-    }
-    if opts.fsync {
-        file.sync_all()
-            .map_err(|e| AtomicError::io("fsync", temp, e))?;
-    }
-    Ok(())
 }
 
 fn finish(path: &Path, opts: &WriteOptions) -> Result<(), AtomicError> {
@@ -369,7 +306,7 @@ fn finish(path: &Path, opts: &WriteOptions) -> Result<(), AtomicError> {
 }
 
 /// Best effort: a temp file left behind is removed later by cleanup anyway.
-pub(crate) fn discard(temp: &Path) {
+fn discard(temp: &Path) {
     if let Err(e) = std::fs::remove_file(temp) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %temp.display(), error = %e, "removing temp file failed");

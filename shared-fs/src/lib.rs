@@ -1,7 +1,6 @@
 //! Everything ha-sidecar does on the shared (NFS) directory; synchronous, no HTTP, no async.
 //!
 //! * [`atomic`] — atomic, durable file replacement (temp file, fsync, rename, fsync dir).
-//! * [`group`] — group commit: one writer thread, one wave of concurrent fsyncs per batch.
 //! * [`store`] — a hashed key → file store with fan-out, checksummed envelopes and quarantine.
 //! * [`sessions`] — web session files (`websessions/`): tokens, expiry, cleanup.
 //! * [`members`] — heartbeat files (`members/`) and clock-skew-safe freshness.
@@ -15,7 +14,6 @@
 //! invisible for ~30 s after a failed lookup of the same name).
 
 pub mod atomic;
-pub mod group;
 pub mod members;
 mod scan;
 pub mod sessions;
@@ -24,10 +22,7 @@ pub mod store;
 mod test_util;
 pub mod watch;
 
-pub use group::{GroupWrite, GroupWriter, WriteMode};
 pub use members::{Heartbeat, Member, MemberState, Members, MembersView};
-pub use sessions::{
-    CleanupReport, SessionFiles, SessionOptions, SessionRecord, SessionToken, SessionWriter,
-};
+pub use sessions::{CleanupReport, SessionFiles, SessionOptions, SessionRecord, SessionToken};
 pub use store::{KeyHash, Store, StoreOptions};
 pub use watch::{Change, ChangeKind, WatchOptions, Watcher};

@@ -8,13 +8,11 @@
 mod cleanup;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::TryRngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::group::{GroupWriter, WriteMode};
 use crate::store::{KeyHash, Store, StoreError, StoreOptions};
 use crate::watch::Change;
 
@@ -229,23 +227,6 @@ impl SessionFiles {
         Ok(self.store.remove(&hash)?)
     }
 
-    /// Starts a writer thread that group-commits creates and refreshes (see [`crate::group`]):
-    /// the same files, content and durability as [`SessionFiles::create`] and
-    /// [`SessionFiles::refresh`], with the syncs of concurrent writes shared.
-    pub fn writer(&self) -> Result<SessionWriter, SessionError> {
-        let writer = GroupWriter::start("session-writer", self.opts.fsync).map_err(|e| {
-            StoreError::Write(crate::atomic::AtomicError::Io {
-                op: "start writer thread",
-                path: self.root().to_path_buf(),
-                source: e,
-            })
-        })?;
-        Ok(SessionWriter {
-            store: self.store.clone(),
-            writer: Arc::new(writer),
-        })
-    }
-
     /// Removes expired sessions, quarantined files past their retention and stale temp files.
     /// Run it on a background thread; see [`cleanup`] for the guarantees.
     pub fn cleanup(&self, now_ms: u64) -> CleanupReport {
@@ -260,90 +241,6 @@ impl SessionFiles {
     ) -> CleanupReport {
         cleanup::run(&self.store, &self.opts, now_ms, hook)
     }
-}
-
-/// Called once with the token of a created session (durable) or the error.
-pub type CreateDone = Box<dyn FnOnce(Result<SessionToken, SessionError>) + Send>;
-/// Called once with whether a refresh replaced the session (durable) or the error.
-pub type RefreshDone = Box<dyn FnOnce(Result<bool, SessionError>) + Send>;
-
-/// Session writes through a group-commit writer thread ([`SessionFiles::writer`]). The
-/// callbacks run on the writer thread: keep them short (send on a channel).
-#[derive(Debug, Clone)]
-pub struct SessionWriter {
-    store: Store,
-    writer: Arc<GroupWriter>,
-}
-
-impl SessionWriter {
-    /// Stores a new session under a fresh random token; `done` gets the token once the file
-    /// is durable in place (like [`SessionFiles::create`]).
-    pub fn create(&self, record: &SessionRecord, done: CreateDone) {
-        match encode(record) {
-            Ok(body) => submit_create(
-                self.store.clone(),
-                self.writer.clone(),
-                body,
-                expiry_time(record),
-                done,
-            ),
-            Err(e) => done(Err(e)),
-        }
-    }
-
-    /// Replaces an existing session; `done` gets `false` if it does not exist (like
-    /// [`SessionFiles::refresh`]).
-    pub fn refresh(&self, token: &str, record: &SessionRecord, done: RefreshDone) {
-        let write = (|| {
-            let hash = token_hash(token).ok_or(SessionError::MalformedToken)?;
-            let body = encode(record)?;
-            Ok(self.store.group_write(
-                &hash,
-                &body,
-                Some(expiry_time(record)),
-                WriteMode::ReplaceExisting,
-            )?)
-        })();
-        match write {
-            Ok(w) => self.writer.submit(
-                w,
-                Box::new(move |r| done(r.map_err(|e| StoreError::Write(e).into()))),
-            ),
-            Err(e) => done(Err(e)),
-        }
-    }
-
-    /// Finishes the writes already queued and stops the thread; later writes fail.
-    pub fn shutdown(&self) {
-        self.writer.shutdown();
-    }
-}
-
-fn submit_create(
-    store: Store,
-    writer: Arc<GroupWriter>,
-    body: Vec<u8>,
-    expiry: SystemTime,
-    done: CreateDone,
-) {
-    let token = match new_token() {
-        Ok(t) => t,
-        Err(e) => return done(Err(e)),
-    };
-    let write = match store.group_write(&token.hash(), &body, Some(expiry), WriteMode::CreateNew) {
-        Ok(w) => w,
-        Err(e) => return done(Err(e.into())),
-    };
-    let w = writer.clone();
-    w.submit(
-        write,
-        Box::new(move |r| match r {
-            Ok(true) => done(Ok(token)),
-            // A 2^-256 collision: draw again rather than overwrite someone's session.
-            Ok(false) => submit_create(store, writer, body, expiry, done),
-            Err(e) => done(Err(StoreError::Write(e).into())),
-        }),
-    );
 }
 
 fn encode(record: &SessionRecord) -> Result<Vec<u8>, SessionError> {

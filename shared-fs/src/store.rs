@@ -29,7 +29,6 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::atomic::{self, AtomicError, WriteOptions};
-use crate::group::{GroupWrite, WriteMode};
 
 pub use crate::scan::{Scan, ScanItem};
 
@@ -367,26 +366,12 @@ impl Store {
         Scan::new(&self.root)
     }
 
-    /// The write of an entry for a [`GroupWriter`] (checked and sealed here, on the caller's
-    /// thread; the writer thread creates the directory): same file, same content and mtime as
-    /// [`Store::put`], [`Store::create_new`] or [`Store::replace_existing`] by `mode`.
-    pub fn group_write(
+    fn prepare(
         &self,
         hash: &KeyHash,
         payload: &[u8],
         expiry_hint: Option<SystemTime>,
-        mode: WriteMode,
-    ) -> Result<GroupWrite, StoreError> {
-        let body = self.seal(payload)?;
-        Ok(GroupWrite {
-            path: self.path_for(hash),
-            bytes: body,
-            mtime: expiry_hint,
-            mode,
-        })
-    }
-
-    fn seal(&self, payload: &[u8]) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<(PathBuf, Vec<u8>, WriteOptions), StoreError> {
         if payload.len() > self.opts.max_payload {
             return Err(StoreError::TooLarge {
                 len: payload.len(),
@@ -396,20 +381,11 @@ impl Store {
         let raw: &RawValue = serde_json::from_slice(payload).map_err(|e| StoreError::NotJson {
             reason: e.to_string(),
         })?;
-        Ok(seal_envelope(raw.get().as_bytes()))
-    }
-
-    fn prepare(
-        &self,
-        hash: &KeyHash,
-        payload: &[u8],
-        expiry_hint: Option<SystemTime>,
-    ) -> Result<(PathBuf, Vec<u8>, WriteOptions), StoreError> {
-        let body = self.seal(payload)?;
         let path = self.path_for(hash);
         if let Some(dir) = path.parent() {
             mkdirs(dir)?;
         }
+        let body = seal_envelope(raw.get().as_bytes());
         let opts = WriteOptions {
             fsync: self.opts.fsync,
             mtime: expiry_hint,

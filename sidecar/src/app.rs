@@ -334,7 +334,7 @@ impl Node {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
         }
         let sessions = self.state.sessions.clone();
-        let _ = tokio::task::spawn_blocking(move || sessions.shutdown()).await;
+        let _ = tokio::task::spawn_blocking(move || sessions.stop_watching()).await;
         let outbox = self.state.outbox.clone();
         let _ = tokio::task::spawn_blocking(move || outbox.shutdown()).await;
         if let Err(e) = self.state.events.shutdown().await {

@@ -25,9 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shared_fs::sessions::{token_hash, SessionError};
-use shared_fs::{
-    CleanupReport, KeyHash, SessionFiles, SessionOptions, SessionRecord, SessionWriter, Watcher,
-};
+use shared_fs::{CleanupReport, KeyHash, SessionFiles, SessionOptions, SessionRecord, Watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WebSessionConfig;
@@ -174,8 +172,6 @@ pub fn hash_prefix(hash: &KeyHash) -> &str {
 /// The session store of one node.
 pub struct Sessions {
     files: SessionFiles,
-    /// Creates and refreshes go through one group-commit writer thread (`shared_fs::group`).
-    writer: SessionWriter,
     cache: Arc<ReadCache>,
     config: WebSessionConfig,
     metrics: Arc<Metrics>,
@@ -210,7 +206,6 @@ impl Sessions {
         metrics: Arc<Metrics>,
     ) -> Result<Sessions, SessionsError> {
         let files = SessionFiles::open(shared_dir, SessionOptions::default())?;
-        let writer = files.writer()?;
         let cache = Arc::new(ReadCache::new());
         let watched = cache.clone();
         let m = metrics.clone();
@@ -226,7 +221,6 @@ impl Sessions {
         .map_err(|e| SessionsError::Storage(format!("cannot watch the session directory: {e}")))?;
         Ok(Sessions {
             files,
-            writer,
             cache,
             config,
             read_counters: ReadCounters::new(&metrics),
@@ -268,14 +262,12 @@ impl Sessions {
             xsrf_token: xsrf.as_str().to_owned(),
             extra,
         };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.create(
-            &record,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        let token = rx.await.map_err(|_| writer_gone())??;
+        let this = self.clone();
+        let (token, record) = blocking(move || {
+            let token = this.files.create(&record)?;
+            Ok((token, record))
+        })
+        .await?;
         let hash = token.hash();
         let expires_at = record.expires_at;
         match SessionJson::encode(&record) {
@@ -342,9 +334,23 @@ impl Sessions {
         }
         let now = now_ms();
         let max_age = self.config.max_age.as_millis() as u64;
-        let written = self
-            .refresh_file(token, hash.clone(), now, max_age, extra)
-            .await;
+        let this = self.clone();
+        let token = token.to_owned();
+        let h = hash.clone();
+        let written = blocking(move || {
+            let Some(mut rec) = this
+                .files
+                .get(&token, now)
+                .map_err(|e| this.report(e, &h))?
+            else {
+                return Ok(None);
+            };
+            rec.extra.extend(extra);
+            rec.expires_at = now.saturating_add(max_age);
+            rec.refresh_at = now.saturating_add(max_age / 2);
+            Ok(this.files.refresh(&token, &rec)?.then_some(rec))
+        })
+        .await;
         match written {
             Ok(Some(rec)) => {
                 match SessionJson::encode(&rec) {
@@ -363,41 +369,6 @@ impl Sessions {
                 Err(e)
             }
         }
-    }
-
-    /// Reads the file (blocking thread), then replaces it through the group-commit writer.
-    async fn refresh_file(
-        self: &Arc<Self>,
-        token: &str,
-        hash: KeyHash,
-        now: u64,
-        max_age: u64,
-        extra: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Option<SessionRecord>, SessionsError> {
-        let this = self.clone();
-        let owned = token.to_owned();
-        let current = blocking(move || {
-            this.files
-                .get(&owned, now)
-                .map_err(|e| this.report(e, &hash))
-        })
-        .await?;
-        let Some(mut rec) = current else {
-            return Ok(None);
-        };
-        rec.extra.extend(extra);
-        rec.expires_at = now.saturating_add(max_age);
-        rec.refresh_at = now.saturating_add(max_age / 2);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.writer.refresh(
-            token,
-            &rec,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        let replaced = rx.await.map_err(|_| writer_gone())??;
-        Ok(replaced.then_some(rec))
     }
 
     /// Deletes a session here (file and cache); `false` if there was none. The caller forwards
@@ -488,13 +459,6 @@ impl Sessions {
         })
     }
 
-    /// At a graceful stop: finishes the writes already queued (their requests get their
-    /// answers), stops the writer and the watcher. Blocking.
-    pub fn shutdown(&self) {
-        self.writer.shutdown();
-        self.stop_watching();
-    }
-
     /// Stops the watcher (joins its thread).
     pub fn stop_watching(&self) {
         let w = self
@@ -520,10 +484,6 @@ impl Sessions {
         }
         e.into()
     }
-}
-
-fn writer_gone() -> SessionsError {
-    SessionsError::Storage("the session writer has stopped".into())
 }
 
 /// Runs shared-directory work on a blocking thread.
