@@ -18,9 +18,8 @@
 //!
 //! Redis runs with `appendonly yes, appendfsync always` for the SET-with-fsync figure: it then
 //! `fdatasync`s its log once per event-loop iteration for every client served in it. The
-//! sidecar's creates each fsync their file and its directory from their own blocking thread;
-//! ext4's journal commits concurrent fsyncs together, which measured faster here than a
-//! group-commit writer thread (`bench/NOTES.md`, Sessions).
+//! sidecar's creates each fsync their file and its directory from their own blocking thread,
+//! which measured faster here than a group-commit writer thread (`bench/NOTES.md`, Sessions).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
