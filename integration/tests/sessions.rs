@@ -333,7 +333,7 @@ fn stress_duration() -> Duration {
     let secs = std::env::var("HA_SESSIONS_STRESS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(30);
     Duration::from_secs(secs)
 }
 
