@@ -116,6 +116,17 @@ impl SseReader {
     }
 }
 
+/// `n` of an event made by [`gerrit_event`], without parsing the JSON: `"n":` comes before
+/// any padding and occurs nowhere else in such an event. For many tailers in one process
+/// (a full parse of every event by each of them costs more than serving it).
+pub fn n_of(data: &str) -> Option<u64> {
+    let i = memchr::memmem::find(data.as_bytes(), b"\"n\":")? + 4;
+    let end = data[i..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(data.len(), |e| e + i);
+    data[i..end].parse().ok()
+}
+
 /// `(instanceId, n)` of an event made by [`gerrit_event`].
 pub fn origin_and_n(data: &str) -> (String, u64) {
     let v: serde_json::Value = serde_json::from_str(data).expect("event is JSON");
