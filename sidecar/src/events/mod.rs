@@ -27,7 +27,8 @@
 //!
 //! Memory: per segment ~150 bytes plus its checkpoint; per origin a sparse index with one entry
 //! (24 bytes) per 128 events of that origin, per 256 KiB of log, and per segment it appears in,
-//! i.e. about 0.2 bytes per event. Event bodies are never held in memory beyond one read page.
+//! i.e. about 0.2 bytes per event. Event bodies are held in memory only in one read page per
+//! reader and in the ring of recent records (at most 8,192 records and about 16 MiB).
 //!
 //! # Cursor semantics
 //! A [`Cursor`] is `{since: epoch seconds, seqs: {origin: last seq read}}`. Reading from it on
@@ -68,6 +69,14 @@
 //! `borrow_and_update()`, reads pages until [`Page::caught_up`], then awaits `changed()`. Every
 //! tailer reads the log at its own pace; nothing is buffered per tailer. [`EventLog::read`] does
 //! blocking file I/O (page cache reads): async callers run it in `spawn_blocking`.
+//!
+//! A caught-up page also gives the log *position* it read up to (records committed since
+//! open). From there [`EventLog::read_recent`] serves what follows from memory: the appender
+//! keeps the newest records (bounded, see `ring.rs`) with their SSE `data:` lines formatted
+//! once, so live tailers cost no file read and no blocking task. It never blocks and never
+//! drops anyone: a reader whose next record left memory is told [`Recent::Behind`] and reads
+//! the log from its cursor again. The caller applies its cursor (`Cursor::visit`) and type
+//! filter to every record it is fed, exactly as a read of the log would.
 //!
 //! # Errors
 //! [`EventError`] maps to HTTP as: `BadEvent`, `BadCursor`, `BadOrigin` → 400; `TooLarge` → 413;
