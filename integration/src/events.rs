@@ -88,16 +88,12 @@ impl SseReader {
     /// The next chunk's messages that carry data (events), `None` when the stream ended.
     pub async fn next_events(&mut self) -> Option<Vec<SseMessage>> {
         let chunk = self.resp.chunk().await.ok()??;
-        let mut out = Vec::new();
-        for m in self.parser.push(&chunk) {
-            if let Some(id) = &m.id {
-                self.last_id = Some(id.clone());
-            }
-            if !m.data.is_empty() {
-                out.push(m);
-            }
+        let mut msgs = self.parser.push(&chunk);
+        if let Some(id) = msgs.iter().rev().find_map(|m| m.id.as_ref()) {
+            self.last_id = Some(id.clone());
         }
-        Some(out)
+        msgs.retain(|m| !m.data.is_empty());
+        Some(msgs)
     }
 
     /// Reads until `n` events arrived (panics after `timeout`, or if the stream ends).

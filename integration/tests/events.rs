@@ -616,12 +616,17 @@ async fn hundred_tailers_one_slow_none_held_back() {
     let achieved = total as f64 / publish_secs;
     eprintln!("published {total} in {publish_secs:.2}s ({achieved:.0}/s); fast tailers done at {fast_done:?}; slow had {slow_at_fast_done}");
     // The publisher is paced at `rate`: every event accepted within 5% of the paced time
-    // means the node kept up with it while serving 100 tailers. (Debug builds only check
-    // the shape.)
+    // (≥ 4,750/s) means the node kept up with it while serving 100 tailers. On a machine
+    // busy with other work, HA_TEST_PATIENCE stretches the bound like every other deadline.
+    // (Debug builds only check the shape.)
+    let bound = integration::patience(Duration::from_secs_f64(secs as f64 / 0.95));
     if !cfg!(debug_assertions) {
         assert!(
-            achieved >= rate as f64 * 0.95,
-            "published {total} in {publish_secs:.2}s: {achieved:.0}/s, below {rate}/s"
+            publish_secs <= bound.as_secs_f64(),
+            "published {total} in {publish_secs:.2}s ({achieved:.0}/s): slower than {:.2}s, \
+             i.e. below {:.0}/s",
+            bound.as_secs_f64(),
+            total as f64 / bound.as_secs_f64()
         );
     }
     assert!(
