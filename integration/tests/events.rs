@@ -499,7 +499,8 @@ async fn retention_expires_old_cursors_with_a_clear_error() {
 
 /// Acceptance 5: 100 tailers, one reading very slowly, while events are published at
 /// 5,000/s for 3 s: the node accepts them at that rate (asserted in release builds), nobody
-/// loses an event, and the fast ones finish long before the slow one.
+/// loses an event, and the fast ones finish long before the slow one. It measures a rate, so
+/// `make test` runs it alone, after the rest of the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_tailers_one_slow_none_held_back() {
     // Debug builds are several times slower: the same shape at a lower rate.
