@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration::events::{gerrit_event, stream_http, SseReader};
+use integration::events::{gerrit_event, n_of, stream_http, SseReader};
 use integration::{mesh_specs, Proc};
 
 use crate::report::Report;
@@ -31,13 +31,6 @@ async fn pair(extra_a: &str) -> anyhow::Result<Pair> {
     a.wait_ready(&h).await;
     b.wait_ready(&h).await;
     Ok(Pair { a, b, _dir: dir })
-}
-
-fn n_of(data: &str) -> Option<u64> {
-    // `"n":123,` is near the start of every bench event; avoid parsing 1 KB of JSON per event.
-    let i = data.find("\"n\":")? + 4;
-    let end = data[i..].find(|c: char| !c.is_ascii_digit())? + i;
-    data[i..end].parse().ok()
 }
 
 /// A tailer task counting events (and noting when each `n` arrived) until told to stop.

@@ -16,6 +16,7 @@ use ha_sidecar::config::{self, Secret};
 
 pub mod lb;
 pub mod nfs;
+pub mod nfs_vm;
 
 /// How long `eventually` waits unless told otherwise; scaled by `HA_TEST_PATIENCE`.
 pub fn patience(base: Duration) -> Duration {

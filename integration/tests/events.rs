@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use integration::events::{gerrit_event, origin_and_n, publish, stream_http, SseReader};
+use integration::events::{gerrit_event, n_of, origin_and_n, publish, stream_http, SseReader};
 use integration::{api, eventually, http, mesh_specs, start_in_process, Proc};
 
 /// Publishes events `from..to` on a local API, `concurrency` at a time; returns n → seq.
@@ -257,12 +257,12 @@ async fn cli_fails_over_after_sigkill_exactly_once() {
     cli.wait_for(1500, "the CLI failed over to B and read the second half")
         .await;
     // A repeat would show up before a sentinel published afterwards.
-    let (st, _) = publish(&h, &bl, gerrit_event("sentinel", 5000, 100)).await;
+    let (st, reply) = publish(&h, &bl, gerrit_event("sentinel", 5000, 100)).await;
     assert_eq!(st, 202);
     cli.wait_for(1501, "the sentinel").await;
     let mut pb = pb1;
     pb.extend(pb2);
-    pb.insert(5000, pb.len() as u64 + 1);
+    pb.insert(5000, reply["seq"].as_u64().unwrap());
     let seqs: BTreeMap<String, _> = [("node-a".to_owned(), pa), ("node-b".to_owned(), pb)].into();
     let events = cli.events();
     assert_eq!(
@@ -284,8 +284,9 @@ async fn cli_cursor_file_resumes_on_another_node() {
     let b = start_in_process(&specs[1], dir.path()).await;
     let h = http();
     let (al, bl) = (a.local_url(), b.local_url());
-    publish_range(&h, &al, 0, 200, 8).await;
-    publish_range(&h, &bl, 0, 200, 8).await;
+    let last = |m: BTreeMap<u64, u64>| m.into_values().max().unwrap();
+    let last_a = last(publish_range(&h, &al, 0, 200, 8).await);
+    let last_b = last(publish_range(&h, &bl, 0, 200, 8).await);
     let cursor_file = dir.path().join("cursor");
     let cf = cursor_file.to_str().unwrap();
     let first = CliProc::spawn(
@@ -305,7 +306,7 @@ async fn cli_cursor_file_resumes_on_another_node() {
         Duration::from_secs(10),
         || async {
             let c = std::fs::read_to_string(&cursor_file).unwrap_or_default();
-            c.contains("node-a~200") && c.contains("node-b~200")
+            c.contains(&format!("node-a~{last_a}")) && c.contains(&format!("node-b~{last_b}"))
         },
     )
     .await;
@@ -354,6 +355,89 @@ async fn frozen_peer_catches_up_and_replays_in_order() {
     let got = tail.take(2000, Duration::from_secs(60)).await;
     let seqs: BTreeMap<String, _> = [("node-a".to_owned(), pa)].into();
     assert_once_in_order(&parsed(&got), &seqs, "B's tailer after the thaw");
+}
+
+/// `?type=` (repeatable) filters live and resumed streams alike; a resume from the last `id:`
+/// repeats nothing and misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_filter_live_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = mesh_specs(dir.path(), 1, "");
+    let a = start_in_process(&specs[0], dir.path()).await;
+    let (h, sh) = (http(), stream_http());
+    let (peer, local) = (a.peer_url(), a.local_url());
+    let mut tail = SseReader::open(&sh, &peer, "type=ref-updated&type=change-merged", None).await;
+    let kinds = ["ref-updated", "comment-added", "change-merged"];
+    for n in 0..30u64 {
+        let (status, _) = publish(&h, &local, gerrit_event(kinds[n as usize % 3], n, 200)).await;
+        assert_eq!(status, 202);
+    }
+    let got: Vec<u64> = tail
+        .take(20, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|m| n_of(&m.data).unwrap())
+        .collect();
+    let want: Vec<u64> = (0..30).filter(|n| n % 3 != 1).collect();
+    assert_eq!(got, want);
+    let resume = tail.last_id.clone().expect("an id");
+    drop(tail);
+    for n in 30..36u64 {
+        publish(&h, &local, gerrit_event(kinds[n as usize % 3], n, 200)).await;
+    }
+    let mut again = SseReader::open(&sh, &peer, "type=change-merged", Some(&resume)).await;
+    let got: Vec<u64> = again
+        .take(2, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|m| n_of(&m.data).unwrap())
+        .collect();
+    assert_eq!(got, vec![32, 35]);
+    a.shutdown().await;
+}
+
+/// A node whose data directory was lost issues event seqs above its old ones (seeded from the
+/// clock), so its peer, which remembers the old high-water mark, takes its new events instead
+/// of dropping them as duplicates; a tailer on the peer sees them, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_new_events_reach_its_peers_tailers() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = mesh_specs(dir.path(), 2, "");
+    let mut a = Proc::spawn(&specs[0], dir.path(), &[]);
+    let b = Proc::spawn(&specs[1], dir.path(), &[]);
+    let (h, sh) = (http(), stream_http());
+    a.wait_ready(&h).await;
+    b.wait_ready(&h).await;
+    let mut tail = SseReader::open(&sh, &specs[1].peer_url(), "", None).await;
+    let before = publish_range(&h, &specs[0].local_url(), 0, 20, 4).await;
+    let got = tail.take(20, Duration::from_secs(30)).await;
+    let seqs: BTreeMap<String, _> = [("node-a".to_owned(), before.clone())].into();
+    assert_once_in_order(&parsed(&got), &seqs, "B's tailer before the wipe");
+
+    a.kill9();
+    std::fs::remove_dir_all(&specs[0].data_dir).unwrap();
+    a.start();
+    a.wait_ready(&h).await;
+    let after = publish_range(&h, &specs[0].local_url(), 100, 110, 1).await;
+    let old_max = before.values().max().copied().unwrap();
+    assert!(
+        after.values().all(|s| *s > old_max),
+        "seqs after the wipe {after:?} must be above the old ones (up to {old_max})"
+    );
+    let got = tail.take(10, Duration::from_secs(30)).await;
+    let seqs: BTreeMap<String, _> = [("node-a".to_owned(), after)].into();
+    assert_once_in_order(&parsed(&got), &seqs, "B's tailer after the wipe");
+    assert_eq!(
+        api::metric(
+            &h,
+            &specs[1].peer_url(),
+            "ha_events_appended_total",
+            &["kind=\"remote\""]
+        )
+        .await,
+        30.0,
+        "B appended every event of A, before and after the wipe"
+    );
 }
 
 /// Acceptance 4: retention removes old segments; a cursor older than the window gets a 410
@@ -414,7 +498,9 @@ async fn retention_expires_old_cursors_with_a_clear_error() {
 }
 
 /// Acceptance 5: 100 tailers, one reading very slowly, while events are published at
-/// 5,000/s for 3 s: nobody loses an event, and the fast ones finish long before the slow one.
+/// 5,000/s for 3 s: the node accepts them at that rate (asserted in release builds), nobody
+/// loses an event, and the fast ones finish long before the slow one. It measures a rate, so
+/// `make test` runs it alone, after the rest of the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_tailers_one_slow_none_held_back() {
     // Debug builds are several times slower: the same shape at a lower rate.
@@ -437,7 +523,7 @@ async fn hundred_tailers_one_slow_none_held_back() {
             let mut ns = Vec::with_capacity(total);
             while ns.len() < total {
                 for m in r.next_events().await.expect("stream open") {
-                    ns.push(origin_and_n(&m.data).1);
+                    ns.push(n_of(&m.data).expect("event has n"));
                 }
             }
             (ns, start.elapsed())
@@ -461,7 +547,7 @@ async fn hundred_tailers_one_slow_none_held_back() {
         let mut ns = Vec::with_capacity(total);
         while ns.len() < total {
             for m in slow.next_events().await.expect("slow stream open") {
-                ns.push(origin_and_n(&m.data).1);
+                ns.push(n_of(&m.data).expect("event has n"));
             }
             sc.store(ns.len(), SeqCst);
             while ns.len() < total && ns.len() > allowed() {
@@ -491,8 +577,10 @@ async fn hundred_tailers_one_slow_none_held_back() {
     while n < total as u64 {
         tick.tick().await;
         let to = (n + per_tick).min(total as u64);
-        // Ticks overlap (at most 4 in flight): a slow tick does not delay the next one.
-        if ticks.len() >= 4 {
+        // Ticks overlap (at most 8 in flight, 400 requests, as many concurrent masters'
+        // threads would): a slow tick (an fsync held up by the machine) does not delay the
+        // next ones.
+        if ticks.len() >= 8 {
             let t: tokio::task::JoinHandle<BTreeMap<u64, u64>> = ticks.remove(0);
             seqs.extend(t.await.unwrap());
         }
@@ -510,15 +598,38 @@ async fn hundred_tailers_one_slow_none_held_back() {
     *publish_end.lock().unwrap() = Some(Instant::now());
     let publish_secs = pub_start.elapsed().as_secs_f64();
     let seqs: BTreeMap<String, _> = [("node-a".to_owned(), seqs)].into();
+    // Every event once, in seq order: the `n`s ordered by the seq each was given. (Compared
+    // whole: 100 × 15,000 events through `assert_once_in_order` cost seconds here.)
+    let mut by_seq: Vec<(u64, u64)> = seqs["node-a"].iter().map(|(n, s)| (*s, *n)).collect();
+    by_seq.sort_unstable();
+    let want: Vec<u64> = by_seq.into_iter().map(|(_, n)| n).collect();
     let mut fast_done = Duration::ZERO;
     for t in fast {
         let (ns, done) = t.await.unwrap();
-        let events: Vec<(String, u64)> = ns.into_iter().map(|n| ("node-a".to_owned(), n)).collect();
-        assert_once_in_order(&events, &seqs, "fast tailer");
+        assert!(
+            ns == want,
+            "a fast tailer got {} events, not each once in seq order",
+            ns.len()
+        );
         fast_done = fast_done.max(done);
     }
     let slow_at_fast_done = slow_count.load(SeqCst);
-    eprintln!("published {total} in {publish_secs:.1}s; fast tailers done at {fast_done:?}; slow had {slow_at_fast_done}");
+    let achieved = total as f64 / publish_secs;
+    eprintln!("published {total} in {publish_secs:.2}s ({achieved:.0}/s); fast tailers done at {fast_done:?}; slow had {slow_at_fast_done}");
+    // The publisher is paced at `rate`: every event accepted within 5% of the paced time
+    // (≥ 4,750/s) means the node kept up with it while serving 100 tailers. On a machine
+    // busy with other work, HA_TEST_PATIENCE stretches the bound like every other deadline.
+    // (Debug builds only check the shape.)
+    let bound = integration::patience(Duration::from_secs_f64(secs as f64 / 0.95));
+    if !cfg!(debug_assertions) {
+        assert!(
+            publish_secs <= bound.as_secs_f64(),
+            "published {total} in {publish_secs:.2}s ({achieved:.0}/s): slower than {:.2}s, \
+             i.e. below {:.0}/s",
+            bound.as_secs_f64(),
+            total as f64 / bound.as_secs_f64()
+        );
+    }
     assert!(
         slow_at_fast_done < total * 3 / 4,
         "the slow tailer had {slow_at_fast_done} of {total} when the fast ones were done: it was not slow"
@@ -538,7 +649,7 @@ async fn hundred_tailers_one_slow_none_held_back() {
         "fast tailers done at {fast_done:?}, slow at {slow_done:?}"
     );
     eprintln!(
-        "published {total} in {publish_secs:.1}s; fast tailers done at {fast_done:?}, slow at {slow_done:?}"
+        "published {total} in {publish_secs:.2}s; fast tailers done at {fast_done:?}, slow at {slow_done:?}"
     );
     a.shutdown().await;
 }
@@ -595,7 +706,7 @@ async fn bad_input_gets_a_4xx_with_a_message() {
     // A good event still goes through, with the token the stream opens.
     let (s, b) = publish(&h, &local, gerrit_event("patchset-created", 1, 500)).await;
     assert_eq!(s, 202, "{b}");
-    assert_eq!(b["id"], "node-a/1");
+    assert_eq!(b["id"], format!("node-a/{}", b["seq"]));
     let r = h
         .get(format!("{}v1/events/stream?since=beginning", a.peer_url()))
         .bearer_auth("0123456789abcdef-stream")

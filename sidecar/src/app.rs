@@ -94,6 +94,8 @@ pub fn event_log_options(config: &Config) -> EventLogOptions {
     o.segment_bytes = config.event.segment_bytes;
     o.max_bytes = config.event.max_bytes;
     o.max_event_bytes = config.event.max_event_bytes;
+    // A node whose data directory was lost must not restart its seqs at 1.
+    o.seq_from_clock = true;
     o.retention_interval = (config.event.retention / 4).clamp(
         std::time::Duration::from_millis(100),
         std::time::Duration::from_secs(10),

@@ -109,7 +109,22 @@ async fn run(
     }
     loop {
         wake.borrow_and_update();
-        let after = relay.queued();
+        let mut after = relay.queued();
+        // What the log does not hold cannot be queued: local seqs that start above the marker
+        // (a new or wiped data directory seeds them from the clock), or events retention
+        // removed before they were queued (a node down for longer than the retention).
+        let floor = log.origin_floor(&origin);
+        if after < floor {
+            if after > 0 {
+                tracing::warn!(
+                    after,
+                    floor,
+                    "local events were removed from the log before the relay queued them"
+                );
+            }
+            after = floor;
+            relay.queued.send_replace(after);
+        }
         let (l, o) = (log.clone(), origin.clone());
         let read = tokio::task::spawn_blocking(move || l.read_origin(&o, after, ROUND)).await;
         let result = match read {

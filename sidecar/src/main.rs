@@ -93,7 +93,8 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Held to the end of `main`: writes out the buffered access log.
+    let _log_flush = init_tracing();
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("HA_"))
         .collect();
@@ -214,7 +215,8 @@ fn stream_events(opts: ha_sidecar::stream_client::Options) -> ExitCode {
     })
 }
 
-fn init_tracing() {
+fn init_tracing() -> ha_sidecar::log_writer::FlushGuard {
+    let (writer, guard) = ha_sidecar::log_writer::LogWriter::start();
     let filter = tracing_subscriber::EnvFilter::try_from_env("HA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn"));
     // Colours only for a terminal: log files and pipes get plain text.
@@ -222,12 +224,13 @@ fn init_tracing() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if std::env::var("HA_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 fn runtime() -> tokio::runtime::Runtime {

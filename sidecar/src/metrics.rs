@@ -84,6 +84,16 @@ impl SessionMetrics {
             .inc();
     }
 
+    /// The counter of reads with this result, to keep and increment without a lookup (the
+    /// cached read path counts every request).
+    pub fn reads_counter(&self, result: &str) -> Counter {
+        self.reads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .clone()
+    }
+
     fn register(&self, r: &mut Registry) {
         r.register(
             "session_creates",

@@ -80,9 +80,31 @@ pub struct Created {
     pub expires_at: u64,
 }
 
+/// A session as the read path serves it: its JSON encoded once, when it entered the cache, so a
+/// hit costs no serialisation (cloning [`bytes::Bytes`] is a reference count), and its expiry as
+/// a number (no date parsing on a hit).
+#[derive(Clone, Debug)]
+pub struct SessionJson {
+    /// When the session stops being valid (ms since the epoch).
+    pub expires_at: u64,
+    /// The record as the API answers it (`serde_json` of [`SessionRecord`]).
+    pub json: bytes::Bytes,
+}
+
+impl SessionJson {
+    fn encode(record: &SessionRecord) -> Result<SessionJson, SessionsError> {
+        let json = serde_json::to_vec(record)
+            .map_err(|e| SessionsError::Storage(format!("encoding a session: {e}")))?;
+        Ok(SessionJson {
+            expires_at: record.expires_at,
+            json: json.into(),
+        })
+    }
+}
+
 /// The read cache and its generation stripes (shared with the watcher's callback).
 struct ReadCache {
-    cache: moka::sync::Cache<KeyHash, Arc<SessionRecord>>,
+    cache: moka::sync::Cache<KeyHash, SessionJson>,
     generations: Vec<AtomicU64>,
     locks: Vec<Mutex<()>>,
 }
@@ -117,15 +139,15 @@ impl ReadCache {
     }
 
     /// Replaces the entry with a record this node just wrote.
-    fn store_written(&self, hash: &KeyHash, record: SessionRecord) {
+    fn store_written(&self, hash: &KeyHash, record: SessionJson) {
         let s = Self::stripe(hash);
         let _g = self.locks[s].lock().unwrap_or_else(PoisonError::into_inner);
         self.generations[s].fetch_add(1, Ordering::SeqCst);
-        self.cache.insert(hash.clone(), Arc::new(record));
+        self.cache.insert(hash.clone(), record);
     }
 
     /// Inserts a record read from the file if nothing invalidated its stripe since `seen`.
-    fn store_read(&self, hash: &KeyHash, seen: u64, record: Arc<SessionRecord>) {
+    fn store_read(&self, hash: &KeyHash, seen: u64, record: SessionJson) {
         let s = Self::stripe(hash);
         let _g = self.locks[s].lock().unwrap_or_else(PoisonError::into_inner);
         if self.generations[s].load(Ordering::SeqCst) == seen {
@@ -153,7 +175,26 @@ pub struct Sessions {
     cache: Arc<ReadCache>,
     config: WebSessionConfig,
     metrics: Arc<Metrics>,
+    /// `ha_session_reads_total{result}` resolved once, not per read.
+    read_counters: ReadCounters,
     watcher: Mutex<Option<Watcher>>,
+}
+
+struct ReadCounters {
+    hit: prometheus_client::metrics::counter::Counter,
+    miss: prometheus_client::metrics::counter::Counter,
+    absent: prometheus_client::metrics::counter::Counter,
+}
+
+impl ReadCounters {
+    fn new(metrics: &Metrics) -> Self {
+        let get = |result: &str| metrics.sessions.reads_counter(result);
+        ReadCounters {
+            hit: get("hit"),
+            miss: get("miss"),
+            absent: get("absent"),
+        }
+    }
 }
 
 impl Sessions {
@@ -182,6 +223,7 @@ impl Sessions {
             files,
             cache,
             config,
+            read_counters: ReadCounters::new(&metrics),
             metrics,
             watcher: Mutex::new(Some(watcher)),
         })
@@ -228,24 +270,26 @@ impl Sessions {
         .await?;
         let hash = token.hash();
         let expires_at = record.expires_at;
-        self.cache.store_written(&hash, record);
+        match SessionJson::encode(&record) {
+            Ok(json) => self.cache.store_written(&hash, json),
+            Err(_) => self.cache.invalidate(&hash),
+        }
         self.metrics.sessions.creates.inc();
         tracing::debug!(session = hash_prefix(&hash), account_id, "session created");
         Ok(Created { token, expires_at })
     }
 
-    /// Reads a session: `None` when unknown, expired or malformed (nothing touched on disk).
-    pub async fn get(
-        self: &Arc<Self>,
-        token: &str,
-    ) -> Result<Option<Arc<SessionRecord>>, SessionsError> {
+    /// Reads a session, encoded as the API answers it: `None` when unknown, expired or
+    /// malformed (nothing touched on disk). A hit costs a SHA-256 of the token, one cache
+    /// lookup and a comparison of two numbers.
+    pub async fn get(self: &Arc<Self>, token: &str) -> Result<Option<SessionJson>, SessionsError> {
         let Some(hash) = token_hash(token) else {
             return Ok(None);
         };
         let now = now_ms();
         if let Some(rec) = self.cache.cache.get(&hash) {
             if rec.expires_at > now {
-                self.metrics.sessions.read("hit");
+                self.read_counters.hit.inc();
                 return Ok(Some(rec));
             }
             self.cache.invalidate(&hash);
@@ -261,13 +305,13 @@ impl Sessions {
         .await?;
         match found {
             Some(rec) => {
-                let rec = Arc::new(rec);
+                let rec = SessionJson::encode(&rec)?;
                 self.cache.store_read(&hash, seen, rec.clone());
-                self.metrics.sessions.read("miss");
+                self.read_counters.miss.inc();
                 Ok(Some(rec))
             }
             None => {
-                self.metrics.sessions.read("absent");
+                self.read_counters.absent.inc();
                 Ok(None)
             }
         }
@@ -309,7 +353,10 @@ impl Sessions {
         .await;
         match written {
             Ok(Some(rec)) => {
-                self.cache.store_written(&hash, rec.clone());
+                match SessionJson::encode(&rec) {
+                    Ok(json) => self.cache.store_written(&hash, json),
+                    Err(_) => self.cache.invalidate(&hash),
+                }
                 self.metrics.sessions.refreshes.inc();
                 Ok(Some(rec))
             }
@@ -471,12 +518,16 @@ mod tests {
         extra.insert("user".into(), "alice".into());
         let c = s.create(7, extra).await.unwrap();
         let t = c.token.as_str().to_owned();
-        assert_eq!(s.get(&t).await.unwrap().unwrap().account_id, 7);
+        let read = |j: SessionJson| serde_json::from_slice::<serde_json::Value>(&j.json).unwrap();
+        assert_eq!(read(s.get(&t).await.unwrap().unwrap())["account_id"], 7);
         let mut more = serde_json::Map::new();
         more.insert("n".into(), 2.into());
         let r = s.refresh(&t, more).await.unwrap().unwrap();
         assert_eq!(r.extra["user"], "alice");
-        assert_eq!(s.get(&t).await.unwrap().unwrap().extra["n"], 2);
+        let got = read(s.get(&t).await.unwrap().unwrap());
+        assert_eq!(got["n"], 2);
+        assert_eq!(got["user"], "alice");
+        assert_eq!(got["expires_at"], r.expires_at);
         assert!(s.delete(&t).await.unwrap().unwrap().0);
         assert!(s.get(&t).await.unwrap().is_none());
         assert!(s.refresh(&t, Default::default()).await.unwrap().is_none());
@@ -511,14 +562,10 @@ mod tests {
         c.store_read(
             &h,
             seen,
-            Arc::new(SessionRecord {
-                account_id: 1,
-                created_at: 0,
+            SessionJson {
                 expires_at: u64::MAX,
-                refresh_at: 0,
-                xsrf_token: String::new(),
-                extra: Default::default(),
-            }),
+                json: bytes::Bytes::from_static(b"{}"),
+            },
         );
         assert!(c.cache.get(&h).is_none());
     }

@@ -2,6 +2,7 @@
 //! A token only ever appears in the path of a request and in the body of a create's answer:
 //! errors and logs name a session by nothing (or by its hash prefix, in the store).
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::local::{authorize, forward};
@@ -10,11 +11,41 @@ use crate::metrics::Metrics;
 use crate::sessions::{Sessions, SESSIONS_CACHE};
 use crate::wire::MessageBody;
 
+/// One scope with a static prefix; the token is taken from the rest of the path by hand. The
+/// master reads its session on every request it serves, and actix matches every dynamic
+/// resource (`/{token}`) with a regex: measured at ~10 % of the sidecar's CPU on cached reads
+/// for that one match, ~16 % when the cache routes were tried first. Register this before the
+/// other dynamic routes. Same answers as the resource it replaces: `/v1/sessions/{token}`
+/// with one non-empty segment, `405` for another method, else the app's `404`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/sessions", web::post().to(create))
-        .route("/v1/sessions/{token}", web::get().to(get))
-        .route("/v1/sessions/{token}", web::put().to(refresh))
-        .route("/v1/sessions/{token}", web::delete().to(delete));
+    cfg.service(
+        web::scope("/v1/sessions")
+            .route("", web::post().to(create))
+            .default_service(web::to(by_token)),
+    );
+}
+
+/// `GET`, `PUT` or `DELETE /v1/sessions/{token}`.
+async fn by_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let token = req
+        .match_info()
+        .unprocessed()
+        .strip_prefix('/')
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .map(str::to_owned);
+    let Some(token) = token else {
+        return super::not_found(req).await;
+    };
+    match *req.method() {
+        Method::GET => get(state, req, token).await,
+        Method::PUT => refresh(state, req, token, payload).await,
+        Method::DELETE => delete(state, req, token).await,
+        _ => Ok(HttpResponse::MethodNotAllowed().finish()),
+    }
 }
 
 fn sessions(state: &AppState) -> &std::sync::Arc<Sessions> {
@@ -70,11 +101,14 @@ async fn create(
 async fn get(
     state: web::Data<AppState>,
     req: HttpRequest,
-    path: web::Path<String>,
+    token: String,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    match sessions(&state).get(&path.into_inner()).await? {
-        Some(rec) => Ok(HttpResponse::Ok().json(&*rec)),
+    match sessions(&state).get(&token).await? {
+        // The bytes encoded when the session entered the cache: nothing to serialise here.
+        Some(rec) => Ok(HttpResponse::Ok()
+            .content_type(actix_web::http::header::ContentType::json())
+            .body(rec.json)),
         None => Err(not_found()),
     }
 }
@@ -83,7 +117,7 @@ async fn get(
 async fn refresh(
     state: web::Data<AppState>,
     req: HttpRequest,
-    path: web::Path<String>,
+    token: String,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
@@ -93,7 +127,6 @@ async fn refresh(
             "`account_id` of a session cannot change".into(),
         ));
     }
-    let token = path.into_inner();
     let Some(rec) = sessions(&state).refresh(&token, fields).await? else {
         return Err(not_found());
     };
@@ -117,10 +150,10 @@ async fn refresh(
 async fn delete(
     state: web::Data<AppState>,
     req: HttpRequest,
-    path: web::Path<String>,
+    token: String,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let Some((deleted, hash)) = sessions(&state).delete(&path.into_inner()).await? else {
+    let Some((deleted, hash)) = sessions(&state).delete(&token).await? else {
         return Err(not_found());
     };
     if !deleted {

@@ -6,7 +6,7 @@
 //! removed what a very slow client still had to read) ends the stream with `event: error`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -14,11 +14,19 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{bearer, ApiError, AppState};
-use crate::events::{Cursor, EventError, EventLog, Page, StartPoint, TypeFilter};
+use crate::events::{
+    sse_data_lines, Cursor, EventError, EventLog, Page, Recent, StartPoint, TypeFilter,
+};
 use crate::metrics::Metrics;
 
 /// Events per read: bounds a tailer's memory to one page.
 const PAGE: usize = 256;
+/// A turn served from memory stops after about this many bytes.
+const CHUNK_BYTES: usize = 256 << 10;
+/// A live tailer sends at most one chunk per this interval: under a stream of small commits
+/// every tailer would otherwise wake, format and write once per commit. Bounds the added
+/// latency too.
+const COALESCE: Duration = Duration::from_millis(5);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/events/stream", web::get().to(stream));
@@ -94,6 +102,9 @@ async fn stream(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResp
         filter,
         wake,
         pending: Some(first),
+        live: None,
+        last_sent: Instant::now(),
+        backlog: false,
         opened: false,
         done: false,
         heartbeat: state.config.event.heartbeat,
@@ -150,12 +161,27 @@ struct Tail {
     filter: TypeFilter,
     wake: watch::Receiver<u64>,
     pending: Option<Page>,
+    /// `Some(p)` when the cursor has read every record up to log position `p`: the next
+    /// records come from the log's memory ([`EventLog::read_recent`]) while it holds them.
+    live: Option<u64>,
+    /// When the last chunk of events went out.
+    last_sent: Instant,
+    /// Memory holds more than the last chunk took: go on without waiting.
+    backlog: bool,
     opened: bool,
     done: bool,
     heartbeat: Duration,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
     _guard: TailerGuard,
+}
+
+/// What a turn served from memory gave.
+enum Live {
+    Chunk(Bytes),
+    Nothing,
+    /// The records after our position left memory: read the log.
+    Behind,
 }
 
 impl Tail {
@@ -174,6 +200,7 @@ impl Tail {
         loop {
             if let Some(page) = self.pending.take() {
                 let caught_up = page.caught_up;
+                self.live = caught_up.then_some(page.position);
                 if !page.events.is_empty() {
                     if !caught_up {
                         self.prefetch_later();
@@ -198,6 +225,25 @@ impl Tail {
                 }
                 _ = self.stop.cancelled() => return None,
             }
+            if let Some(position) = self.live {
+                let since = self.last_sent.elapsed();
+                if since < COALESCE && !std::mem::take(&mut self.backlog) {
+                    // Let more commits gather; what they add is read below.
+                    tokio::select! {
+                        _ = tokio::time::sleep(COALESCE - since) => {}
+                        _ = self.stop.cancelled() => return None,
+                    }
+                }
+                self.wake.borrow_and_update();
+                match self.serve_live(position) {
+                    Live::Chunk(b) => {
+                        self.last_sent = Instant::now();
+                        return Some(b);
+                    }
+                    Live::Nothing => continue,
+                    Live::Behind => self.live = None,
+                }
+            }
             self.wake.borrow_and_update();
             match read(&self.log, &self.cursor, &self.filter).await {
                 Ok(p) => self.pending = Some(p),
@@ -210,6 +256,55 @@ impl Tail {
     fn prefetch_later(&mut self) {
         // Nothing is read ahead: the next call reads when the client has taken this page.
         self.wake.mark_changed();
+    }
+
+    /// Formats what was committed after `position` from the log's memory: no blocking read,
+    /// and each event's `data:` lines were formatted once for every tailer. Each event's `id:`
+    /// is the cursor right after it; when the type filter skipped records after the last event
+    /// sent, an `id:`-only block carries the cursor past them.
+    fn serve_live(&mut self, position: u64) -> Live {
+        let mut out = Vec::new();
+        let (cursor, filter) = (&mut self.cursor, &self.filter);
+        let mut sent = 0u64;
+        let mut skipped_after = false;
+        let got = self.log.read_recent(position, PAGE, |e| {
+            if !cursor.visit(e.origin(), e.seq(), e.created_on()) {
+                return true;
+            }
+            if !filter.matches(e.event_type()) {
+                skipped_after = true;
+                return true;
+            }
+            skipped_after = false;
+            if out.is_empty() {
+                out.reserve(PAGE.min(64) * (e.sse_data().len() + 64));
+            }
+            out.extend_from_slice(b"id: ");
+            cursor.write_to(&mut out);
+            out.push(b'\n');
+            out.extend_from_slice(e.sse_data());
+            out.push(b'\n');
+            sent += 1;
+            out.len() < CHUNK_BYTES
+        });
+        let Recent::Read { position, more } = got else {
+            return Live::Behind;
+        };
+        self.live = Some(position);
+        self.backlog = more;
+        if more {
+            self.prefetch_later();
+        }
+        if sent == 0 {
+            return Live::Nothing;
+        }
+        if skipped_after {
+            out.extend_from_slice(b"id: ");
+            self.cursor.write_to(&mut out);
+            out.extend_from_slice(b"\n\n");
+        }
+        self.metrics.events_streamed.inc_by(sent);
+        Live::Chunk(Bytes::from(out))
     }
 
     fn fail(&mut self, e: EventError) -> Bytes {
@@ -230,21 +325,15 @@ impl Tail {
         let mut out = Vec::with_capacity(size);
         let mut cursor = std::mem::take(&mut self.cursor);
         for (i, (id, bytes)) in page.events.iter().enumerate() {
-            let id_text = if i + 1 == n {
-                page.next.encode()
+            out.extend_from_slice(b"id: ");
+            if i + 1 == n {
+                page.next.write_to(&mut out);
             } else {
                 cursor.advance(id);
-                cursor.encode()
-            };
-            out.extend_from_slice(b"id: ");
-            out.extend_from_slice(id_text.as_bytes());
-            out.push(b'\n');
-            for line in bytes.split(|&b| b == b'\n') {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(line);
-                out.push(b'\n');
+                cursor.write_to(&mut out);
             }
+            out.push(b'\n');
+            sse_data_lines(bytes, &mut out);
             out.push(b'\n');
         }
         self.cursor = page.next;

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use super::event::EventHead;
 use super::log::{AppendOutcome, LocalEvent, Shared};
 use super::record::{Checkpoint, NewRecord, OriginMark};
+use super::ring::{self, RecentEvent};
 use super::segment::{self, Active};
 use super::state::Pos;
 use super::{io_err, EventError, EventId, Result};
@@ -55,6 +56,9 @@ struct Pending {
     created_on: u64,
     /// The origin's mark before this record, to undo it if the write fails.
     prev: OriginMark,
+    event_type: Box<str>,
+    /// The event as SSE `data:` lines, for the ring of recent events.
+    sse_data: Bytes,
 }
 
 pub(crate) struct Appender {
@@ -64,6 +68,8 @@ pub(crate) struct Appender {
     committed_len: u64,
     /// Per-origin high-water marks including pending records: the dedup and seq authority.
     hw: HashMap<Arc<str>, OriginMark>,
+    /// Local seqs are above this (`State::local_floor`).
+    local_floor: u64,
     buf: Vec<u8>,
     pending: Vec<Pending>,
     replies: Vec<Reply>,
@@ -78,7 +84,7 @@ pub(crate) struct Appender {
 
 impl Appender {
     pub fn new(shared: Arc<Shared>, active: Active) -> Self {
-        let (committed_len, active_records, hw) = {
+        let (committed_len, active_records, hw, local_floor) = {
             let st = shared.read_state();
             let hw = st
                 .origins
@@ -90,6 +96,7 @@ impl Appender {
                 active.map_or(0, |s| s.len),
                 active.map_or(0, |s| s.records),
                 hw,
+                st.local_floor,
             )
         };
         Appender {
@@ -97,6 +104,7 @@ impl Appender {
             active,
             committed_len,
             hw,
+            local_floor,
             buf: Vec::with_capacity(1 << 20),
             pending: Vec::new(),
             replies: Vec::new(),
@@ -184,7 +192,12 @@ impl Appender {
             return;
         }
         let origin = self.shared.local.clone();
-        let seq = self.hw.get(&origin).map_or(0, |m| m.last_seq) + 1;
+        let seq = self
+            .hw
+            .get(&origin)
+            .map_or(0, |m| m.last_seq)
+            .max(self.local_floor)
+            + 1;
         match self.stage(&origin, seq, &body, &head) {
             Ok(()) => {
                 let id = EventId { origin, seq };
@@ -262,6 +275,8 @@ impl Appender {
         let prev = *mark;
         mark.last_seq = seq;
         mark.max_created = mark.max_created.max(head.created_on);
+        let mut sse = Vec::with_capacity(body.len() + 8);
+        ring::sse_data_lines(body, &mut sse);
         self.pending.push(Pending {
             origin: origin.clone(),
             seq,
@@ -270,6 +285,8 @@ impl Appender {
             received_ms: rec.received_ms,
             created_on: head.created_on,
             prev,
+            event_type: head.event_type.as_str().into(),
+            sse_data: Bytes::from(sse),
         });
         Ok(())
     }
@@ -291,12 +308,25 @@ impl Appender {
             for p in &self.pending {
                 st.note_record(&p.origin, p.seq, p.pos, p.size, p.received_ms, p.created_on);
             }
+            let first = st.appended + 1;
             st.appended += self.pending.len() as u64;
             let appended = st.appended;
             drop(st);
             self.committed_len += self.buf.len() as u64;
             self.buf.clear();
-            self.pending.clear();
+            {
+                let mut ring = self.shared.write_ring();
+                for (i, p) in self.pending.drain(..).enumerate() {
+                    ring.push(RecentEvent {
+                        position: first + i as u64,
+                        origin: p.origin,
+                        seq: p.seq,
+                        created_on: p.created_on,
+                        event_type: p.event_type,
+                        sse_data: p.sse_data,
+                    });
+                }
+            }
             self.shared.notify.send_replace(appended);
         }
         for reply in self.replies.drain(..) {

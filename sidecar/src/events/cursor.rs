@@ -99,7 +99,30 @@ impl Cursor {
 
     /// The compact, URL-safe text form, also valid as an SSE `id:`.
     pub fn encode(&self) -> String {
-        self.to_string()
+        let mut out = Vec::with_capacity(24 + 24 * (self.seqs.len() + self.skipped.len()));
+        self.write_to(&mut out);
+        String::from_utf8(out).expect("cursors are ASCII")
+    }
+
+    /// Appends [`encode`](Self::encode)'s text to `out`, without the formatting machinery: a
+    /// stream writes one per event per tailer.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(VERSION.as_bytes());
+        out.push(SEP as u8);
+        push_u64(out, self.since);
+        for (origin, seq) in &self.seqs {
+            out.push(SEP as u8);
+            out.extend_from_slice(origin.as_bytes());
+            out.push(SEP as u8);
+            push_u64(out, *seq);
+        }
+        for (origin, seq) in &self.skipped {
+            out.push(SEP as u8);
+            out.extend_from_slice(origin.as_bytes());
+            out.push(SEP as u8);
+            out.push(SKIPPED as u8);
+            push_u64(out, *seq);
+        }
     }
 
     pub fn parse(text: &str) -> Result<Cursor> {
@@ -150,6 +173,20 @@ impl Cursor {
     }
 }
 
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 fn parse_u64(s: &str, what: &str) -> Result<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(EventError::BadCursor(format!(
@@ -167,14 +204,7 @@ fn shorten(s: &str) -> String {
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{VERSION}{SEP}{}", self.since)?;
-        for (origin, seq) in &self.seqs {
-            write!(f, "{SEP}{origin}{SEP}{seq}")?;
-        }
-        for (origin, seq) in &self.skipped {
-            write!(f, "{SEP}{origin}{SEP}{SKIPPED}{seq}")?;
-        }
-        Ok(())
+        f.write_str(&self.encode())
     }
 }
 
@@ -258,6 +288,15 @@ mod tests {
         c.set("node_b.x", 321);
         let text = c.encode();
         assert_eq!(text, "v1~1686214571~node-a~500~node_b.x~321");
+        assert_eq!(c.to_string(), text);
+        c.set("z", u64::MAX);
+        c.set("y", 0);
+        assert_eq!(
+            Cursor::parse(&c.encode()).unwrap(),
+            c,
+            "extreme seqs round-trip"
+        );
+        let mut c = Cursor::parse(&text).unwrap();
         assert!(text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)));

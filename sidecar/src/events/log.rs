@@ -11,6 +11,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::appender::{Appender, Request};
 use super::cursor::{Cursor, StartPoint, TypeFilter};
+use super::ring::{Recent, RecentEvent, Ring};
 use super::state::State;
 use super::{event, read, segment, EventError, EventId, EventLogOptions, Result};
 use crate::wire::valid_instance_id;
@@ -46,6 +47,9 @@ pub struct Page {
     /// false, read again at once; the page may even be empty when a type filter skipped
     /// everything in the (bounded) stretch of log one read scans.
     pub caught_up: bool,
+    /// When `caught_up`: the read saw every record up to this log position, so it can go on
+    /// with [`EventLog::read_recent`] from there.
+    pub position: u64,
 }
 
 /// Figures for metrics and the status page.
@@ -66,6 +70,8 @@ pub(crate) struct Shared {
     pub opts: EventLogOptions,
     pub local: Arc<str>,
     state: RwLock<State>,
+    /// The newest committed records, for live tailers (see [`ring`](super::ring)).
+    ring: RwLock<Ring>,
     pub notify: watch::Sender<u64>,
 }
 
@@ -82,6 +88,14 @@ impl Shared {
 
     pub fn intern(&self, origin: &str) -> Arc<str> {
         self.read_state().intern(origin)
+    }
+
+    pub fn read_ring(&self) -> RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write_ring(&self) -> RwLockWriteGuard<'_, Ring> {
+        self.ring.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -109,14 +123,18 @@ impl EventLog {
             )));
         }
         let dir = dir.as_ref().to_path_buf();
-        let (state, active) = segment::recover(&dir)?;
+        let (mut state, active) = segment::recover(&dir)?;
         let appended = state.appended;
         let local = state.intern(&opts.instance_id);
+        if opts.seq_from_clock && !state.origins.contains_key(&local) {
+            state.local_floor = opts.clock.now_ms().saturating_mul(1000);
+        }
         let shared = Arc::new(Shared {
             dir,
             opts,
             local,
             state: RwLock::new(state),
+            ring: RwLock::new(Ring::new(appended + 1)),
             notify: watch::Sender::new(appended),
         });
         let appender = Appender::new(shared.clone(), active);
@@ -242,6 +260,20 @@ impl EventLog {
         read::read_page(&self.shared, from, filter, max.max(1))
     }
 
+    /// Feeds `f` the records committed after log `position` (see [`Page::position`]) from
+    /// memory, in log order, up to `max` of them, while `f` returns `true`. Every record fed
+    /// counts as read, matching or not: the caller applies its cursor and filter. Returns
+    /// [`Recent::Behind`] when the records right after `position` are no longer in memory:
+    /// read the log from the cursor then. Never blocks on i/o.
+    pub fn read_recent(
+        &self,
+        position: u64,
+        max: usize,
+        f: impl FnMut(&RecentEvent) -> bool,
+    ) -> Recent {
+        self.shared.read_ring().read_after(position, max.max(1), f)
+    }
+
     /// Events of `origin` with seq > `after_seq`, up to `max`, for peers catching up.
     pub fn read_origin(
         &self,
@@ -250,6 +282,17 @@ impl EventLog {
         max: usize,
     ) -> Result<Vec<(EventId, Bytes)>> {
         read::read_origin(&self.shared, origin, after_seq, max.max(1))
+    }
+
+    /// Events of `origin` with a seq at or below this are not held here (never were, or
+    /// retention removed them): [`read_origin`](Self::read_origin) after a lower seq is
+    /// `CursorExpired`. 0 for an origin this log has not seen.
+    pub fn origin_floor(&self, origin: &str) -> u64 {
+        self.shared
+            .read_state()
+            .origins
+            .get(origin)
+            .map_or(0, |idx| idx.effective_floor())
     }
 
     /// The cursor of a reader starting now: new events only.

@@ -2,12 +2,18 @@
 //!
 //! # Ids
 //! Every event has an [`EventId`]: the instanceId of the node that first accepted it (its
-//! *origin*) and that origin's sequence number, dense from 1. Local events get the next local
-//! seq inside the appender thread, so seq order is log order; the last seq is recovered from the
-//! log at open (and from segment checkpoints when retention has dropped every local event), so a
-//! seq is never handed out twice while the data directory survives. Remote events with this
-//! node's own origin are accepted like any other (restoring history after a data loss) and
-//! the local seq continues above them.
+//! *origin*) and that origin's sequence number, increasing (dense from 1 by default). Local
+//! events get the next local seq inside the appender thread, so seq order is log order; the last
+//! seq is recovered from the log at open (and from segment checkpoints when retention has dropped
+//! every local event), so a seq is never handed out twice while the data directory survives.
+//! When the log knows nothing of its own origin and [`EventLogOptions::seq_from_clock`] is set
+//! (the node sets it), the first local seq is the clock in microseconds plus one instead: a node
+//! whose data directory was lost then still issues seqs above its old ones, which its peers
+//! remember (like the outbox's seqs; it holds while a node averages under a million events a
+//! second). That start is the origin's *floor* here: a cursor taken before the first local event
+//! holds it, so it resumes without a spurious expiry. Remote events with this node's own origin
+//! are accepted like any other (restoring history after a data loss) and the local seq
+//! continues above them.
 //!
 //! # On disk
 //! A directory of segment files `NNNNNNNNNNNNNNNNNNNN.seg` (see [`record`] for the format). Each
@@ -21,7 +27,8 @@
 //!
 //! Memory: per segment ~150 bytes plus its checkpoint; per origin a sparse index with one entry
 //! (24 bytes) per 128 events of that origin, per 256 KiB of log, and per segment it appears in,
-//! i.e. about 0.2 bytes per event. Event bodies are never held in memory beyond one read page.
+//! i.e. about 0.2 bytes per event. Event bodies are held in memory only in one read page per
+//! reader and in the ring of recent records (at most 8,192 records and about 16 MiB).
 //!
 //! # Cursor semantics
 //! A [`Cursor`] is `{since: epoch seconds, seqs: {origin: last seq read}}`. Reading from it on
@@ -63,6 +70,14 @@
 //! tailer reads the log at its own pace; nothing is buffered per tailer. [`EventLog::read`] does
 //! blocking file I/O (page cache reads): async callers run it in `spawn_blocking`.
 //!
+//! A caught-up page also gives the log *position* it read up to (records committed since
+//! open). From there [`EventLog::read_recent`] serves what follows from memory: the appender
+//! keeps the newest records (bounded, see `ring.rs`) with their SSE `data:` lines formatted
+//! once, so live tailers cost no file read and no blocking task. It never blocks and never
+//! drops anyone: a reader whose next record left memory is told [`Recent::Behind`] and reads
+//! the log from its cursor again. The caller applies its cursor (`Cursor::visit`) and type
+//! filter to every record it is fed, exactly as a read of the log would.
+//!
 //! # Errors
 //! [`EventError`] maps to HTTP as: `BadEvent`, `BadCursor`, `BadOrigin` → 400; `TooLarge` → 413;
 //! `CursorExpired` → 410; `Io`, `Corrupt`, `Closed`, `Internal` → 500 (503 for `Closed`).
@@ -73,6 +88,7 @@ mod event;
 mod log;
 mod read;
 mod record;
+mod ring;
 mod segment;
 mod state;
 
@@ -90,6 +106,7 @@ use std::time::Duration;
 
 pub use cursor::{Cursor, StartPoint, TypeFilter};
 pub use log::{AppendOutcome, EventLog, EventStats, LocalEvent, Page};
+pub use ring::{sse_data_lines, Recent, RecentEvent};
 
 /// What went wrong in the event log. See the module docs for the HTTP status of each variant.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +207,11 @@ pub struct EventLogOptions {
     pub max_event_bytes: usize,
     /// How often the appender thread applies retention when idle.
     pub retention_interval: Duration,
+    /// When the log knows nothing of this node's own origin (first start, or a lost data
+    /// directory), local seqs continue from the clock in microseconds instead of 1, so they
+    /// are above anything this node issued before and peers do not drop them as duplicates
+    /// (see the module docs). Off by default: library users and unit tests get seqs from 1.
+    pub seq_from_clock: bool,
     pub clock: Clock,
 }
 
@@ -202,6 +224,7 @@ impl EventLogOptions {
             segment_bytes: 64 << 20,
             max_event_bytes: 1 << 20,
             retention_interval: Duration::from_secs(10),
+            seq_from_clock: false,
             clock: Clock::system(),
         }
     }

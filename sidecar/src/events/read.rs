@@ -34,7 +34,7 @@ pub(crate) fn resolve(state: &State, local: &str, from: &StartPoint, now_ms: u64
             // This node's own origin goes by seq even before its first event, so an event
             // created a moment before the client connected but appended after still counts.
             let mut c = Cursor::since(now_ms / 1000);
-            c.set(local, 0);
+            c.set(local, state.local_floor);
             for (origin, idx) in &state.origins {
                 c.set(origin, idx.last_seq);
             }
@@ -114,13 +114,16 @@ fn start_pos(state: &State, cursor: &Cursor) -> Option<Pos> {
 }
 
 /// Under the read lock: checks the cursor and takes the segment extents to scan.
+/// Also returns how many records were committed then: a scan of the views that reaches their
+/// end has seen every record up to that position.
 fn plan(
     shared: &Shared,
     cursor: &Cursor,
     origin_only: Option<&str>,
-) -> Result<Option<Vec<SegView>>> {
+) -> Result<(Option<Vec<SegView>>, u64)> {
     let st = shared.read_state();
     check_expired(&st, cursor)?;
+    let appended = st.appended;
     let start = match origin_only {
         Some(o) => match (st.origins.get(o), cursor.seq(o)) {
             (Some(idx), Some(last)) if last < idx.last_seq => idx.lookup(last + 1),
@@ -128,7 +131,9 @@ fn plan(
         },
         None => start_pos(&st, cursor),
     };
-    let Some(start) = start else { return Ok(None) };
+    let Some(start) = start else {
+        return Ok((None, appended));
+    };
     let views = st
         .segments
         .iter()
@@ -143,7 +148,7 @@ fn plan(
             end: s.len,
         })
         .collect();
-    Ok(Some(views))
+    Ok((Some(views), appended))
 }
 
 /// Serves [`EventLog::read`](super::EventLog::read).
@@ -155,11 +160,13 @@ pub(crate) fn read_page(
 ) -> Result<Page> {
     let now_ms = shared.opts.clock.now_ms();
     let mut cursor = resolve(&shared.read_state(), &shared.local, from, now_ms);
-    let Some(views) = plan(shared, &cursor, None)? else {
+    let (views, position) = plan(shared, &cursor, None)?;
+    let Some(views) = views else {
         return Ok(Page {
             events: Vec::new(),
             next: cursor,
             caught_up: true,
+            position,
         });
     };
     let mut events = Vec::new();
@@ -191,6 +198,7 @@ pub(crate) fn read_page(
         events,
         next: cursor,
         caught_up,
+        position,
     })
 }
 
@@ -203,7 +211,7 @@ pub(crate) fn read_origin(
 ) -> Result<Vec<(EventId, Bytes)>> {
     let mut cursor = Cursor::beginning();
     cursor.set(origin, after_seq);
-    let Some(views) = plan(shared, &cursor, Some(origin))? else {
+    let Some(views) = plan(shared, &cursor, Some(origin))?.0 else {
         return Ok(Vec::new());
     };
     let interned = shared.intern(origin);

@@ -106,6 +106,9 @@ pub(crate) struct State {
     pub origins: BTreeMap<Arc<str>, OriginIndex>,
     /// Records committed since open; what tailers are woken with.
     pub appended: u64,
+    /// Local seqs start above this when the log held nothing of its own origin at open (see
+    /// `EventLogOptions::seq_from_clock`); 0 otherwise.
+    pub local_floor: u64,
 }
 
 impl State {

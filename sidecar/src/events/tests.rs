@@ -371,3 +371,65 @@ async fn type_filter_skips_other_types_and_the_cursor_moves_past_them() {
     );
     assert_eq!(since.events.len(), 17);
 }
+
+/// What a caught-up reader takes from memory after its position is what a read of the log
+/// from its cursor gives, in the same order; past the ring's reach it is told to read the log.
+#[tokio::test]
+async fn recent_records_from_memory_match_a_read_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), "node-a");
+    log.append_local(&ev("x", 100, 0)).await.unwrap();
+    let first = log.read(&StartPoint::Now, &TypeFilter::all(), 10).unwrap();
+    assert!(first.caught_up && first.events.is_empty());
+    let start = first.next.clone();
+    for i in 1..=20u64 {
+        if i % 3 == 0 {
+            log.append_remote("node-b", i, &ev("y", 100, i))
+                .await
+                .unwrap();
+        } else {
+            log.append_local(&ev("x", 100, i)).await.unwrap();
+        }
+    }
+    let (want, want_cursor) = read_all(
+        &log,
+        StartPoint::Cursor(start.clone()),
+        &TypeFilter::all(),
+        7,
+    );
+    let mut cursor = start;
+    let mut got = Vec::new();
+    let mut position = first.position;
+    loop {
+        let r = log.read_recent(position, 6, |e| {
+            if cursor.visit(e.origin(), e.seq(), e.created_on()) {
+                got.push((e.origin().to_owned(), e.seq(), e.sse_data().to_vec()));
+            }
+            true
+        });
+        match r {
+            Recent::Read { position: p, more } => {
+                position = p;
+                if !more {
+                    break;
+                }
+            }
+            Recent::Behind => panic!("the ring holds 20 records"),
+        }
+    }
+    assert_eq!(cursor, want_cursor);
+    assert_eq!(got.len(), want.len());
+    for ((o, s, data), (id, body)) in got.iter().zip(&want) {
+        assert_eq!((o.as_str(), *s), (&*id.origin, id.seq));
+        let mut lines = Vec::new();
+        sse_data_lines(body, &mut lines);
+        assert_eq!(data, &lines);
+    }
+    assert_eq!(
+        log.read_recent(0, 1, |_| true),
+        Recent::Read {
+            position: 1,
+            more: true
+        }
+    );
+}

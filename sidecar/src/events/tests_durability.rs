@@ -217,3 +217,60 @@ async fn size_retention_keeps_the_log_under_max_bytes() {
         ["node-a/399", "node-a/400"]
     );
 }
+
+/// A lost data directory: the node's new seqs start from the clock, above everything it
+/// issued before, so a peer's log (which remembers the old high-water mark) takes them.
+#[tokio::test]
+async fn a_wiped_log_seeds_local_seqs_from_the_clock_so_peers_take_them() {
+    let (clock, now) = manual_clock(1_700_000_000_000);
+    let opts = |clock: &Clock| {
+        let mut o = EventLogOptions::new("node-a");
+        o.seq_from_clock = true;
+        o.clock = clock.clone();
+        o
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = open(dir_b.path(), "node-b");
+    let a = EventLog::open(dir_a.path().join("events"), opts(&clock)).unwrap();
+    // Before any local event, a reader starting now holds the floor: no spurious expiry.
+    let before = a.cursor_now();
+    assert_eq!(before.seq("node-a"), Some(1_700_000_000_000_000));
+    let mut first = Vec::new();
+    for i in 1..=3 {
+        let e = a.append_local_event(&ev("x", 100, i)).await.unwrap();
+        assert_eq!(e.id.seq, 1_700_000_000_000_000 + i);
+        assert_eq!(
+            b.append_remote("node-a", e.id.seq, &e.bytes).await.unwrap(),
+            AppendOutcome::Appended
+        );
+        first.push(e.id.seq);
+    }
+    let (got, _) = read_all(&a, StartPoint::Cursor(before), &TypeFilter::all(), 2);
+    assert_eq!(got.len(), 3, "the pre-event cursor resumes");
+    // Reopened with its directory: continues where it was, whatever the clock says.
+    a.shutdown().await.unwrap();
+    drop(a);
+    now.fetch_sub(60_000, Ordering::SeqCst);
+    let a = EventLog::open(dir_a.path().join("events"), opts(&clock)).unwrap();
+    assert_eq!(
+        a.append_local(&ev("x", 100, 4)).await.unwrap().seq,
+        first[2] + 1
+    );
+    a.shutdown().await.unwrap();
+    drop(a);
+    // Wiped: the next seqs are above the old ones, and B appends them (not duplicates).
+    std::fs::remove_dir_all(dir_a.path().join("events")).unwrap();
+    now.fetch_add(120_000, Ordering::SeqCst);
+    let a = EventLog::open(dir_a.path().join("events"), opts(&clock)).unwrap();
+    let e = a.append_local_event(&ev("x", 100, 5)).await.unwrap();
+    assert!(e.id.seq > first[2] + 1, "{} after a wipe", e.id.seq);
+    assert_eq!(
+        b.append_remote("node-a", e.id.seq, &e.bytes).await.unwrap(),
+        AppendOutcome::Appended
+    );
+    let mut c = Cursor::beginning();
+    c.set("node-a", first[2]);
+    let (got, _) = read_all(&b, StartPoint::Cursor(c), &TypeFilter::all(), 10);
+    assert_eq!(ids(&got), vec![format!("node-a/{}", e.id.seq)]);
+}
