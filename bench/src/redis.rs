@@ -4,8 +4,7 @@
 //! and a replay of the whole stream with XREAD). Spoken to in raw RESP over TCP (no client crate
 //! to pin), on loopback, in a temp dir, on its own port; stopped (by PID) at the end.
 //!
-//! `sessions.rs` has its own copy of the server helper and a smaller RESP client (left there
-//! while the sessions work edits that file); both can move here later.
+//! [`Redis`] and [`Resp`] also serve the sessions bench's SET/GET phases.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,8 +27,12 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub fn start() -> anyhow::Result<Redis> {
-        let dir = tempfile::tempdir()?;
+    /// Starts one in a new temp dir under `parent` (the system's temp dir when `None`).
+    pub fn start(parent: Option<&std::path::Path>) -> anyhow::Result<Redis> {
+        let dir = match parent {
+            Some(p) => tempfile::tempdir_in(p)?,
+            None => tempfile::tempdir()?,
+        };
         let port = integration::free_port();
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
@@ -409,7 +412,7 @@ fn rss_mib(pid: i32) -> f64 {
 }
 
 pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
-    let redis = match Redis::start() {
+    let redis = match Redis::start(None) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("redis: skipped: {e} (make deps-bench installs redis-server)");

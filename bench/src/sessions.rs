@@ -21,7 +21,6 @@
 //! sidecar's creates each fsync their file and its directory from their own blocking thread,
 //! which measured faster here than a group-commit writer thread (`bench/NOTES.md`, Sessions).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,7 @@ use integration::{api, mesh_specs, Proc};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::redis::{Redis, Resp};
 use crate::report::Report;
 use crate::Budget;
 
@@ -45,7 +45,7 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     let h = integration::http();
     node.wait_ready(&h).await;
     let port = specs[0].local_port;
-    let redis = match Redis::start(dir.path()) {
+    let redis = match Redis::start(Some(dir.path())) {
         Ok(r) => Some(r),
         Err(e) => {
             eprintln!("  redis figures skipped: {e} (make deps-bench installs redis-server)");
@@ -277,99 +277,6 @@ fn write_sessions(shared: &std::path::Path, n: usize) -> anyhow::Result<Vec<Stri
         out.push(files.create(&rec)?.as_str().to_owned());
     }
     Ok(out)
-}
-
-/// A `redis-server` on a free loopback port in a temp dir; killed (by PID) on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start(parent: &std::path::Path) -> anyhow::Result<Redis> {
-        let dir = tempfile::tempdir_in(parent)?;
-        let port = integration::free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot run redis-server: {e}"))?;
-        let r = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(r)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One RESP connection.
-struct Resp {
-    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    w: tokio::net::tcp::OwnedWriteHalf,
-    line: String,
-}
-
-impl Resp {
-    async fn connect(port: u16) -> anyhow::Result<Resp> {
-        let s = TcpStream::connect(("127.0.0.1", port)).await?;
-        s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        Ok(Resp {
-            r: BufReader::new(r),
-            w,
-            line: String::new(),
-        })
-    }
-
-    /// Sends one command; returns the reply's first line (for a bulk string, reads its body).
-    async fn call(&mut self, args: &[&[u8]]) -> anyhow::Result<()> {
-        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            buf.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            buf.extend_from_slice(a);
-            buf.extend_from_slice(b"\r\n");
-        }
-        self.w.write_all(&buf).await?;
-        self.line.clear();
-        self.r.read_line(&mut self.line).await?;
-        match self.line.as_bytes().first() {
-            Some(b'$') => {
-                let n: i64 = self.line[1..].trim().parse()?;
-                if n >= 0 {
-                    let mut body = vec![0u8; n as usize + 2];
-                    self.r.read_exact(&mut body).await?;
-                }
-                Ok(())
-            }
-            Some(b'-') => anyhow::bail!("redis error: {}", self.line.trim()),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// One HTTP/1.1 keep-alive connection, as lean as [`Resp`]: the request is written in one go,
