@@ -186,21 +186,9 @@ async fn outage(p: &Pair, dur: Duration) -> anyhow::Result<(f64, f64, f64, f64)>
 
 /// Parses tracing's RFC 3339 UTC timestamp (`2026-11-23T18:59:51.976802Z`) to µs since the epoch.
 fn parse_ts_us(s: &str) -> Option<i64> {
-    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.split(':').map(|x| x.parse::<i64>());
-    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
-    let frac_us: i64 = format!("{:0<6}", &frac[..frac.len().min(6)]).parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3_600 + mm * 60 + ss) * 1_000_000) + frac_us)
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_microsecond())
 }
 
 fn now_us() -> i64 {
