@@ -16,6 +16,7 @@ use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
 use crate::index::{IndexOptions, IndexStore};
 use crate::index_sync::IndexSync;
+use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
 use crate::peers::deadletter::DeadLetters;
@@ -208,11 +209,22 @@ impl Node {
             );
             (relay, stop, task)
         });
+        let local = Arc::new(Local {
+            caches: caches.clone(),
+            index: index.clone(),
+            index_synchronize: config.index.synchronize,
+            events: events.clone(),
+            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            sessions: sessions.clone(),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+        });
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
             index: index.clone(),
             outbox,
+            local,
             peers,
             receiver: Arc::new(receiver),
             verifier: Arc::new(verifier),
@@ -221,7 +233,6 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
-            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
             stop: CancellationToken::new(),
         });
         let peer_addr = listeners

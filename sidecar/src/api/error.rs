@@ -61,6 +61,20 @@ impl From<crate::peers::outbox::OutboxError> for ApiError {
     }
 }
 
+impl From<crate::local::LocalError> for ApiError {
+    fn from(e: crate::local::LocalError) -> Self {
+        use crate::local::LocalError as E;
+        match e {
+            E::Cache(e) => e.into(),
+            E::Index(e) => e.into(),
+            E::Events(e) => e.into(),
+            E::Sessions(e) => e.into(),
+            E::Queue(e) => e.into(),
+            E::Relay(e) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::receiver::ReceiveError> for ApiError {
     fn from(e: crate::receiver::ReceiveError) -> Self {
         match e {
