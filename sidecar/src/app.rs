@@ -50,6 +50,10 @@ pub enum StartError {
     Events(#[from] crate::events::EventError),
     #[error("cannot open the index: {0}")]
     Index(#[from] crate::index::IndexError),
+    #[error("cannot start the peer client: {0}")]
+    Client(#[from] crate::peers::client::ClientError),
+    #[error("cannot start membership: {0}")]
+    Membership(#[from] crate::peers::membership::MembershipError),
     #[error("{0}")]
     Other(String),
 }
@@ -173,8 +177,7 @@ impl Node {
             &config.http,
             config.auth.secrets.first().cloned(),
             &config.instance_id,
-        )
-        .map_err(StartError::Other)?;
+        )?;
         let peers = Arc::new(Peers::new(
             outbox.clone(),
             ForwarderCtx {
@@ -189,15 +192,12 @@ impl Node {
             },
             CancellationToken::new(),
         ));
-        let membership = Arc::new(
-            Membership::new(
-                config.clone(),
-                peers.clone(),
-                metrics.clone(),
-                health.clone(),
-            )
-            .map_err(StartError::Other)?,
-        );
+        let membership = Arc::new(Membership::new(
+            config.clone(),
+            peers.clone(),
+            metrics.clone(),
+            health.clone(),
+        )?);
         // Started after membership has added the known peers, so re-queued events reach every peer's queue.
         let relay = config.event.synchronize.then(|| {
             let stop = CancellationToken::new();

@@ -57,7 +57,15 @@ impl From<crate::cache::CacheError> for ApiError {
 
 impl From<crate::peers::outbox::OutboxError> for ApiError {
     fn from(e: crate::peers::outbox::OutboxError) -> Self {
-        ApiError::Internal(format!("cannot queue for peers: {e}"))
+        use crate::peers::outbox::OutboxError as E;
+        match &e {
+            // Passes once space is freed: the master may retry.
+            E::Io(_, io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                ApiError::Unavailable(format!("cannot queue for peers: {e}"))
+            }
+            E::Closed => ApiError::Unavailable(format!("cannot queue for peers: {e}")),
+            E::Io(..) => ApiError::Internal(format!("cannot queue for peers: {e}")),
+        }
     }
 }
 
