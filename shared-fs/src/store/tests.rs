@@ -282,21 +282,22 @@ fn non_regular_files_are_quarantined_without_blocking() {
     let s = store(dir.path());
     let valid = KeyHash::of(b"valid");
     s.put(&valid, br#"{"ok":true}"#, None).unwrap();
-    let cases: [(&str, &dyn Fn(&Path)); 3] = [
-        ("a FIFO", &|p: &Path| {
+    let make = |kind: &str, p: &Path| match kind {
+        "a FIFO" => {
             let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        }),
-        ("a symbolic link", &|p: &Path| {
-            std::os::unix::fs::symlink(s.path_for(&valid), p).unwrap()
-        }),
-        ("a directory", &|p: &Path| std::fs::create_dir(p).unwrap()),
-    ];
-    for (i, (kind, make)) in cases.iter().enumerate() {
+        }
+        "a symbolic link" => std::os::unix::fs::symlink(s.path_for(&valid), p).unwrap(),
+        _ => std::fs::create_dir(p).unwrap(),
+    };
+    for (i, kind) in ["a FIFO", "a symbolic link", "a directory"]
+        .iter()
+        .enumerate()
+    {
         let h = KeyHash::of(format!("k{i}").as_bytes());
         let p = s.path_for(&h);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        make(&p);
+        make(kind, &p);
         let started = Instant::now();
         let err = s.get(&h).unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2), "{kind}: slow");
