@@ -47,6 +47,11 @@ async fn fixture(index_synchronize: bool, relay: bool) -> (Fixture, Cancellation
                 cleanup_interval: Duration::from_secs(3600),
                 max_age: Duration::from_secs(60),
             },
+            Arc::new(crate::shared_dir::SharedDir::new(
+                4,
+                Duration::from_secs(5),
+                metrics.clone(),
+            )),
             metrics.clone(),
         )
         .unwrap(),
