@@ -6,6 +6,7 @@ use std::sync::RwLock;
 use bytes::Bytes;
 
 use crate::config::{CacheConfig, CacheLimits};
+use crate::locks::RwLockExt;
 
 /// Caches Gerrit's plugin always forwards (`CachePatternMatcher`'s defaults).
 pub const BUILTIN_FORWARDED: &[&str] = &[
@@ -68,7 +69,7 @@ impl Caches {
     }
 
     fn existing(&self, name: &str) -> Option<Store> {
-        self.caches.read().expect("caches lock").get(name).cloned()
+        self.caches.read_locked().get(name).cloned()
     }
 
     fn get_or_create(&self, name: &str) -> Result<Store, CacheError> {
@@ -78,7 +79,7 @@ impl Caches {
         if !crate::wire::valid_cache_name(name) {
             return Err(CacheError::BadName(name.to_owned()));
         }
-        let mut all = self.caches.write().expect("caches lock");
+        let mut all = self.caches.write_locked();
         if let Some(c) = all.get(name) {
             return Ok(c.clone());
         }
@@ -122,7 +123,7 @@ impl Caches {
 
     /// Entries per cache (approximate, as moka counts them).
     pub fn sizes(&self) -> Vec<(String, u64)> {
-        let all = self.caches.read().expect("caches lock");
+        let all = self.caches.read_locked();
         let mut v: Vec<_> = all
             .iter()
             .map(|(n, c)| (n.clone(), c.entry_count()))

@@ -1,6 +1,7 @@
 //! Whether this node should receive traffic: a start-up latch, a persisted drain flag, and the
 //! shutting-down state. `/health` is 204 only when started, not drained and not stopping.
 
+use crate::locks::LockExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -35,7 +36,7 @@ impl Health {
 
     /// Starts catching up on `what`: 503 "catching up" until every such `what` has ended.
     pub fn begin_catch_up(&self, what: &'static str) {
-        let mut pending = self.catching_up.lock().expect("health lock");
+        let mut pending = self.catching_up.locked();
         if !pending.contains(&what) {
             pending.push(what);
         }
@@ -50,7 +51,7 @@ impl Health {
     /// Catching up on `what` is over; when nothing else is pending the node is healthy, unless a
     /// stop began meanwhile.
     pub fn end_catch_up(&self, what: &'static str) {
-        let mut pending = self.catching_up.lock().expect("health lock");
+        let mut pending = self.catching_up.locked();
         pending.retain(|w| *w != what);
         if pending.is_empty() {
             let _ =

@@ -14,6 +14,7 @@ pub mod health;
 pub mod index;
 pub mod index_sync;
 pub mod local;
+pub mod locks;
 pub mod log_writer;
 pub mod metrics;
 pub mod peers;

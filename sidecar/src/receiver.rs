@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::cache::Caches;
 use crate::events::{AppendOutcome, EventError, EventLog};
 use crate::index::{IndexError, IndexStore, Kind, RawDoc};
+use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::wire::{decode_message, BatchReply, Envelope, MessageError, PeerMessage, Rejection};
 
@@ -97,8 +98,7 @@ impl Receiver {
 
     fn slot(&self, origin: &str) -> Arc<tokio::sync::Mutex<Option<u64>>> {
         self.origins
-            .lock()
-            .expect("origins lock")
+            .locked()
             .entry(origin.to_owned())
             .or_default()
             .clone()

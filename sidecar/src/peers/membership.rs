@@ -17,6 +17,7 @@ use super::outbox::now_ms;
 use super::{MemberState, Peer, Peers};
 use crate::config::{Config, Discovery};
 use crate::health::Health;
+use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::shared_dir::{SharedDir, SharedDirError};
 use crate::wire::{BacklogReply, Hello};
@@ -260,7 +261,7 @@ impl Membership {
     }
 
     fn reconcile(&self, found: Vec<Found>) {
-        let selves = self.inner.lock().expect("membership lock").selves.clone();
+        let selves = self.inner.locked().selves.clone();
         let mut listed = HashSet::new();
         for f in found {
             if selves.contains(&f.key) {
@@ -317,11 +318,7 @@ impl Membership {
 
     fn became_up(&self, peer: &Arc<Peer>) {
         let old = peer.set_state(MemberState::Up);
-        self.inner
-            .lock()
-            .expect("membership lock")
-            .unreachable_since
-            .remove(&peer.key);
+        self.inner.locked().unreachable_since.remove(&peer.key);
         match old {
             MemberState::Up => return,
             MemberState::Failed => {
@@ -423,11 +420,7 @@ impl Membership {
         match probe {
             Probe::Ready(Some(id)) | Probe::NotReady(Some(id)) if id == self.config.instance_id => {
                 tracing::warn!(peer = %peer.key, "this peer address is this node itself; not a peer");
-                self.inner
-                    .lock()
-                    .expect("membership lock")
-                    .selves
-                    .insert(peer.key.clone());
+                self.inner.locked().selves.insert(peer.key.clone());
                 self.forget(&peer.key);
             }
             Probe::Ready(id) => {
@@ -437,17 +430,12 @@ impl Membership {
                 self.became_up(peer);
             }
             Probe::NotReady(_) => {
-                self.inner
-                    .lock()
-                    .expect("membership lock")
-                    .unreachable_since
-                    .remove(&peer.key);
+                self.inner.locked().unreachable_since.remove(&peer.key);
             }
             Probe::Unreachable(why) => {
                 let since = *self
                     .inner
-                    .lock()
-                    .expect("membership lock")
+                    .locked()
                     .unreachable_since
                     .entry(peer.key.clone())
                     .or_insert_with(Instant::now);
@@ -492,7 +480,7 @@ impl Membership {
             })
             .collect();
         {
-            let mut inner = self.inner.lock().expect("membership lock");
+            let mut inner = self.inner.locked();
             if inner.last_roster.as_ref() == Some(&entries) {
                 return;
             }
