@@ -141,7 +141,14 @@ impl Node {
             segment_bytes: config.limits.outbox_segment_bytes,
             ..OutboxOptions::default()
         };
-        let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
+        // Opening reads every queue's segments (recovery): off the executor.
+        let outbox = {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || Outbox::open(&dir, outbox_opts))
+                .await
+                .map_err(|e| StartError::Other(format!("opening the outbox: {e}")))??
+        };
+        let outbox = Arc::new(outbox);
         let shared_dir = Arc::new(SharedDir::new(
             config.limits.shared_dir_concurrency,
             config.limits.shared_dir_timeout,
@@ -160,10 +167,14 @@ impl Node {
                 .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
         };
         let sessions = Arc::new(sessions);
-        let events = Arc::new(EventLog::open(
-            config.data_dir.join("events"),
-            event_log_options(&config),
-        )?);
+        // Opening scans the log's segments and checkpoints: off the executor.
+        let events = {
+            let (dir, opts) = (config.data_dir.join("events"), event_log_options(&config));
+            tokio::task::spawn_blocking(move || EventLog::open(dir, opts))
+                .await
+                .map_err(|e| StartError::Other(format!("opening the event log: {e}")))??
+        };
+        let events = Arc::new(events);
         let index = Arc::new(open_index(&config).await?);
         let receiver = Receiver::new(
             &config.data_dir,

@@ -119,9 +119,9 @@ async fn flush(state: LocalCaller, path: web::Path<String>) -> Result<HttpRespon
 }
 
 async fn health_post(state: LocalCaller) -> Result<HttpResponse, ApiError> {
-    super::ops::set_drained(&state, false)
+    super::ops::set_drained(&state, false).await
 }
 
 async fn health_delete(state: LocalCaller) -> Result<HttpResponse, ApiError> {
-    super::ops::set_drained(&state, true)
+    super::ops::set_drained(&state, true).await
 }

@@ -46,21 +46,23 @@ pub async fn health_get(state: Public) -> Result<HttpResponse, ApiError> {
     })
 }
 
-pub(crate) fn set_drained(state: &AppState, drained: bool) -> Result<HttpResponse, ApiError> {
-    state
-        .health
-        .set_drained(drained)
+/// Sets the drain flag (persisted: a file write and its fsync, on a blocking thread).
+pub(crate) async fn set_drained(state: &AppState, drained: bool) -> Result<HttpResponse, ApiError> {
+    let health = state.health.clone();
+    web::block(move || health.set_drained(drained))
+        .await
+        .map_err(|e| ApiError::Internal(format!("drain task failed: {e}")))?
         .map_err(|e| ApiError::Internal(format!("cannot persist the drain flag: {e}")))?;
     tracing::info!(drained, "health changed by an operator");
     Ok(HttpResponse::NoContent().finish())
 }
 
 async fn health_post(state: AdminCaller) -> Result<HttpResponse, ApiError> {
-    set_drained(&state, false)
+    set_drained(&state, false).await
 }
 
 async fn health_delete(state: AdminCaller) -> Result<HttpResponse, ApiError> {
-    set_drained(&state, true)
+    set_drained(&state, true).await
 }
 
 /// OpenMetrics, or the classic text format for a scraper that asks for `text/plain` and not

@@ -176,7 +176,11 @@ impl Membership {
     }
 
     fn forget(&self, key: &str) {
-        match self.peers.forget(key) {
+        Self::forgotten(key, self.peers.forget(key));
+    }
+
+    fn forgotten(key: &str, result: Result<(), super::outbox::OutboxError>) {
+        match result {
             Ok(()) => {
                 tracing::info!(peer = %key, "absent longer than peerInfo.retainAbsent: its queue is deleted")
             }
@@ -223,7 +227,7 @@ impl Membership {
             self.discover().await;
         }
         self.probe_all().await;
-        self.expire();
+        self.expire().await;
         self.save_roster().await;
     }
 
@@ -449,13 +453,25 @@ impl Membership {
         }
     }
 
-    fn expire(&self) {
+    /// Deletes the queues of peers absent beyond `retainAbsent` (file deletions, on a
+    /// blocking thread).
+    async fn expire(&self) {
         let now = now_ms();
         for p in self.peers.list() {
-            if let Some(since) = p.status().absent_since_ms {
-                if self.expired(since, now) {
-                    self.forget(&p.key);
-                }
+            if p.status()
+                .absent_since_ms
+                .is_some_and(|since| self.expired(since, now))
+            {
+                let (peers, key) = (self.peers.clone(), p.key.clone());
+                let r = tokio::task::spawn_blocking(move || peers.forget(&key))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(super::outbox::OutboxError::Io(
+                            "outbox".into(),
+                            std::io::Error::other(e),
+                        ))
+                    });
+                Self::forgotten(&p.key, r);
             }
         }
     }
