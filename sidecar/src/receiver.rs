@@ -19,6 +19,9 @@ use crate::wire::{BatchReply, Message, MessageBody, Rejection};
 pub enum ReceiveError {
     #[error("`{0}` is not a valid origin instanceId")]
     BadOrigin(String),
+    /// A peer cannot speak for this node: a batch naming it is forged or misrouted.
+    #[error("a batch from origin `{0}` cannot come from a peer: that is this node's own id")]
+    OwnOrigin(String),
     #[error("cannot persist the high-water mark of {origin}: {source}")]
     Persist {
         origin: String,
@@ -126,13 +129,19 @@ impl Receiver {
         if !crate::wire::valid_instance_id(origin) {
             return Err(ReceiveError::BadOrigin(origin.to_owned()));
         }
+        if origin == self.stores.events.instance_id() {
+            self.forged("own_origin");
+            tracing::error!(origin, "refused a batch naming this node as its origin");
+            return Err(ReceiveError::OwnOrigin(origin.to_owned()));
+        }
         let slot = self.slot(origin);
         // One batch per origin at a time: a retry racing its original cannot apply twice.
         let mut g = slot.lock().await;
         let mut hwm = self.load(origin, &mut g).await?;
         let start = hwm;
+        let now_us = crate::plausible::now_us();
         let mut reply = BatchReply::default();
-        let mut appended = self.append_events(origin, hwm, messages).await;
+        let mut appended = self.append_events(origin, hwm, now_us, messages).await;
         let mut index_writes = Vec::new();
         for raw in messages {
             let seq = match serde_json::from_str::<SeqOnly>(raw.get()) {
@@ -146,6 +155,15 @@ impl Receiver {
                     continue;
                 }
             };
+            if !crate::plausible::seq_ok(seq, hwm, now_us) {
+                // Not applied and no mark moved: one forged seq must not silence the origin.
+                let why = implausible(seq, hwm, now_us);
+                self.forged("seq_ahead");
+                tracing::error!(origin, seq, mark = hwm, "refused a peer message: {why}");
+                self.refused(origin, seq, kind_of(raw), &why);
+                reply.rejected.push(reject(seq, why));
+                continue;
+            }
             if seq <= hwm {
                 reply.duplicates += 1;
                 self.metrics
@@ -224,6 +242,15 @@ impl Receiver {
         Ok(reply)
     }
 
+    fn forged(&self, reason: &str) {
+        self.metrics
+            .forged_messages
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     fn refused(&self, origin: &str, seq: u64, kind: &str, why: &str) {
         self.metrics
             .messages_rejected
@@ -285,13 +312,14 @@ impl Receiver {
         &self,
         origin: &str,
         hwm: u64,
+        now_us: u64,
         messages: &[&RawValue],
     ) -> HashMap<u64, Result<AppendOutcome, EventError>> {
         let decoded: Vec<(u64, Message)> = messages
             .iter()
             .filter(|raw| kind_of(raw) == "event")
             .filter_map(|raw| Message::decode(raw.get()).ok())
-            .filter(|m| m.seq > hwm)
+            .filter(|m| m.seq > hwm && crate::plausible::seq_ok(m.seq, hwm, now_us))
             .map(|m| (m.seq, m))
             .collect();
         let events: Vec<(u64, &[u8])> = decoded
@@ -365,6 +393,13 @@ impl Receiver {
             source,
         })
     }
+}
+
+fn implausible(seq: u64, mark: u64, now_us: u64) -> String {
+    format!(
+        "seq {seq} is implausibly far ahead of the origin's mark {mark} (at most {} now)",
+        crate::plausible::max_seq(mark, now_us)
+    )
 }
 
 /// Checks an index message and turns it into a store write.
@@ -449,6 +484,16 @@ fn event_outcome(
         }
         // Already held (a re-queue after a crash, or a catch-up got it first).
         Ok(AppendOutcome::Duplicate) => Ok("event"),
+        Err(e @ EventError::ImplausibleSeq(_)) => {
+            metrics
+                .forged_messages
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "event_seq_ahead".into(),
+                })
+                .inc();
+            tracing::error!(error = %e, "refused a peer event");
+            Err(ApplyError::Refuse(e.to_string()))
+        }
         Err(
             e @ (EventError::BadEvent(_) | EventError::TooLarge { .. } | EventError::BadOrigin(_)),
         ) => Err(ApplyError::Refuse(e.to_string())),

@@ -36,6 +36,7 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("peerInfo", Some("dns"), "interval", false),
     ("peerInfo", Some("dns"), "hostsFile", false),
     ("auth", None, "secretFile", true),
+    ("auth", None, "allowReadableSecretFile", false),
     ("auth", None, "maxClockSkew", false),
     ("http", None, "user", false),
     ("http", None, "password", false),
@@ -289,7 +290,10 @@ fn peer_urls(v: &mut V<'_>, own: &ListenUrl) -> Vec<url::Url> {
     urls
 }
 
-fn read_secret(v: &mut V<'_>, base: &Path, text: &str) -> Option<Secret> {
+/// Reads one `secretFile`. A file readable by group or others is refused (anyone who can read
+/// it can speak for any node) unless `auth.allowReadableSecretFile` says so, e.g. for a mount
+/// whose mode the operator cannot set; then it is a warning.
+fn read_secret(v: &mut V<'_>, base: &Path, text: &str, allow_readable: bool) -> Option<Secret> {
     let key = "auth.secretFile";
     let path = PathBuf::from(text.trim());
     let path = if path.is_absolute() {
@@ -311,13 +315,17 @@ fn read_secret(v: &mut V<'_>, base: &Path, text: &str) -> Option<Secret> {
             if let Ok(meta) = std::fs::metadata(&path) {
                 use std::os::unix::fs::PermissionsExt;
                 if meta.permissions().mode() & 0o077 != 0 {
-                    v.warn(
-                        key,
-                        format!(
-                            "{} is readable by group or others; chmod 600 it",
-                            path.display()
-                        ),
-                    );
+                    let what = format!("{} is readable by group or others", path.display());
+                    if !allow_readable {
+                        v.err(
+                            key,
+                            format!(
+                                "{what}: chmod 600 it (or set auth.allowReadableSecretFile = true)"
+                            ),
+                        );
+                        return None;
+                    }
+                    v.warn(key, format!("{what}; chmod 600 it"));
                 }
             }
             Some(Secret(trimmed))
@@ -490,8 +498,9 @@ pub(super) fn validate(
     }
 
     let mut secrets = Vec::new();
+    let allow_readable = v.boolean("auth", "allowReadableSecretFile", false);
     for text in raw.all("auth", None, "secretfile") {
-        if let Some(s) = read_secret(&mut v, base_dir, text) {
+        if let Some(s) = read_secret(&mut v, base_dir, text, allow_readable) {
             secrets.push(s);
         }
     }
