@@ -21,6 +21,7 @@ pub mod plausible;
 pub mod receiver;
 pub mod reindex;
 pub mod sessions;
+pub mod shared_dir;
 pub mod status_cli;
 pub mod stream_client;
 pub mod wire;

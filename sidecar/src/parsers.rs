@@ -58,7 +58,7 @@ pub fn wire_batch(body: &[u8]) -> Option<usize> {
         batch
             .messages
             .iter()
-            .filter(|m| crate::wire::Message::decode(m.get()).is_ok())
+            .filter(|m| crate::wire::decode_message(m.get()).is_ok_and(|e| e.body.is_ok()))
             .count(),
     )
 }
