@@ -1,6 +1,7 @@
 //! One test binary for every multi-node and multi-process test (see STYLE.md).
 
 mod config_fixtures;
+mod durability;
 mod events;
 mod index;
 mod membership;

@@ -43,6 +43,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Locked(#[from] crate::durable::LockError),
     #[error("cannot open the outbox: {0}")]
     Outbox(#[from] crate::peers::outbox::OutboxError),
     #[error("cannot open the web sessions: {0}")]
@@ -123,16 +125,20 @@ pub struct Node {
     local_addr: SocketAddr,
     membership_stop: CancellationToken,
     membership_task: tokio::task::JoinHandle<()>,
+    /// Held until the stores are closed; released last.
+    lock: crate::durable::DirLock,
 }
 
 impl Node {
     pub async fn start(config: Config, listeners: Listeners) -> Result<Node, StartError> {
-        for dir in [&config.data_dir, &config.shared_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+        let dir_err = |dir: &std::path::Path| {
+            let path = dir.display().to_string();
+            move |source| StartError::Dir { path, source }
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(dir_err(&config.data_dir))?;
+        // Before anything in the data directory is opened: one process per directory.
+        let lock = crate::durable::DirLock::acquire(&config.data_dir)?;
+        std::fs::create_dir_all(&config.shared_dir).map_err(dir_err(&config.shared_dir))?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let caches = Arc::new(Caches::new(config.cache.clone()));
@@ -317,6 +323,7 @@ impl Node {
             local_addr,
             membership_stop,
             membership_task,
+            lock,
         })
     }
 
@@ -375,6 +382,7 @@ impl Node {
         if let Err(e) = self.state.index.shutdown().await {
             tracing::error!(error = %e, "index did not close cleanly; its journal replays at the next start");
         }
+        drop(self.lock);
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");
     }
 }

@@ -161,6 +161,8 @@ pub struct Metrics {
     pub messages_applied: Family<KindLabel, Counter>,
     pub messages_duplicate: Family<KindLabel, Counter>,
     pub messages_rejected: Family<KindLabel, Counter>,
+    /// Peer batches or messages refused as forged, by reason (`own_origin`, `seq_ahead`).
+    pub forged_messages: Family<ReasonLabel, Counter>,
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
@@ -208,6 +210,7 @@ impl Metrics {
             messages_applied: Family::default(),
             messages_duplicate: Family::default(),
             messages_rejected: Family::default(),
+            forged_messages: Family::default(),
             auth_failures: Family::default(),
             http_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -285,6 +288,11 @@ impl Metrics {
             "messages_rejected",
             "Peer messages refused, by kind",
             m.messages_rejected.clone(),
+        );
+        r.register(
+            "forged_messages",
+            "Peer batches or messages refused as forged (own origin, seq implausibly far ahead), by reason",
+            m.forged_messages.clone(),
         );
         r.register(
             "auth_failures",

@@ -20,6 +20,9 @@ use crate::wire::{decode_message, BatchReply, Envelope, MessageError, PeerMessag
 pub enum ReceiveError {
     #[error("`{0}` is not a valid origin instanceId")]
     BadOrigin(String),
+    /// A peer cannot speak for this node: a batch naming it is forged or misrouted.
+    #[error("a batch from origin `{0}` cannot come from a peer: that is this node's own id")]
+    OwnOrigin(String),
     #[error("cannot persist the high-water mark of {origin}: {source}")]
     Persist {
         origin: String,
@@ -128,6 +131,11 @@ impl Receiver {
         if !crate::wire::valid_instance_id(origin) {
             return Err(ReceiveError::BadOrigin(origin.to_owned()));
         }
+        if origin == self.stores.events.instance_id() {
+            self.forged("own_origin");
+            tracing::error!(origin, "refused a batch naming this node as its origin");
+            return Err(ReceiveError::OwnOrigin(origin.to_owned()));
+        }
         let decoded: Vec<Result<Envelope, MessageError>> = messages
             .iter()
             .map(|raw| decode_message(raw.get()))
@@ -137,8 +145,9 @@ impl Receiver {
         let mut g = slot.lock().await;
         let mut hwm = self.load(origin, &mut g).await?;
         let start = hwm;
+        let now_us = crate::plausible::now_us();
         let mut reply = BatchReply::default();
-        let mut appended = self.append_events(origin, hwm, &decoded).await;
+        let mut appended = self.append_events(origin, hwm, now_us, &decoded).await;
         let mut index_writes = Vec::new();
         for env in decoded {
             let env = match env {
@@ -151,6 +160,15 @@ impl Receiver {
                 }
             };
             let (seq, kind) = (env.seq, env.kind.as_str());
+            if !crate::plausible::seq_ok(seq, hwm, now_us) {
+                // Not applied and no mark moved: one forged seq must not silence the origin.
+                let why = implausible(seq, hwm, now_us);
+                self.forged("seq_ahead");
+                tracing::error!(origin, seq, mark = hwm, "refused a peer message: {why}");
+                self.refused(origin, seq, kind, &why);
+                reply.rejected.push(reject(seq, why));
+                continue;
+            }
             if seq <= hwm {
                 reply.duplicates += 1;
                 self.metrics
@@ -225,6 +243,15 @@ impl Receiver {
         Ok(reply)
     }
 
+    fn forged(&self, reason: &str) {
+        self.metrics
+            .forged_messages
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     fn refused(&self, origin: &str, seq: u64, kind: &str, why: &str) {
         self.metrics
             .messages_rejected
@@ -274,6 +301,7 @@ impl Receiver {
         &self,
         origin: &str,
         hwm: u64,
+        now_us: u64,
         decoded: &[Result<Envelope<'_>, MessageError>],
     ) -> HashMap<u64, Result<AppendOutcome, EventError>> {
         let (seqs, events): (Vec<u64>, Vec<(u64, &[u8])>) = decoded
@@ -283,7 +311,9 @@ impl Receiver {
                     seq,
                     body: Ok(PeerMessage::Event { event_seq, event }),
                     ..
-                }) if *seq > hwm => Some((*seq, (*event_seq, *event))),
+                }) if *seq > hwm && crate::plausible::seq_ok(*seq, hwm, now_us) => {
+                    Some((*seq, (*event_seq, *event)))
+                }
                 _ => None,
             })
             .unzip();
@@ -351,6 +381,13 @@ impl Receiver {
     }
 }
 
+fn implausible(seq: u64, mark: u64, now_us: u64) -> String {
+    format!(
+        "seq {seq} is implausibly far ahead of the origin's mark {mark} (at most {} now)",
+        crate::plausible::max_seq(mark, now_us)
+    )
+}
+
 /// What appending one peer event means for the batch reply.
 fn event_outcome(
     metrics: &Metrics,
@@ -366,6 +403,16 @@ fn event_outcome(
         }
         // Already held (a re-queue after a crash, or a catch-up got it first).
         Ok(AppendOutcome::Duplicate) => Ok("event"),
+        Err(e @ EventError::ImplausibleSeq(_)) => {
+            metrics
+                .forged_messages
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "event_seq_ahead".into(),
+                })
+                .inc();
+            tracing::error!(error = %e, "refused a peer event");
+            Err(ApplyError::Refuse(e.to_string()))
+        }
         Err(
             e @ (EventError::BadEvent(_) | EventError::TooLarge { .. } | EventError::BadOrigin(_)),
         ) => Err(ApplyError::Refuse(e.to_string())),

@@ -86,7 +86,8 @@ impl From<crate::local::LocalError> for ApiError {
 impl From<crate::receiver::ReceiveError> for ApiError {
     fn from(e: crate::receiver::ReceiveError) -> Self {
         match e {
-            crate::receiver::ReceiveError::BadOrigin(_) => ApiError::BadRequest(e.to_string()),
+            crate::receiver::ReceiveError::BadOrigin(_)
+            | crate::receiver::ReceiveError::OwnOrigin(_) => ApiError::BadRequest(e.to_string()),
             crate::receiver::ReceiveError::Store { .. } => ApiError::Unavailable(e.to_string()),
             crate::receiver::ReceiveError::Persist { .. }
             | crate::receiver::ReceiveError::Index(_) => ApiError::Internal(e.to_string()),
@@ -112,7 +113,7 @@ impl From<crate::events::EventError> for ApiError {
     fn from(e: crate::events::EventError) -> Self {
         use crate::events::EventError as E;
         match e {
-            E::BadEvent(_) | E::BadCursor(_) | E::BadOrigin(_) => {
+            E::BadEvent(_) | E::BadCursor(_) | E::BadOrigin(_) | E::ImplausibleSeq(_) => {
                 ApiError::BadRequest(e.to_string())
             }
             E::TooLarge { .. } => ApiError::TooLarge(e.to_string()),

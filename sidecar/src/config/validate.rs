@@ -204,7 +204,10 @@ impl<'a> V<'a> {
     }
 }
 
-fn read_secret(v: &mut V<'_>, text: &str) -> Option<Secret> {
+/// Reads one `secretFile`. A file readable by group or others is refused (anyone who can read
+/// it can speak for any node) unless `auth.allowReadableSecretFile` says so, e.g. for a mount
+/// whose mode the operator cannot set; then it is a warning.
+fn read_secret(v: &mut V<'_>, text: &str, allow_readable: bool) -> Option<Secret> {
     let key = "auth.secretFile";
     let path = v.file_path(text);
     match std::fs::read(&path) {
@@ -221,13 +224,17 @@ fn read_secret(v: &mut V<'_>, text: &str) -> Option<Secret> {
             if let Ok(meta) = std::fs::metadata(&path) {
                 use std::os::unix::fs::PermissionsExt;
                 if meta.permissions().mode() & 0o077 != 0 {
-                    v.warn(
-                        key,
-                        format!(
-                            "{} is readable by group or others; chmod 600 it",
-                            path.display()
-                        ),
-                    );
+                    let what = format!("{} is readable by group or others", path.display());
+                    if !allow_readable {
+                        v.err(
+                            key,
+                            format!(
+                                "{what}: chmod 600 it (or set auth.allowReadableSecretFile = true)"
+                            ),
+                        );
+                        return None;
+                    }
+                    v.warn(key, format!("{what}; chmod 600 it"));
                 }
             }
             Some(Secret(trimmed))
@@ -482,7 +489,11 @@ fn peers_config(v: &mut V<'_>, listen: &ListenUrl) -> PeersConfig {
 
 fn auth_config(v: &mut V<'_>, has_peers: bool) -> AuthConfig {
     let files = v.list("auth", None, "secretFile");
-    let secrets = files.iter().filter_map(|t| read_secret(v, t)).collect();
+    let allow_readable = v.boolean("auth", "allowReadableSecretFile");
+    let secrets = files
+        .iter()
+        .filter_map(|t| read_secret(v, t, allow_readable))
+        .collect();
     if has_peers && files.is_empty() {
         v.err(
             "auth.secretFile",

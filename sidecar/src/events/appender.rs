@@ -192,12 +192,19 @@ impl Appender {
             return;
         }
         let origin = self.shared.local.clone();
-        let seq = self
+        let Some(seq) = self
             .hw
             .get(&origin)
             .map_or(0, |m| m.last_seq)
             .max(self.local_floor)
-            + 1;
+            .checked_add(1)
+        else {
+            // Never wraps to 0: the log would hide every later event behind the old ones.
+            let _ = reply.send(Err(EventError::Internal(
+                "the local event seq is exhausted (u64::MAX)".into(),
+            )));
+            return;
+        };
         match self.stage(&origin, seq, &body, &head) {
             Ok(()) => {
                 let id = EventId { origin, seq };
@@ -233,7 +240,7 @@ impl Appender {
                 .push(Reply::Remote(reply, AppendOutcome::Duplicate));
             return;
         }
-        if seq > last + 1 {
+        if seq > last.saturating_add(1) {
             warn!(origin = %origin, seq, last, "gap in an origin's events: the missing ones were dropped by the origin");
         }
         match self.stage(&origin, seq, &body, &head) {

@@ -142,7 +142,7 @@ impl Journal {
 }
 
 /// The intact records of `bytes`, and the length of the intact prefix.
-fn decode(bytes: &[u8]) -> (Vec<Record>, usize) {
+pub(crate) fn decode(bytes: &[u8]) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
     while let Some(rec) = decode_one(bytes, at) {

@@ -27,9 +27,9 @@
 //!   reopening the same directory before it is done fails on tantivy's writer lock.
 
 mod compile;
-mod dates;
-mod journal;
-mod query;
+pub(crate) mod dates;
+pub(crate) mod journal;
+pub(crate) mod query;
 mod read;
 mod schema;
 mod store;

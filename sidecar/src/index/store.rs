@@ -214,7 +214,7 @@ impl IndexStore {
         version: u64,
         doc: &Value,
     ) -> Result<PreparedOp> {
-        check_id(kind, id)?;
+        check_write(kind, id, version)?;
         if !doc.is_object() {
             return Err(not_an_object(kind, id));
         }
@@ -231,7 +231,7 @@ impl IndexStore {
         version: u64,
         source: String,
     ) -> Result<PreparedOp> {
-        check_id(kind, id)?;
+        check_write(kind, id, version)?;
         if source.len() > self.opts.max_doc_bytes {
             return Err(IndexError::DocumentTooLarge {
                 kind,
@@ -307,7 +307,7 @@ impl IndexStore {
 
     /// Deletes `kind`/`id`, leaving a tombstone with `version`, unless a version ≥ `version` is stored.
     pub async fn delete(&self, kind: Kind, id: &str, version: u64) -> Result<WriteOutcome> {
-        check_id(kind, id)?;
+        check_write(kind, id, version)?;
         let op = PreparedOp {
             kind,
             id: id.into(),
@@ -408,7 +408,7 @@ impl IndexStore {
     fn prepare(&self, kind: Kind, d: ExportedDoc, now: u64) -> Result<PreparedOp> {
         match (d.deleted, d.doc) {
             (true, _) => {
-                check_id(kind, &d.id)?;
+                check_write(kind, &d.id, d.version)?;
                 Ok(PreparedOp {
                     kind,
                     id: d.id,
@@ -528,13 +528,25 @@ fn not_an_object(kind: Kind, id: &str) -> IndexError {
     }
 }
 
-fn check_id(kind: Kind, id: &str) -> Result<()> {
+/// The largest version a write may carry: the largest integer every JSON reader holds exactly
+/// (2^53 − 1). A larger one could never be superseded by a master writing through JavaScript
+/// or a double, so the document could no longer be updated or deleted.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
+/// Checks what every write path shares: the id's size and the version's range.
+fn check_write(kind: Kind, id: &str, version: u64) -> Result<()> {
+    let bad = |reason: String| IndexError::BadDocument {
+        kind,
+        id: id.chars().take(64).collect(),
+        reason,
+    };
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(IndexError::BadDocument {
-            kind,
-            id: id.chars().take(64).collect(),
-            reason: format!("the id must have 1 to {MAX_ID_BYTES} bytes"),
-        });
+        return Err(bad(format!("the id must have 1 to {MAX_ID_BYTES} bytes")));
+    }
+    if version > MAX_VERSION {
+        return Err(bad(format!(
+            "version {version} is above {MAX_VERSION} (2^53 - 1, the largest JSON-safe integer)"
+        )));
     }
     Ok(())
 }

@@ -274,7 +274,7 @@ impl SeqAllocator {
                 }
             }
         }
-        let next = next.max(max_seen + 1);
+        let next = next.max(max_seen.saturating_add(1));
         Ok(SeqAllocator {
             path,
             next,
@@ -284,7 +284,11 @@ impl SeqAllocator {
 
     fn take(&mut self) -> std::io::Result<u64> {
         if self.next >= self.reserved_until {
-            let until = self.next + SEQ_BLOCK;
+            // Checked: a seq that wrapped to 0 would be dropped by every peer as a duplicate.
+            let until = self
+                .next
+                .checked_add(SEQ_BLOCK)
+                .ok_or_else(|| std::io::Error::other("the outbox seqs are exhausted (u64::MAX)"))?;
             let tmp = self.path.with_extension("tmp");
             {
                 use std::io::Write;
