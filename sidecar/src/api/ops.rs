@@ -141,6 +141,7 @@ struct PeerView {
 fn peer_views(state: &AppState) -> Vec<PeerView> {
     let now = now_ms();
     let retain = state.config.peers.retain_absent.as_millis() as u64;
+    let ttl = state.config.peers.ttl.as_millis() as u64;
     state
         .peers
         .list()
@@ -157,6 +158,10 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
             } else if q.pending >= 1_000
                 || s.state == MemberState::Failed
                 || (s.state == MemberState::Up && s.reachable == Some(false))
+                // A peer that left for maintenance is fine for a while; gone for longer
+                // than `ttl` it is worth a look (it may never come back).
+                || (s.state == MemberState::Left
+                    && now.saturating_sub(s.state_since_ms) > ttl)
             {
                 "warning"
             } else {
