@@ -8,4 +8,5 @@ mod ops;
 mod process;
 mod receiver;
 mod sessions;
+mod shared_dir;
 mod transport;

@@ -16,6 +16,7 @@ use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
 use crate::index::{IndexOptions, IndexStore};
 use crate::index_sync::IndexSync;
+use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
 use crate::peers::deadletter::DeadLetters;
@@ -25,6 +26,7 @@ use crate::peers::outbox::{Outbox, OutboxOptions};
 use crate::peers::Peers;
 use crate::receiver::{Receiver, Stores};
 use crate::sessions::Sessions;
+use crate::shared_dir::SharedDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,6 +51,10 @@ pub enum StartError {
     Events(#[from] crate::events::EventError),
     #[error("cannot open the index: {0}")]
     Index(#[from] crate::index::IndexError),
+    #[error("cannot start the peer client: {0}")]
+    Client(#[from] crate::peers::client::ClientError),
+    #[error("cannot start membership: {0}")]
+    Membership(#[from] crate::peers::membership::MembershipError),
     #[error("{0}")]
     Other(String),
 }
@@ -136,14 +142,20 @@ impl Node {
             ..OutboxOptions::default()
         };
         let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
+        let shared_dir = Arc::new(SharedDir::new(
+            config.limits.shared_dir_concurrency,
+            config.limits.shared_dir_timeout,
+            metrics.clone(),
+        ));
         let sessions = {
-            let (dir, cfg, m) = (
+            let (dir, cfg, sd, m) = (
                 config.shared_dir.clone(),
                 config.websession.clone(),
+                shared_dir.clone(),
                 metrics.clone(),
             );
             // Opening takes the watcher's first scan of the session tree: off the executor.
-            tokio::task::spawn_blocking(move || Sessions::open(&dir, cfg, m))
+            tokio::task::spawn_blocking(move || Sessions::open(&dir, cfg, sd, m))
                 .await
                 .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
         };
@@ -172,8 +184,7 @@ impl Node {
             &config.http,
             config.auth.secrets.first().cloned(),
             &config.instance_id,
-        )
-        .map_err(StartError::Other)?;
+        )?;
         let peers = Arc::new(Peers::new(
             outbox.clone(),
             ForwarderCtx {
@@ -188,15 +199,13 @@ impl Node {
             },
             CancellationToken::new(),
         ));
-        let membership = Arc::new(
-            Membership::new(
-                config.clone(),
-                peers.clone(),
-                metrics.clone(),
-                health.clone(),
-            )
-            .map_err(StartError::Other)?,
-        );
+        let membership = Arc::new(Membership::new(
+            config.clone(),
+            peers.clone(),
+            metrics.clone(),
+            health.clone(),
+            shared_dir.clone(),
+        )?);
         // Started after membership has added the known peers, so re-queued events reach every peer's queue.
         let relay = config.event.synchronize.then(|| {
             let stop = CancellationToken::new();
@@ -208,11 +217,22 @@ impl Node {
             );
             (relay, stop, task)
         });
+        let local = Arc::new(Local {
+            caches: caches.clone(),
+            index: index.clone(),
+            index_synchronize: config.index.synchronize,
+            events: events.clone(),
+            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            sessions: sessions.clone(),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+        });
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
             index: index.clone(),
             outbox,
+            local,
             peers,
             receiver: Arc::new(receiver),
             verifier: Arc::new(verifier),
@@ -221,7 +241,6 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
-            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
             stop: CancellationToken::new(),
         });
         let peer_addr = listeners

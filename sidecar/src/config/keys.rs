@@ -159,6 +159,10 @@ pub const KEYS: &[Key] = &[
         "shared by all nodes (NFS): web sessions, membership heartbeats").example("/mnt/ha"),
     Key::new("main", None, "dataDirectory", Text, Some("./var/data"),
         "node-local, never shared: outbox, event log, index, dead letters").example("/var/lib/ha"),
+    Key::new("main", None, "sharedDirectoryTimeout", Duration, Some("5s"),
+        "a call on the shared directory not done by then answers 503").checks(&[MinMs(1, "must be above zero")]),
+    Key::new("main", None, "sharedDirectoryConcurrency", Size, Some("16"),
+        "most calls on the shared directory in flight (threads a hung mount can pin)").checks(&[Min(1)]),
     Key::new("sidecar", None, "listenUrl", Url, Some("http://127.0.0.1:7710/"),
         "peers, stream, health, metrics, status (http only: terminate TLS in front)")
         .example("http://0.0.0.0:7710/"),

@@ -360,6 +360,8 @@ pub(super) fn validate(
         outbox_segment_bytes: v.size("sidecar", "outboxSegmentSize"),
         max_key_bytes: 1024,
         max_keys_per_request: 10_000,
+        shared_dir_timeout: v.duration("main", None, "sharedDirectoryTimeout"),
+        shared_dir_concurrency: v.size("main", "sharedDirectoryConcurrency") as usize,
     };
     if limits.max_peer_body < http.max_batch_bytes {
         v.err(

@@ -18,6 +18,7 @@ use super::{MemberState, Peer, Peers};
 use crate::config::{Config, Discovery};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::shared_dir::{SharedDir, SharedDirError};
 use crate::wire::{BacklogReply, Hello};
 
 /// One remembered peer in `<data>/peers.json`.
@@ -28,6 +29,15 @@ struct RosterEntry {
     instance_id: Option<String>,
     state: MemberState,
     absent_since_ms: Option<u64>,
+}
+
+/// Why a node's membership could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("cannot open the members directory: {0}")]
+    Members(#[from] shared_fs::members::MembersError),
+    #[error("cannot open a peer's queue: {0}")]
+    Queue(#[from] super::outbox::OutboxError),
 }
 
 #[derive(Default)]
@@ -44,6 +54,8 @@ pub struct Membership {
     peers: Arc<Peers>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// The bulkhead every heartbeat write and shared-fs discovery goes through.
+    shared_dir: Arc<SharedDir>,
     /// `None` for static peers: the config is the roster.
     source: Option<Arc<Source>>,
     heartbeats: Option<Arc<Heartbeats>>,
@@ -59,10 +71,10 @@ impl Membership {
         peers: Arc<Peers>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-    ) -> Result<Membership, String> {
+        shared_dir: Arc<SharedDir>,
+    ) -> Result<Membership, MembershipError> {
         let heartbeats = if config.advertise_url_is_usable() {
-            let members = shared_fs::Members::open(&config.shared_dir, false)
-                .map_err(|e| format!("cannot open the members directory: {e}"))?;
+            let members = shared_fs::Members::open(&config.shared_dir, false)?;
             Some(Arc::new(Heartbeats::new(
                 members,
                 &config.instance_id,
@@ -75,15 +87,12 @@ impl Membership {
         let source = match &config.peers.discovery {
             Discovery::Static { urls } => {
                 for u in urls {
-                    peers
-                        .add(u.as_str(), u.clone())
-                        .map_err(|e| e.to_string())?;
+                    peers.add(u.as_str(), u.clone())?;
                 }
                 None
             }
             Discovery::SharedFs { ttl, .. } => {
-                let members = shared_fs::Members::open(&config.shared_dir, false)
-                    .map_err(|e| format!("cannot open the members directory: {e}"))?;
+                let members = shared_fs::Members::open(&config.shared_dir, false)?;
                 Some(Arc::new(Source::SharedFs {
                     view: Mutex::new(shared_fs::MembersView::new(members)),
                     ttl: *ttl,
@@ -115,6 +124,7 @@ impl Membership {
             peers,
             metrics,
             health,
+            shared_dir,
             source,
             heartbeats,
             inner: Mutex::new(Inner::default()),
@@ -220,7 +230,7 @@ impl Membership {
         let Some(hb) = self.heartbeats.clone() else {
             return;
         };
-        match tokio::task::spawn_blocking(move || hb.write(leaving)).await {
+        match self.shared_dir.run(move || hb.write(leaving)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot write this node's heartbeat"),
             Err(e) => tracing::warn!(error = %e, "heartbeat task failed"),
@@ -231,7 +241,16 @@ impl Membership {
         let Some(src) = self.source.clone() else {
             return;
         };
-        match tokio::task::spawn_blocking(move || src.discover()).await {
+        // Shared-fs discovery reads the shared directory: through the bulkhead. DNS lookups
+        // block too but on another resource; they keep their own blocking thread.
+        let found = if matches!(*src, Source::SharedFs { .. }) {
+            self.shared_dir.run(move || src.discover()).await
+        } else {
+            tokio::task::spawn_blocking(move || src.discover())
+                .await
+                .map_err(|e| SharedDirError::Failed(e.to_string()))
+        };
+        match found {
             Ok(Ok(found)) => self.reconcile(found),
             Err(e) => tracing::warn!(error = %e, "discovery task failed"),
             Ok(Err(e)) => {
@@ -584,7 +603,7 @@ impl Membership {
         });
         futures_util::future::join_all(sends).await;
         if let Some(hb) = self.heartbeats.clone() {
-            match tokio::task::spawn_blocking(move || hb.remove()).await {
+            match self.shared_dir.run(move || hb.remove()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this node's heartbeat"),
                 Err(e) => tracing::warn!(error = %e, "heartbeat task failed"),
