@@ -5,6 +5,7 @@ mod durability;
 mod events;
 mod index;
 mod membership;
+mod ops;
 mod process;
 mod receiver;
 mod sessions;

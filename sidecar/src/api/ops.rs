@@ -123,6 +123,7 @@ struct PeerView {
 fn peer_views(state: &AppState) -> Vec<PeerView> {
     let now = now_ms();
     let retain = state.config.peers.retain_absent.as_millis() as u64;
+    let ttl = state.config.peers.ttl.as_millis() as u64;
     state
         .peers
         .list()
@@ -134,7 +135,7 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
                 .oldest_pending_ms
                 .filter(|_| q.pending > 0)
                 .map(|t| now.saturating_sub(t));
-            let level = s.level(q.pending, age).as_str();
+            let level = s.level(q.pending, age, now, ttl).as_str();
             PeerView {
                 key: p.key.clone(),
                 url: p.url().to_string(),
