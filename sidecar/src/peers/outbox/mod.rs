@@ -31,6 +31,8 @@ pub struct OutboxOptions {
     pub segment_bytes: u64,
     /// Most appends gathered into one group commit.
     pub max_group: usize,
+    /// Where a full disk is reported (the node's, shared with the other stores).
+    pub disk: Arc<crate::durable::DiskWatch>,
 }
 
 impl Default for OutboxOptions {
@@ -38,6 +40,7 @@ impl Default for OutboxOptions {
         OutboxOptions {
             segment_bytes: 64 << 20,
             max_group: 4096,
+            disk: Arc::default(),
         }
     }
 }
@@ -48,7 +51,7 @@ enum Cmd {
     Append {
         payload: Vec<u8>,
         now_ms: u64,
-        reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+        reply: Reply,
     },
     AddQueue {
         queue: Arc<Queue>,
@@ -77,6 +80,7 @@ impl Outbox {
         let (tx, rx) = mpsc::channel();
         let queues = Arc::new(RwLock::new(BTreeMap::new()));
         let committer = Committer {
+            root: root.clone(),
             rx,
             seq,
             writers: BTreeMap::new(),
@@ -180,7 +184,7 @@ impl Outbox {
             .map_err(|_| OutboxError::Closed)?;
         match rx.await {
             Ok(Ok(seq)) => Ok(Some(seq)),
-            Ok(Err(e)) => Err(OutboxError::Io(self.root.clone(), std::io::Error::other(e))),
+            Ok(Err(e)) => Err(OutboxError::Io(self.root.clone(), e)),
             Err(_) => Err(OutboxError::Closed),
         }
     }
@@ -210,9 +214,7 @@ impl Outbox {
         for rx in replies {
             match rx.await {
                 Ok(Ok(seq)) => last = Some(seq),
-                Ok(Err(e)) => {
-                    return Err(OutboxError::Io(self.root.clone(), std::io::Error::other(e)))
-                }
+                Ok(Err(e)) => return Err(OutboxError::Io(self.root.clone(), e)),
                 Err(_) => return Err(OutboxError::Closed),
             }
         }
@@ -316,6 +318,8 @@ impl SeqAllocator {
 }
 
 struct Committer {
+    /// `<data>/outbox`, named in errors.
+    root: PathBuf,
     rx: mpsc::Receiver<Cmd>,
     seq: SeqAllocator,
     writers: BTreeMap<String, Writer>,
@@ -367,26 +371,26 @@ impl Committer {
         if group.is_empty() {
             return;
         }
-        let starts: BTreeMap<String, u64> = self
-            .writers
-            .iter()
-            .map(|(p, w)| (p.clone(), w.len))
-            .collect();
         let result = self.write_group(group, buf);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "outbox append failed; the requests get an error");
-            // Cut whatever part of this group reached the files, so readers never meet it.
-            for (peer, w) in self.writers.iter_mut() {
-                let start = starts.get(peer).copied().unwrap_or(0);
-                if w.len > start && w.file.set_len(start).is_ok() {
-                    w.len = start;
+        match &result {
+            Ok(_) => self.opts.disk.succeeded(),
+            Err(e) => {
+                self.opts.disk.failed(&self.root, e);
+                tracing::error!(error = %e, "outbox append failed; the requests get an error");
+                // Cut whatever part of this group reached the files (a short write included),
+                // back to what was last made durable, so readers and later appends never meet
+                // a partial record; the cut is fsync'd.
+                for (peer, w) in self.writers.iter_mut() {
+                    if let Err(e) = w.log.rollback() {
+                        tracing::error!(peer, error = %e, "cannot cut a failed outbox append; the queue's later records may be unreadable");
+                    }
                 }
             }
         }
         for (i, (_, _, reply)) in group.drain(..).enumerate() {
             let r = match &result {
                 Ok(seqs) => Ok(seqs[i]),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(crate::durable::copy_io(e)),
             };
             let _ = reply.send(r);
         }
@@ -408,7 +412,9 @@ impl Committer {
             for (peer, queue) in &self.queues {
                 let roll = match self.writers.get(peer) {
                     None => true,
-                    Some(w) => w.len > 0 && w.len + buf.len() as u64 > self.opts.segment_bytes,
+                    Some(w) => {
+                        w.log.len() > 0 && w.log.len() + buf.len() as u64 > self.opts.segment_bytes
+                    }
                 };
                 if roll {
                     if let Some(w) = self.writers.get_mut(peer) {
@@ -421,7 +427,7 @@ impl Committer {
                     .writers
                     .get_mut(peer)
                     .expect("writer exists after roll");
-                w.append(buf)?;
+                w.log.append(buf)?;
                 let e = unsynced.entry(peer.clone()).or_insert((0, *ts));
                 e.0 += 1;
             }
@@ -435,13 +441,10 @@ impl Committer {
     }
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<u64, String>>;
+type Reply = tokio::sync::oneshot::Sender<Result<u64, std::io::Error>>;
 
 fn sync_writer(w: &mut Writer, queue: &Queue, added: Option<(u64, u64)>) -> std::io::Result<()> {
-    if w.dirty {
-        w.file.sync_data()?;
-        w.dirty = false;
-    }
+    w.log.commit()?;
     if let Some((count, first_ts)) = added {
         queue.committed(w, count, first_ts);
     }
