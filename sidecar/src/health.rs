@@ -16,6 +16,8 @@ pub struct Health {
     drain_file: PathBuf,
     /// What this node is still catching up on (peers' backlogs, the index): ready when empty.
     catching_up: std::sync::Mutex<Vec<&'static str>>,
+    /// The data directory's full-disk mark, shared with the stores.
+    disk: std::sync::Arc<crate::durable::DiskWatch>,
 }
 
 impl Health {
@@ -27,7 +29,13 @@ impl Health {
             drained: AtomicBool::new(drain_file.exists()),
             drain_file,
             catching_up: std::sync::Mutex::new(Vec::new()),
+            disk: std::sync::Arc::new(crate::durable::DiskWatch::new(data_dir)),
         }
+    }
+
+    /// The full-disk mark the stores report to; `/health` is `503 disk full` while it is set.
+    pub fn disk(&self) -> &std::sync::Arc<crate::durable::DiskWatch> {
+        &self.disk
     }
 
     pub fn set_ready(&self) {

@@ -21,6 +21,20 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// The data directory is full (ENOSPC, EDQUOT): `507`, naming the path.
+    #[error("{0}")]
+    InsufficientStorage(String),
+}
+
+/// `507` when anything in the error's chain is a full disk, else `other`.
+fn or_disk_full(e: &(dyn std::error::Error + 'static), other: ApiError) -> ApiError {
+    if crate::durable::chain_is_disk_full(e) {
+        ApiError::InsufficientStorage(format!(
+            "no space left in the data directory (retry once space is freed): {e}"
+        ))
+    } else {
+        other
+    }
 }
 
 impl ResponseError for ApiError {
@@ -34,6 +48,7 @@ impl ResponseError for ApiError {
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -58,14 +73,11 @@ impl From<crate::cache::CacheError> for ApiError {
 impl From<crate::peers::outbox::OutboxError> for ApiError {
     fn from(e: crate::peers::outbox::OutboxError) -> Self {
         use crate::peers::outbox::OutboxError as E;
-        match &e {
-            // Passes once space is freed: the master may retry.
-            E::Io(_, io) if io.kind() == std::io::ErrorKind::StorageFull => {
-                ApiError::Unavailable(format!("cannot queue for peers: {e}"))
-            }
+        let other = match &e {
             E::Closed => ApiError::Unavailable(format!("cannot queue for peers: {e}")),
             E::Io(..) => ApiError::Internal(format!("cannot queue for peers: {e}")),
-        }
+        };
+        or_disk_full(&e, other)
     }
 }
 
@@ -104,7 +116,8 @@ impl From<crate::index::IndexError> for ApiError {
             }
             E::UnknownKind(_) => ApiError::NotFound(e.to_string()),
             E::DocumentTooLarge { .. } => ApiError::TooLarge(e.to_string()),
-            E::Internal { .. } | E::WriterStopped => ApiError::Internal(e.to_string()),
+            E::Internal { .. } => or_disk_full(&e, ApiError::Internal(e.to_string())),
+            E::WriterStopped => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -119,7 +132,8 @@ impl From<crate::events::EventError> for ApiError {
             E::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
             E::CursorExpired(_) => ApiError::Gone(e.to_string()),
             E::Closed => ApiError::Unavailable(e.to_string()),
-            E::Io { .. } | E::Corrupt { .. } | E::Internal(_) => ApiError::Internal(e.to_string()),
+            E::Io { .. } => or_disk_full(&e, ApiError::Internal(e.to_string())),
+            E::Corrupt { .. } | E::Internal(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -40,6 +40,12 @@ pub async fn health_get(state: Public) -> Result<HttpResponse, ApiError> {
             "the health check is disabled (healthcheck.enable = false)".into(),
         ));
     }
+    // Writes fail while the data directory is full: no traffic until a probe finds space.
+    let disk = state.health.disk().clone();
+    if let Ok(Some(full)) = web::block(move || disk.full()).await {
+        return Ok(HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "disk full", "detail": full})));
+    }
     Ok(match state.health.unhealthy_reason() {
         None => HttpResponse::NoContent().finish(),
         Some(why) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": why})),
