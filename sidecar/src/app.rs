@@ -153,6 +153,9 @@ impl Node {
             event_log_options(&config),
         )?);
         let index = Arc::new(open_index(&config).await?);
+        let master = crate::gerrit::Master::open(&config)
+            .map_err(StartError::Other)?
+            .map(Arc::new);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
@@ -160,6 +163,7 @@ impl Node {
                 sessions: sessions.clone(),
                 events: events.clone(),
                 index: index.clone(),
+                master: master.as_ref().map(|m| m.queues.clone()),
             },
             metrics.clone(),
         )
@@ -222,8 +226,12 @@ impl Node {
             membership: membership.clone(),
             events,
             event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            master: master.clone(),
             stop: CancellationToken::new(),
         });
+        if let Some(m) = &master {
+            m.start(&config, state.metrics.clone(), health.clone());
+        }
         let peer_addr = listeners
             .peer
             .local_addr()
@@ -330,6 +338,9 @@ impl Node {
             let _ = task.await;
         }
         self.state.peers.shutdown().await;
+        if let Some(m) = &self.state.master {
+            m.shutdown().await;
+        }
         self.stop_background.cancel();
         for task in self.background {
             // A cleanup pass in progress finishes on its blocking thread; don't wait for it.

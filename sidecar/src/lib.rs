@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod event_relay;
 pub mod events;
+pub mod gerrit;
 pub mod health;
 pub mod index;
 pub mod index_sync;

@@ -148,6 +148,52 @@ impl SessionMetrics {
     }
 }
 
+/// The Gerrit integration (SPEC §8), labelled by endpoint family (`kind`).
+#[derive(Default)]
+pub struct GerritMetrics {
+    pub calls_received: Family<KindLabel, Counter>,
+    pub delivered: Family<KindLabel, Counter>,
+    pub dead_lettered: Family<KindLabel, Counter>,
+    pub delivery_failures: Family<KindLabel, Counter>,
+    pub pending: Family<KindLabel, Gauge>,
+    pub master_up: Gauge,
+}
+
+impl GerritMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "gerrit_calls_received",
+            "Plugin calls accepted from this node's master, per endpoint family",
+            self.calls_received.clone(),
+        );
+        r.register(
+            "gerrit_delivered",
+            "Plugin calls replayed into this node's master, per endpoint family",
+            self.delivered.clone(),
+        );
+        r.register(
+            "gerrit_dead_lettered",
+            "Plugin calls the master refused for good (400, 405, 415), set aside",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "gerrit_delivery_failures",
+            "Attempts to replay a call into the master that will be retried (409, 5xx, down)",
+            self.delivery_failures.clone(),
+        );
+        r.register(
+            "gerrit_pending",
+            "Plugin calls queued for this node's master, per endpoint family",
+            self.pending.clone(),
+        );
+        r.register(
+            "gerrit_master_up",
+            "1 while this node's master answers its health check",
+            self.master_up.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub outbox_depth: Family<PeerLabel, Gauge>,
@@ -179,6 +225,7 @@ pub struct Metrics {
     pub index_sync_failures: Family<PeerLabel, Counter>,
     pub index_docs_pulled: Family<PeerLabel, Counter>,
     pub index_docs_pushed: Family<PeerLabel, Counter>,
+    pub gerrit: GerritMetrics,
 }
 
 impl Default for Metrics {
@@ -223,6 +270,7 @@ impl Metrics {
             index_sync_failures: Family::default(),
             index_docs_pulled: Family::default(),
             index_docs_pushed: Family::default(),
+            gerrit: GerritMetrics::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -361,6 +409,7 @@ impl Metrics {
             "Index documents and tombstones pushed to a peer by anti-entropy",
             m.index_docs_pushed.clone(),
         );
+        m.gerrit.register(&mut r);
         Metrics { registry: r, ..m }
     }
 

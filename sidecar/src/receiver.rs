@@ -51,6 +51,8 @@ pub struct Stores {
     pub sessions: Arc<crate::sessions::Sessions>,
     pub events: Arc<EventLog>,
     pub index: Arc<IndexStore>,
+    /// This node's master's queues (`[gerrit] url`); plugin calls are dropped without one.
+    pub master: Option<Arc<crate::gerrit::delivery::MasterQueues>>,
 }
 
 /// An index message of a batch, held back so the batch's documents are applied together.
@@ -134,6 +136,7 @@ impl Receiver {
         let mut reply = BatchReply::default();
         let mut appended = self.append_events(origin, hwm, messages).await;
         let mut index_writes = Vec::new();
+        let mut plugin_calls = PluginCalls::default();
         for raw in messages {
             let seq = match serde_json::from_str::<SeqOnly>(raw.get()) {
                 Ok(s) => s.seq,
@@ -152,6 +155,24 @@ impl Receiver {
                     .messages_duplicate
                     .get_or_create(&Metrics::kind(kind_of(raw)))
                     .inc();
+                continue;
+            }
+            if kind_of(raw) == "plugin" {
+                // Held back: made durable in the master's queues together, before the reply.
+                match Message::decode(raw.get()) {
+                    Ok(Message {
+                        body: MessageBody::Plugin(call),
+                        ..
+                    }) if crate::gerrit::Family::of(&call.path).is_some() => {
+                        plugin_calls.push(seq, call)
+                    }
+                    Ok(_) | Err(_) => {
+                        let why = "not a plugin call of a known endpoint family".to_owned();
+                        self.refused(origin, seq, "plugin", &why);
+                        reply.rejected.push(reject(seq, why));
+                    }
+                }
+                hwm = seq;
                 continue;
             }
             if kind_of(raw) == "index" {
@@ -190,6 +211,8 @@ impl Receiver {
                     }
                     Err(ApplyError::Retry(error)) => {
                         // Keep what was applied before it; the sender retries from here.
+                        self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
+                            .await?;
                         if !index_writes.is_empty() {
                             let held = std::mem::take(&mut index_writes);
                             self.apply_index(origin, held, &mut reply).await?;
@@ -217,6 +240,8 @@ impl Receiver {
         if !index_writes.is_empty() {
             self.apply_index(origin, index_writes, &mut reply).await?;
         }
+        self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
+            .await?;
         if hwm != start {
             self.persist(origin, hwm).await?;
             *g = Some(hwm);
@@ -268,6 +293,8 @@ impl Receiver {
                 self.metrics.index_outcomes(kind.as_str(), "peer", &outcome);
                 Ok("index")
             }
+            // Held back and queued for the master by `queue_plugin_calls`.
+            MessageBody::Plugin(_) => Ok("plugin"),
             MessageBody::Event { event_seq, event } => {
                 let r = self
                     .stores
@@ -352,6 +379,40 @@ impl Receiver {
                 .get_or_create(&Metrics::kind("index"))
                 .inc_by(outcomes.len() as u64);
         }
+        Ok(())
+    }
+
+    /// Makes the batch's plugin calls durable in the master's queues, per family in seq order,
+    /// before the batch is acknowledged (so a master that is down loses nothing). Never
+    /// forwarded to peers: these queues lead only to this node's master.
+    async fn queue_plugin_calls(
+        &self,
+        origin: &str,
+        calls: &mut PluginCalls,
+        reply: &mut BatchReply,
+    ) -> Result<(), ReceiveError> {
+        let held = std::mem::take(calls);
+        let n = held.count;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(master) = &self.stores.master {
+            for (family, (last_seq, payloads)) in held.by_family {
+                master
+                    .enqueue(family, payloads)
+                    .await
+                    .map_err(|e| ReceiveError::Store {
+                        origin: origin.to_owned(),
+                        seq: last_seq,
+                        error: e.to_string(),
+                    })?;
+            }
+        }
+        reply.applied += n;
+        self.metrics
+            .messages_applied
+            .get_or_create(&Metrics::kind("plugin"))
+            .inc_by(n);
         Ok(())
     }
 
@@ -456,6 +517,30 @@ fn event_outcome(
     }
 }
 
+/// A batch's plugin calls, per family in seq order, as master-queue payloads.
+#[derive(Default)]
+struct PluginCalls {
+    count: u64,
+    by_family: Vec<(crate::gerrit::Family, (u64, Vec<Vec<u8>>))>,
+}
+
+impl PluginCalls {
+    fn push(&mut self, seq: u64, call: crate::wire::PluginCall) {
+        let Some(family) = crate::gerrit::Family::of(&call.path) else {
+            return;
+        };
+        let payload = serde_json::to_vec(&call).expect("a plugin call serialises");
+        self.count += 1;
+        match self.by_family.iter_mut().find(|(f, _)| *f == family) {
+            Some((_, (last, v))) => {
+                *last = seq;
+                v.push(payload);
+            }
+            None => self.by_family.push((family, (seq, vec![payload]))),
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct SeqOnly {
     seq: u64,
@@ -475,6 +560,7 @@ fn kind_of(raw: &RawValue) -> &'static str {
         Some("flush") => "flush",
         Some("index") => "index",
         Some("event") => "event",
+        Some("plugin") => "plugin",
         _ => "unknown",
     }
 }

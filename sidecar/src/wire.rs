@@ -94,6 +94,29 @@ pub enum MessageBody {
         event_seq: u64,
         event: Box<RawValue>,
     },
+    /// One REST call of Gerrit's high-availability plugin, received from the origin's master,
+    /// to be replayed into each receiver's own master.
+    Plugin(PluginCall),
+}
+
+/// A call of the high-availability plugin (reference §1.2), as its origin's master sent it:
+/// replayed verbatim (method, path, body, `Content-Type`, `Event-Created-On`) into the
+/// receiver's master under that master's own plugin name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginCall {
+    /// `POST` or `DELETE`.
+    pub method: String,
+    /// The path under `/plugins/<pluginName>/`, still percent-encoded as sent
+    /// (e.g. `index/change/tools%2Fgerrit~42`).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// The `Event-Created-On` header (epoch ms; stable-3.14 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_on: Option<u64>,
+    /// The body as sent (JSON for index, event and cache calls; none for deletes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// The payload of an index message, byte for byte what serializing the

@@ -34,7 +34,23 @@ async fn publish(
         )),
         other => other,
     })?;
-    let event = state.events.append_local_event(&body).await?;
+    let (event, forwarded) = publish_local(&state, &body).await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "id": event.id.to_string(),
+        "origin": &*event.id.origin,
+        "seq": event.id.seq,
+        "forwarded": forwarded,
+    })))
+}
+
+/// The one local publish path (`POST /v1/events` and events arriving through the plugin's
+/// `event/<type>` endpoint): appends the event (fsync'd) and, with `[event] synchronize`, waits
+/// until the relay has queued it for every peer. Returns the event and whether it is forwarded.
+pub(crate) async fn publish_local(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(crate::events::LocalEvent, bool), ApiError> {
+    let event = state.events.append_local_event(body).await?;
     state
         .metrics
         .events_appended
@@ -55,12 +71,7 @@ async fn publish(
         .local_mutations
         .get_or_create(&Metrics::kind("event"))
         .inc();
-    Ok(HttpResponse::Accepted().json(serde_json::json!({
-        "id": event.id.to_string(),
-        "origin": &*event.id.origin,
-        "seq": event.id.seq,
-        "forwarded": forwarded,
-    })))
+    Ok((event, forwarded))
 }
 
 /// `{"origins": {origin: last seq}}`: what this node's log holds.

@@ -9,6 +9,7 @@ mod local;
 mod ops;
 mod peer;
 mod peer_index;
+mod plugin;
 mod sessions;
 mod stream;
 
@@ -49,6 +50,8 @@ pub struct AppState {
     pub events: Arc<EventLog>,
     /// Moves local events into the outbox; `None` when `[event] synchronize` is off.
     pub event_relay: Option<Arc<EventRelay>>,
+    /// This node's own Gerrit master (`[gerrit] url`), when configured.
+    pub master: Option<Arc<crate::gerrit::Master>>,
     /// Cancelled at shutdown: ends long-lived responses (event streams).
     pub stop: tokio_util::sync::CancellationToken,
 }
@@ -166,6 +169,7 @@ pub fn serve_local(
     serve(state, listener, "local", |cfg| {
         local::configure(cfg);
         events::configure_local(cfg);
+        plugin::configure(cfg);
     })
 }
 
@@ -177,6 +181,7 @@ pub fn serve_peer(
     serve(state, listener, "peer", |cfg| {
         peer::configure(cfg);
         peer_index::configure(cfg);
+        plugin::configure_peer(cfg);
         ops::configure(cfg);
         events::configure_peer(cfg);
         stream::configure(cfg);

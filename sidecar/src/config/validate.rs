@@ -8,6 +8,8 @@ use std::time::Duration;
 use super::raw::RawConfig;
 use super::*;
 
+mod gerrit;
+
 /// Every key ha-sidecar reads: (section, subsection, key, repeatable). Env overrides and the
 /// unknown-key warning are derived from it. `[cache "NAME"]` subsections are open-ended.
 pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
@@ -66,6 +68,14 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("websession", None, "maxAge", false),
     ("healthcheck", None, "enable", false),
     ("alert", None, "webhookUrl", false),
+    ("gerrit", None, "url", false),
+    ("gerrit", None, "pluginName", false),
+    ("gerrit", None, "user", false),
+    ("gerrit", None, "password", false),
+    ("gerrit", None, "passwordFile", false),
+    ("gerrit", None, "caFile", false),
+    ("gerrit", None, "healthInterval", false),
+    ("gerrit", None, "timeout", false),
 ];
 
 /// Keys of Gerrit's plugin that mean nothing here: accepted with a warning so an existing
@@ -638,6 +648,7 @@ pub(super) fn validate(
         );
     }
 
+    let gerrit = gerrit::gerrit_config(&mut v, base_dir, &http);
     let config = Config {
         instance_id,
         shared_dir,
@@ -667,6 +678,7 @@ pub(super) fn validate(
         event,
         websession,
         healthcheck_enable: v.boolean("healthcheck", "enable", true),
+        gerrit,
         alert_webhook,
         limits,
         embedded_defaults: embedded,

@@ -1,0 +1,109 @@
+//! `[gerrit]`: this node's own master (SPEC §8). Defaults follow the plugin's own keys, so an
+//! existing `high-availability.config` needs only `gerrit.url` added.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::V;
+use crate::config::{GerritConfig, HttpConfig, Secret};
+
+/// The plugin's installed name when `gerrit.pluginName` is not set.
+pub const DEFAULT_PLUGIN_NAME: &str = "high-availability";
+
+pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> GerritConfig {
+    let url = v.string("gerrit", None, "url").and_then(|text| {
+        match url::Url::parse(&text) {
+            Ok(mut u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                if !u.path().ends_with('/') {
+                    let p = format!("{}/", u.path());
+                    u.set_path(&p);
+                }
+                Some(u)
+            }
+            Ok(_) => {
+                v.err(
+                    "gerrit.url",
+                    format!("`{text}` must be an http:// or https:// URL with a host"),
+                );
+                None
+            }
+            Err(e) => {
+                v.err("gerrit.url", format!("`{text}` is not a URL: {e}"));
+                None
+            }
+        }
+    });
+    let plugin_name = v
+        .string("gerrit", None, "pluginName")
+        .unwrap_or_else(|| DEFAULT_PLUGIN_NAME.to_owned());
+    if !plugin_name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || plugin_name.starts_with('.')
+    {
+        v.err(
+            "gerrit.pluginName",
+            format!("`{plugin_name}` is not a plugin name (letters, digits, `.`, `_`, `-`)"),
+        );
+    }
+    let file = |p: String| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+    let password = match (
+        v.string("gerrit", None, "password"),
+        v.string("gerrit", None, "passwordFile"),
+    ) {
+        (Some(_), Some(_)) => {
+            v.err(
+                "gerrit.passwordFile",
+                "set either gerrit.password or gerrit.passwordFile, not both",
+            );
+            None
+        }
+        (Some(p), None) => Some(Secret(p.into_bytes())),
+        (None, Some(path)) => {
+            let path = file(path);
+            match std::fs::read(&path) {
+                Ok(bytes) => Some(Secret(bytes.trim_ascii().to_vec())),
+                Err(e) => {
+                    v.err(
+                        "gerrit.passwordFile",
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => http.password.clone(),
+    };
+    let ca_file = v.string("gerrit", None, "caFile").map(file);
+    if let Some(p) = &ca_file {
+        if let Err(e) = std::fs::metadata(p) {
+            v.err("gerrit.caFile", format!("cannot read {}: {e}", p.display()));
+        }
+    }
+    let health_interval = v.duration("gerrit", None, "healthInterval", Duration::from_secs(5));
+    if health_interval.is_zero() {
+        v.err("gerrit.healthInterval", "must be above zero");
+    }
+    let timeout = v.duration("gerrit", None, "timeout", Duration::from_secs(30));
+    if timeout.is_zero() {
+        v.err("gerrit.timeout", "must be above zero");
+    }
+    GerritConfig {
+        url,
+        plugin_name,
+        user: v
+            .string("gerrit", None, "user")
+            .or_else(|| http.user.clone()),
+        password,
+        ca_file,
+        health_interval,
+        timeout,
+    }
+}
