@@ -2,6 +2,7 @@
 
 mod config_fixtures;
 mod events;
+mod gerrit;
 mod index;
 mod membership;
 mod process;

@@ -164,6 +164,9 @@ impl Receiver {
                         body: MessageBody::Plugin(call),
                         ..
                     }) if crate::gerrit::Family::of(&call.path).is_some() => {
+                        if let Some((cache, key)) = crate::gerrit::ingress::cache_eviction(&call) {
+                            self.stores.caches.evict(cache, &[key]);
+                        }
                         plugin_calls.push(seq, call)
                     }
                     Ok(_) | Err(_) => {
@@ -397,13 +400,13 @@ impl Receiver {
             return Ok(());
         }
         if let Some(master) = &self.stores.master {
-            for (family, (last_seq, payloads)) in held.by_family {
+            for f in held.by_family {
                 master
-                    .enqueue(family, payloads)
+                    .enqueue(f.family, f.payloads)
                     .await
                     .map_err(|e| ReceiveError::Store {
                         origin: origin.to_owned(),
-                        seq: last_seq,
+                        seq: f.last_seq,
                         error: e.to_string(),
                     })?;
             }
@@ -521,7 +524,13 @@ fn event_outcome(
 #[derive(Default)]
 struct PluginCalls {
     count: u64,
-    by_family: Vec<(crate::gerrit::Family, (u64, Vec<Vec<u8>>))>,
+    by_family: Vec<FamilyCalls>,
+}
+
+struct FamilyCalls {
+    family: crate::gerrit::Family,
+    last_seq: u64,
+    payloads: Vec<Vec<u8>>,
 }
 
 impl PluginCalls {
@@ -531,12 +540,16 @@ impl PluginCalls {
         };
         let payload = serde_json::to_vec(&call).expect("a plugin call serialises");
         self.count += 1;
-        match self.by_family.iter_mut().find(|(f, _)| *f == family) {
-            Some((_, (last, v))) => {
-                *last = seq;
-                v.push(payload);
+        match self.by_family.iter_mut().find(|f| f.family == family) {
+            Some(f) => {
+                f.last_seq = seq;
+                f.payloads.push(payload);
             }
-            None => self.by_family.push((family, (seq, vec![payload]))),
+            None => self.by_family.push(FamilyCalls {
+                family,
+                last_seq: seq,
+                payloads: vec![payload],
+            }),
         }
     }
 }

@@ -86,7 +86,9 @@ async fn call(
     if req.method() == actix_web::http::Method::GET {
         return match rel.strip_prefix(QUERY) {
             Some(age) => changes_updated_since(&state, age).await,
-            None => Err(ApiError::MethodNotAllowed(format!("GET is not allowed on {rel}"))),
+            None => Err(ApiError::MethodNotAllowed(format!(
+                "GET is not allowed on {rel}"
+            ))),
         };
     }
     let body = read_body(payload, state.config.limits.max_local_body).await?;
@@ -98,6 +100,9 @@ async fn call(
         created_on: header("event-created-on"),
         body: &body,
     })?;
+    if let Some((cache, key)) = ingress::cache_eviction(&call) {
+        state.caches.evict(cache, &[key]);
+    }
     if family == Family::Event {
         // Into this node's own log first: it also checks what the log needs (`eventCreatedOn`).
         super::events::publish_local(&state, &body).await?;
@@ -117,11 +122,7 @@ async fn call(
 /// Gerrit's `age:` operand: digits and a unit (`1hour`, `90s`, `5minutes`).
 fn valid_age(age: &str) -> bool {
     let digits = age.bytes().take_while(u8::is_ascii_digit).count();
-    digits > 0
-        && age.len() <= 32
-        && age[digits..]
-            .bytes()
-            .all(|b| b.is_ascii_alphabetic())
+    digits > 0 && age.len() <= 32 && age[digits..].bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -138,9 +139,13 @@ struct PeerQueryReply {
 /// peers that did not answer (the plugin's indexSync retries until every peer answers).
 async fn changes_updated_since(state: &AppState, age: &str) -> Result<HttpResponse, ApiError> {
     if !valid_age(age) {
-        return Err(ApiError::BadRequest(format!("`{age}` is not an age (e.g. 1hour)")));
+        return Err(ApiError::BadRequest(format!(
+            "`{age}` is not an age (e.g. 1hour)"
+        )));
     }
-    let req = PeerQuery { age: age.to_owned() };
+    let req = PeerQuery {
+        age: age.to_owned(),
+    };
     let client = state.peers.client();
     let asks = state.peers.list().into_iter().map(|p| {
         let (client, req) = (client.clone(), &req);

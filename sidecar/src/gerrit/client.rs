@@ -188,10 +188,16 @@ mod tests {
     #[test]
     fn answers_are_classified_like_the_plugin_servlets_mean_them() {
         for s in [400, 405, 415, 413, 422] {
-            assert!(matches!(classify(s, String::new()), Delivery::Refused { .. }), "{s}");
+            assert!(
+                matches!(classify(s, String::new()), Delivery::Refused { .. }),
+                "{s}"
+            );
         }
         for s in [409, 500, 502, 503, 401, 403, 404, 408, 429] {
-            assert!(matches!(classify(s, String::new()), Delivery::Retry(_)), "{s}");
+            assert!(
+                matches!(classify(s, String::new()), Delivery::Retry(_)),
+                "{s}"
+            );
         }
     }
 }

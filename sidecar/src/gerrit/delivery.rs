@@ -68,7 +68,11 @@ impl MasterQueues {
         Family::ALL
             .iter()
             .map(|f| {
-                let (q, ctx, stop) = (self.queues[f.index()].clone(), ctx.clone(), shutdown.clone());
+                let (q, ctx, stop) = (
+                    self.queues[f.index()].clone(),
+                    ctx.clone(),
+                    shutdown.clone(),
+                );
                 tokio::spawn(run(*f, q, ctx, stop))
             })
             .collect()
@@ -93,8 +97,7 @@ async fn run(family: Family, queue: Arc<Queue>, ctx: Arc<DeliveryCtx>, stop: Can
     let label = Metrics::kind(family.as_str());
     loop {
         let q = queue.clone();
-        let batch = match tokio::task::spawn_blocking(move || q.peek(READ_BATCH, 16 << 20)).await
-        {
+        let batch = match tokio::task::spawn_blocking(move || q.peek(READ_BATCH, 16 << 20)).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::error!(family = family.as_str(), error = %e, "cannot read the master queue; retrying");
@@ -117,7 +120,11 @@ async fn run(family: Family, queue: Arc<Queue>, ctx: Arc<DeliveryCtx>, stop: Can
             .get_or_create(&label)
             .set(queue.stats().pending as i64);
         if let Some(why) = batch.corrupt {
-            tracing::error!(family = family.as_str(), reason = why, "corrupt master queue segment: the rest of it is skipped");
+            tracing::error!(
+                family = family.as_str(),
+                reason = why,
+                "corrupt master queue segment: the rest of it is skipped"
+            );
         }
         if batch.records.is_empty() {
             if batch.corrupt.is_some() {
@@ -133,7 +140,14 @@ async fn run(family: Family, queue: Arc<Queue>, ctx: Arc<DeliveryCtx>, stop: Can
             let call = match serde_json::from_slice::<PluginCall>(&r.payload) {
                 Ok(c) => c,
                 Err(e) => {
-                    set_aside(family, &ctx, r.seq, 0, &format!("unreadable: {e}"), &r.payload);
+                    set_aside(
+                        family,
+                        &ctx,
+                        r.seq,
+                        0,
+                        &format!("unreadable: {e}"),
+                        &r.payload,
+                    );
                     continue;
                 }
             };
@@ -165,7 +179,11 @@ async fn deliver_one(
             Delivery::Done => {
                 ctx.metrics.gerrit.delivered.get_or_create(&label).inc();
                 if attempt > 0 {
-                    tracing::info!(family = family.as_str(), after_attempts = attempt, "master took the call; delivering");
+                    tracing::info!(
+                        family = family.as_str(),
+                        after_attempts = attempt,
+                        "master took the call; delivering"
+                    );
                 }
                 return true;
             }
@@ -174,7 +192,11 @@ async fn deliver_one(
                 return true;
             }
             Delivery::Retry(why) => {
-                ctx.metrics.gerrit.delivery_failures.get_or_create(&label).inc();
+                ctx.metrics
+                    .gerrit
+                    .delivery_failures
+                    .get_or_create(&label)
+                    .inc();
                 let delay = backoff(attempt, ctx.retry_interval, ctx.max_retry_interval);
                 if attempt == 0 || attempt.is_power_of_two() {
                     tracing::warn!(family = family.as_str(), path = %call.path, attempt, retry_in_ms = delay.as_millis() as u64, error = %why, "delivery to the master failed; will retry");
@@ -188,7 +210,14 @@ async fn deliver_one(
     }
 }
 
-fn set_aside(family: Family, ctx: &DeliveryCtx, seq: u64, status: u16, answer: &str, payload: &[u8]) {
+fn set_aside(
+    family: Family,
+    ctx: &DeliveryCtx,
+    seq: u64,
+    status: u16,
+    answer: &str,
+    payload: &[u8],
+) {
     ctx.metrics
         .gerrit
         .dead_lettered
@@ -210,7 +239,9 @@ async fn ack(queue: &Arc<Queue>, batch: &Peeked) {
     );
     match tokio::task::spawn_blocking(move || q.ack(end, n, last)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot record delivery to the master; calls may be replayed"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot record delivery to the master; calls may be replayed")
+        }
         Err(e) => tracing::error!(error = %e, "master ack task failed"),
     }
 }

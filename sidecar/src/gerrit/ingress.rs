@@ -98,6 +98,18 @@ pub fn parse(req: &Request<'_>) -> Result<(Family, PluginCall), IngressError> {
     ))
 }
 
+/// The sidecar's own cache entry a plugin eviction names: `(cache, key)` by the one key rule
+/// ([`crate::cache::key_of_json`]); `None` for other calls.
+pub fn cache_eviction(call: &PluginCall) -> Option<(&str, String)> {
+    let cache = call.path.strip_prefix("cache/")?;
+    if cache.starts_with("project_list/") {
+        return None;
+    }
+    let first = call.body.as_deref()?.lines().next()?;
+    let key: serde_json::Value = serde_json::from_str(first).ok()?;
+    Some((cache, crate::cache::key_of_json(&key)))
+}
+
 /// `application/json; charset=utf-8` → `application/json`.
 fn media_type(content_type: &str) -> String {
     content_type
@@ -114,7 +126,8 @@ fn check_encoding(s: &str) -> Result<(), IngressError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let ok = b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
+            let ok =
+                b.len() > i + 2 && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit();
             if !ok {
                 return Err(bad(format!("`{s}` has a broken percent escape")));
             }

@@ -28,7 +28,9 @@ pub async fn run(
         if health.set_master_healthy(healthy) {
             match &result {
                 Ok(()) => tracing::info!("the master is healthy again"),
-                Err(e) => tracing::warn!(error = %e, "the master is unhealthy; /health answers 503"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the master is unhealthy; /health answers 503")
+                }
             }
         }
         tokio::select! {

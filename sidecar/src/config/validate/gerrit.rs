@@ -11,8 +11,9 @@ use crate::config::{GerritConfig, HttpConfig, Secret};
 pub const DEFAULT_PLUGIN_NAME: &str = "high-availability";
 
 pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> GerritConfig {
-    let url = v.string("gerrit", None, "url").and_then(|text| {
-        match url::Url::parse(&text) {
+    let url = v
+        .string("gerrit", None, "url")
+        .and_then(|text| match url::Url::parse(&text) {
             Ok(mut u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
                 if !u.path().ends_with('/') {
                     let p = format!("{}/", u.path());
@@ -31,8 +32,7 @@ pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> Ge
                 v.err("gerrit.url", format!("`{text}` is not a URL: {e}"));
                 None
             }
-        }
-    });
+        });
     let plugin_name = v
         .string("gerrit", None, "pluginName")
         .unwrap_or_else(|| DEFAULT_PLUGIN_NAME.to_owned());

@@ -14,7 +14,12 @@ fn header(v: &serde_json::Value, k: &str) -> Option<String> {
     }
 }
 
-fn check(line: &str) -> (serde_json::Value, Result<(Family, PluginCall), IngressError>) {
+fn check(
+    line: &str,
+) -> (
+    serde_json::Value,
+    Result<(Family, PluginCall), IngressError>,
+) {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     let (ct, created, body) = (
         header(&v, "content_type"),
