@@ -174,24 +174,36 @@ async fn tantivy_bulk(n: usize) -> anyhow::Result<f64> {
 /// with `apply_each_raw` (journal fsync per batch, near-real-time commits every `refresh_interval`),
 /// for `dur` or `n` documents. Ends with a commit, so every document counted is searchable.
 async fn store_apply(n: usize, dur: Duration) -> anyhow::Result<f64> {
-    use ha_sidecar::wire::{Message, MessageBody};
+    use ha_sidecar::wire::{decode_message, encode_batch, Batch, Doc, PeerMessage};
     const BATCH: usize = 600;
     let dir = tempfile::tempdir()?;
     let store = IndexStore::open(dir.path(), IndexOptions::default())?;
-    let wire: Vec<String> = (0..n)
+    // Each message as it arrives in a batch body (with its seq), encoded as the sender does.
+    let payloads: Vec<Vec<u8>> = (0..n)
         .map(|i| {
-            serde_json::to_string(&Message {
-                seq: i as u64 + 1,
-                body: MessageBody::Index {
-                    index: "changes".into(),
-                    id: format!("c{i}"),
-                    version: 1,
-                    deleted: false,
-                    doc: Some(change(i, 1)),
-                },
-            })
+            let doc = change(i, 1);
+            PeerMessage::Index {
+                index: Kind::Changes,
+                id: format!("c{i}").into(),
+                version: 1,
+                deleted: false,
+                doc: Some(Doc::Value(&doc)),
+            }
+            .encode()
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
+    let body = encode_batch(
+        "bench",
+        payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, p.as_slice())),
+    );
+    drop(payloads);
+    let batch: Batch = serde_json::from_slice(&body)?;
+    let wire: Vec<String> = batch.messages.iter().map(|m| m.get().to_owned()).collect();
+    drop(batch);
+    drop(body);
     let start = Instant::now();
     let mut applied = 0usize;
     for chunk in wire.chunks(BATCH) {
@@ -200,7 +212,7 @@ async fn store_apply(n: usize, dur: Duration) -> anyhow::Result<f64> {
         }
         let docs: Vec<_> = chunk
             .iter()
-            .filter_map(|raw| ha_sidecar::receiver::decode_index(raw).ok())
+            .filter_map(|raw| decode_message(raw).ok()?.body.ok()?.into_raw_doc())
             .map(|(_, doc)| doc)
             .collect();
         let out = store.apply_each_raw(Kind::Changes, docs).await?;

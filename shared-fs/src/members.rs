@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::{self, AtomicError, WriteOptions};
+use crate::store::Read;
 
 /// Directory under the shared directory that holds the heartbeat files.
 pub const MEMBERS_DIR: &str = "members";
+/// Longest heartbeat file read (a heartbeat is ~200 bytes; a bigger file is not one).
+const MAX_HEARTBEAT_BYTES: u64 = 64 * 1024;
 
 /// What failed in membership.
 #[derive(Debug, thiserror::Error)]
@@ -175,9 +178,15 @@ impl Members {
                 continue;
             }
             let path = entry.path();
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            // Untrusted like every file of the shared directory: no symlink followed, no FIFO
+            // read (see `store::read_regular`).
+            let bytes = match crate::store::read_regular(&path, MAX_HEARTBEAT_BYTES) {
+                Ok(Read::Regular(b, _)) => b,
+                Ok(Read::Absent) => continue,
+                Ok(Read::NotRegular(kind, _)) => {
+                    tracing::warn!(path = %path.display(), kind, "heartbeat is not a regular file; skipped");
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "reading heartbeat failed");
                     continue;

@@ -18,9 +18,9 @@
 //! * **Writes** go through [`crate::atomic`]; the caller may stamp the file's mtime with an
 //!   expiry hint so that cleanup can skip live entries with a `stat` instead of a read.
 
-use std::fs::{DirBuilder, File};
-use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::fs::DirBuilder;
+use std::io::{self, Read as _};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -303,10 +303,18 @@ impl Store {
         hash: &KeyHash,
         validate: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<Option<(T, EntryMeta)>, StoreError> {
-        let Some((raw, meta)) = self.read_file(path)? else {
-            return Ok(None);
+        let checked = match self.read_file(path)? {
+            Read::Absent => return Ok(None),
+            Read::Regular(raw, meta) => match open_envelope(&raw).and_then(validate) {
+                Ok(v) => Ok((v, meta)),
+                Err(reason) => Err((reason, meta)),
+            },
+            Read::NotRegular(kind, meta) => Err((format!("{kind}, not a regular file"), meta)),
         };
-        let checked = open_envelope(&raw).and_then(validate);
+        let (checked, meta) = match checked {
+            Ok((v, meta)) => (Ok(v), meta),
+            Err((reason, meta)) => (Err(reason), meta),
+        };
         match checked {
             Ok(value) => Ok(Some((value, meta))),
             Err(reason) => {
@@ -393,14 +401,13 @@ impl Store {
         Ok((path, body, opts))
     }
 
-    /// Reads the whole file (bounded), retrying transient `EIO`; `None` if absent.
-    fn read_file(&self, path: &Path) -> Result<Option<(Vec<u8>, EntryMeta)>, StoreError> {
+    /// Reads the whole file (bounded), retrying transient `EIO`.
+    fn read_file(&self, path: &Path) -> Result<Read, StoreError> {
         let limit = self.opts.max_payload as u64 + ENVELOPE_OVERHEAD;
         let mut attempt = 1;
         loop {
-            match read_bounded(path, limit) {
-                Ok(r) => return Ok(Some(r)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            match read_regular(path, limit) {
+                Ok(r) => return Ok(r),
                 Err(e) if e.raw_os_error() == Some(libc::EIO) && attempt < READ_ATTEMPTS => {
                     attempt += 1;
                     std::thread::sleep(Duration::from_millis(5));
@@ -469,13 +476,65 @@ fn open_envelope(raw: &[u8]) -> Result<&[u8], String> {
     Ok(&raw[start..start + data.len()])
 }
 
-fn read_bounded(path: &Path, limit: u64) -> io::Result<(Vec<u8>, EntryMeta)> {
-    let file = File::open(path)?;
-    let meta = EntryMeta::of(&file.metadata()?);
+/// What was found at an entry's path.
+pub(crate) enum Read {
+    /// Nothing.
+    Absent,
+    /// A regular file: its first `limit + 1` bytes and its metadata.
+    Regular(Vec<u8>, EntryMeta),
+    /// Something else (named: "a FIFO", "a symbolic link", ...), never opened for reading
+    /// beyond a non-blocking open; its metadata comes from `lstat`/`fstat`.
+    NotRegular(&'static str, EntryMeta),
+}
+
+/// Reads a file of the shared directory as untrusted: opened with `O_NOFOLLOW | O_NONBLOCK`
+/// (a symlink is not followed; a FIFO or a device does not block the open), and read only if
+/// `fstat` says it is a regular file; at most `limit + 1` bytes (one byte over the limit is
+/// enough to know the file is too big).
+pub(crate) fn read_regular(path: &Path, limit: u64) -> io::Result<Read> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Absent),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return match std::fs::symlink_metadata(path) {
+                Ok(m) => Ok(Read::NotRegular(kind_of(&m.file_type()), EntryMeta::of(&m))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Read::Absent),
+                Err(e) => Err(e),
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    let m = file.metadata()?;
+    let meta = EntryMeta::of(&m);
+    if !m.file_type().is_file() {
+        return Ok(Read::NotRegular(kind_of(&m.file_type()), meta));
+    }
     let mut buf = Vec::with_capacity(meta.len.min(limit) as usize + 1);
-    // One byte over the limit is enough to know the file is too big (then the envelope fails).
     file.take(limit + 1).read_to_end(&mut buf)?;
-    Ok((buf, meta))
+    Ok(Read::Regular(buf, meta))
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "an unknown file type"
+    }
 }
 
 fn remove_if_present(path: &Path) -> Result<(), StoreError> {

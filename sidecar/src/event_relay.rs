@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::EventLog;
 use crate::peers::outbox::Outbox;
+use crate::wire::PeerMessage;
 
 /// Most events moved per round (one read of the log, one ordered outbox append).
 const ROUND: usize = 2048;
@@ -78,18 +79,6 @@ fn write_marker(path: &Path, seq: u64) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The outbox payload of one event: `MessageBody::Event` with the stored bytes spliced in
-/// unchanged (they are a validated JSON object).
-pub fn event_payload(event_seq: u64, bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + 48);
-    out.extend_from_slice(
-        format!("{{\"kind\":\"event\",\"event_seq\":{event_seq},\"event\":").as_bytes(),
-    );
-    out.extend_from_slice(bytes);
-    out.push(b'}');
-    out
-}
-
 async fn run(
     relay: Arc<EventRelay>,
     log: Arc<EventLog>,
@@ -148,7 +137,13 @@ async fn run(
                 let last = events.last().map(|(id, _)| id.seq).unwrap_or(after);
                 let payloads = events
                     .iter()
-                    .map(|(id, bytes)| event_payload(id.seq, bytes))
+                    .map(|(id, bytes)| {
+                        PeerMessage::Event {
+                            event_seq: id.seq,
+                            event: bytes,
+                        }
+                        .encode()
+                    })
                     .collect();
                 outbox
                     .append_many(payloads)
@@ -187,22 +182,6 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Message, MessageBody};
-
-    #[test]
-    fn payload_is_an_event_message() {
-        let body = br#"{"type":"ref-updated","eventCreatedOn":1}"#;
-        let mut msg = b"{\"seq\":3,".to_vec();
-        msg.extend_from_slice(&event_payload(7, body)[1..]);
-        let m = Message::decode(std::str::from_utf8(&msg).unwrap()).unwrap();
-        match m.body {
-            MessageBody::Event { event_seq, event } => {
-                assert_eq!(event_seq, 7);
-                assert_eq!(event.get().as_bytes(), body);
-            }
-            other => panic!("not an event: {other:?}"),
-        }
-    }
 
     #[tokio::test]
     async fn requeues_local_events_after_the_marker() {

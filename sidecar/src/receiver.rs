@@ -11,9 +11,9 @@ use serde_json::value::RawValue;
 
 use crate::cache::Caches;
 use crate::events::{AppendOutcome, EventError, EventLog};
-use crate::index::{ExportedDoc, IndexError, IndexStore, Kind, RawDoc};
+use crate::index::{IndexError, IndexStore, Kind, RawDoc};
 use crate::metrics::Metrics;
-use crate::wire::{BatchReply, Message, MessageBody, Rejection};
+use crate::wire::{decode_message, BatchReply, Envelope, MessageError, PeerMessage, Rejection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
@@ -26,22 +26,31 @@ pub enum ReceiveError {
         source: std::io::Error,
     },
     /// A store failed in a way that may pass (i/o, shutting down): the sender retries.
-    #[error("cannot apply message {seq} of {origin}: {error}")]
+    #[error("cannot apply message {seq} of {origin}: {source}")]
     Store {
         origin: String,
         seq: u64,
-        error: String,
+        #[source]
+        source: EventError,
     },
     #[error("cannot apply index documents: {0}")]
     Index(#[source] IndexError),
+    /// The master's queue failed (i/o): the sender retries.
+    #[error("cannot queue message {seq} of {origin} for the master: {source}")]
+    Master {
+        origin: String,
+        seq: u64,
+        #[source]
+        source: crate::peers::outbox::OutboxError,
+    },
 }
 
 /// Why a message was not applied.
 enum ApplyError {
     /// For good: the sender sets the message aside.
     Refuse(String),
-    /// For now: the batch fails and the sender retries it.
-    Retry(String),
+    /// For now (the event log's i/o, shutting down): the batch fails and the sender retries.
+    Retry(EventError),
 }
 
 /// The stores a peer message may touch.
@@ -118,8 +127,9 @@ impl Receiver {
         Ok(h)
     }
 
-    /// Applies a batch. Messages at or below the origin's high-water mark are duplicates; the
-    /// others are applied in order. The mark is made durable before the reply.
+    /// Applies a batch. Each message is decoded once, here; messages at or below the
+    /// origin's high-water mark are duplicates; the others are applied in order. The mark is
+    /// made durable before the reply.
     pub async fn apply_batch(
         &self,
         origin: &str,
@@ -128,114 +138,101 @@ impl Receiver {
         if !crate::wire::valid_instance_id(origin) {
             return Err(ReceiveError::BadOrigin(origin.to_owned()));
         }
+        let decoded: Vec<Result<Envelope, MessageError>> = messages
+            .iter()
+            .map(|raw| decode_message(raw.get()))
+            .collect();
         let slot = self.slot(origin);
         // One batch per origin at a time: a retry racing its original cannot apply twice.
         let mut g = slot.lock().await;
         let mut hwm = self.load(origin, &mut g).await?;
         let start = hwm;
         let mut reply = BatchReply::default();
-        let mut appended = self.append_events(origin, hwm, messages).await;
+        let mut appended = self.append_events(origin, hwm, &decoded).await;
         let mut index_writes = Vec::new();
         let mut plugin_calls = PluginCalls::default();
-        for raw in messages {
-            let seq = match serde_json::from_str::<SeqOnly>(raw.get()) {
-                Ok(s) => s.seq,
+        for env in decoded {
+            let env = match env {
+                Ok(env) => env,
                 Err(e) => {
-                    // Without a seq the message cannot be named; refuse the whole batch.
+                    // Without a seq the message cannot be named; refuse it as seq 0.
                     tracing::warn!(origin, error = %e, "peer message without a seq");
-                    reply
-                        .rejected
-                        .push(reject(0, format!("message without a valid seq: {e}")));
+                    reply.rejected.push(reject(0, e.to_string()));
                     continue;
                 }
             };
+            let (seq, kind) = (env.seq, env.kind.as_str());
             if seq <= hwm {
                 reply.duplicates += 1;
                 self.metrics
                     .messages_duplicate
-                    .get_or_create(&Metrics::kind(kind_of(raw)))
+                    .get_or_create(&Metrics::kind(kind))
                     .inc();
                 continue;
             }
-            if kind_of(raw) == "plugin" {
-                // Held back: made durable in the master's queues together, before the reply.
-                match Message::decode(raw.get()) {
-                    Ok(Message {
-                        body: MessageBody::Plugin(call),
-                        ..
-                    }) if crate::gerrit::Family::of(&call.path).is_some() => {
-                        if let Some((cache, key)) = crate::gerrit::ingress::cache_eviction(&call) {
-                            self.stores.caches.evict(cache, &[key]);
-                        }
-                        plugin_calls.push(seq, call)
+            let applied = match env.body {
+                Err(e) => Err(ApplyError::Refuse(e.to_string())),
+                Ok(msg @ PeerMessage::Index { .. }) => {
+                    // Held back: the batch's documents go to the store together (one fsync).
+                    if let Some((kind, doc)) = msg.into_raw_doc() {
+                        index_writes.push(IndexWrite { seq, kind, doc });
                     }
-                    Ok(_) | Err(_) => {
-                        let why = "not a plugin call of a known endpoint family".to_owned();
-                        self.refused(origin, seq, "plugin", &why);
-                        reply.rejected.push(reject(seq, why));
-                    }
+                    hwm = seq;
+                    continue;
                 }
-                hwm = seq;
-                continue;
-            }
-            if kind_of(raw) == "index" {
-                // Held back: the batch's documents go to the store together (one fsync).
-                let write =
-                    decode_index(raw.get()).map(|(kind, doc)| IndexWrite { seq, kind, doc });
-                match write {
-                    Ok(w) => index_writes.push(w),
-                    Err(why) => {
-                        self.refused(origin, seq, "index", &why);
-                        reply.rejected.push(reject(seq, why));
+                Ok(PeerMessage::Plugin(call)) => {
+                    // Held back: made durable in the master's queues together, before the reply.
+                    if let Some((cache, key)) = crate::gerrit::ingress::cache_eviction(&call) {
+                        self.stores.caches.evict(cache, &[key]);
                     }
+                    plugin_calls.push(seq, call);
+                    hwm = seq;
+                    continue;
                 }
-                hwm = seq;
-                continue;
-            }
-            let applied = appended
-                .remove(&seq)
-                .map(|r| event_outcome(&self.metrics, r));
-            match Message::decode(raw.get()) {
-                Ok(m) => match match applied {
-                    Some(r) => r,
-                    None => self.apply(origin, &m.body).await,
-                } {
-                    Ok(kind) => {
-                        tracing::debug!(origin, seq, kind, "applied");
-                        reply.applied += 1;
-                        self.metrics
-                            .messages_applied
-                            .get_or_create(&Metrics::kind(kind))
-                            .inc();
-                    }
-                    Err(ApplyError::Refuse(why)) => {
-                        self.refused(origin, seq, kind_of(raw), &why);
-                        reply.rejected.push(reject(seq, why));
-                    }
-                    Err(ApplyError::Retry(error)) => {
-                        // Keep what was applied before it; the sender retries from here.
-                        self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
-                            .await?;
-                        if !index_writes.is_empty() {
-                            let held = std::mem::take(&mut index_writes);
-                            self.apply_index(origin, held, &mut reply).await?;
-                        }
-                        if hwm != start {
-                            self.persist(origin, hwm).await?;
-                            *g = Some(hwm);
-                        }
-                        tracing::warn!(origin, seq, error = %error, "cannot apply a peer message now");
-                        return Err(ReceiveError::Store {
-                            origin: origin.to_owned(),
-                            seq,
-                            error,
-                        });
+                Ok(PeerMessage::Event { event_seq, event }) => match appended.remove(&seq) {
+                    Some(r) => event_outcome(&self.metrics, r),
+                    None => {
+                        let r = self
+                            .stores
+                            .events
+                            .append_remote(origin, event_seq, event)
+                            .await;
+                        event_outcome(&self.metrics, r)
                     }
                 },
-                Err(e) => {
-                    let why = format!("cannot read message: {e}");
-                    self.refused(origin, seq, kind_of(raw), &why);
+                Ok(msg) => self.apply_cache(&msg),
+            };
+            match applied {
+                Ok(kind) => {
+                    tracing::debug!(origin, seq, kind, "applied");
+                    reply.applied += 1;
+                    self.metrics
+                        .messages_applied
+                        .get_or_create(&Metrics::kind(kind))
+                        .inc();
+                }
+                Err(ApplyError::Refuse(why)) => {
+                    self.refused(origin, seq, kind, &why);
                     reply.rejected.push(reject(seq, why));
+                }
+                Err(ApplyError::Retry(source)) => {
+                    // Keep what was applied before it; the sender retries from here.
+                    self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
+                        .await?;
+                    if !index_writes.is_empty() {
+                        let held = std::mem::take(&mut index_writes);
+                        self.apply_index(origin, held, &mut reply).await?;
+                    }
+                    if hwm != start {
+                        self.persist(origin, hwm).await?;
+                        *g = Some(hwm);
+                    }
+                    tracing::warn!(origin, seq, error = %source, "cannot apply a peer message now");
+                    return Err(ReceiveError::Store {
+                        origin: origin.to_owned(),
+                        seq,
+                        source,
+                    });
                 }
             }
             hwm = seq;
@@ -260,16 +257,17 @@ impl Receiver {
         tracing::warn!(origin, seq, kind, error = why, "refused a peer message");
     }
 
-    async fn apply(&self, origin: &str, body: &MessageBody) -> Result<&'static str, ApplyError> {
-        match body {
-            MessageBody::Eviction { cache, .. } | MessageBody::Flush { cache }
+    /// Applies an eviction or a flush (index messages and events go to their stores per batch).
+    fn apply_cache(&self, msg: &PeerMessage<'_>) -> Result<&'static str, ApplyError> {
+        match msg {
+            PeerMessage::Eviction { cache, .. } | PeerMessage::Flush { cache }
                 if !crate::wire::valid_cache_name(cache) =>
             {
                 Err(ApplyError::Refuse(format!(
                     "`{cache}` is not a valid cache name"
                 )))
             }
-            MessageBody::Eviction { cache, keys } => {
+            PeerMessage::Eviction { cache, keys } => {
                 self.stores.caches.evict(cache, keys);
                 if cache == crate::sessions::SESSIONS_CACHE {
                     for k in keys {
@@ -278,33 +276,18 @@ impl Receiver {
                 }
                 Ok("eviction")
             }
-            MessageBody::Flush { cache } => {
+            PeerMessage::Flush { cache } => {
                 self.stores.caches.flush(cache);
                 if cache == crate::sessions::SESSIONS_CACHE {
                     self.stores.sessions.invalidate_all();
                 }
                 Ok("flush")
             }
-            MessageBody::Index { .. } => {
-                let (kind, doc) = index_write(body.clone()).map_err(ApplyError::Refuse)?;
-                let outcome = self
-                    .stores
-                    .index
-                    .apply(kind, vec![doc])
-                    .await
-                    .map_err(|e| ApplyError::Retry(e.to_string()))?;
-                self.metrics.index_outcomes(kind.as_str(), "peer", &outcome);
-                Ok("index")
-            }
-            // Held back and queued for the master by `queue_plugin_calls`.
-            MessageBody::Plugin(_) => Ok("plugin"),
-            MessageBody::Event { event_seq, event } => {
-                let r = self
-                    .stores
-                    .events
-                    .append_remote(origin, *event_seq, event.get().as_bytes())
-                    .await;
-                event_outcome(&self.metrics, r)
+            PeerMessage::Index { .. } | PeerMessage::Event { .. } | PeerMessage::Plugin(_) => {
+                Err(ApplyError::Refuse(format!(
+                    "a {} message is applied with its batch",
+                    msg.kind().as_str()
+                )))
             }
         }
     }
@@ -315,29 +298,24 @@ impl Receiver {
         &self,
         origin: &str,
         hwm: u64,
-        messages: &[&RawValue],
+        decoded: &[Result<Envelope<'_>, MessageError>],
     ) -> HashMap<u64, Result<AppendOutcome, EventError>> {
-        let decoded: Vec<(u64, Message)> = messages
+        let (seqs, events): (Vec<u64>, Vec<(u64, &[u8])>) = decoded
             .iter()
-            .filter(|raw| kind_of(raw) == "event")
-            .filter_map(|raw| Message::decode(raw.get()).ok())
-            .filter(|m| m.seq > hwm)
-            .map(|m| (m.seq, m))
-            .collect();
-        let events: Vec<(u64, &[u8])> = decoded
-            .iter()
-            .filter_map(|(_, m)| match &m.body {
-                MessageBody::Event { event_seq, event } => {
-                    Some((*event_seq, event.get().as_bytes()))
-                }
+            .filter_map(|env| match env {
+                Ok(Envelope {
+                    seq,
+                    body: Ok(PeerMessage::Event { event_seq, event }),
+                    ..
+                }) if *seq > hwm => Some((*seq, (*event_seq, *event))),
                 _ => None,
             })
-            .collect();
+            .unzip();
         if events.is_empty() {
             return HashMap::new();
         }
         let results = self.stores.events.append_remote_many(origin, events).await;
-        decoded.iter().map(|(s, _)| *s).zip(results).collect()
+        seqs.into_iter().zip(results).collect()
     }
 
     /// Applies a batch's index documents, one store call (one fsync) per kind. A document the
@@ -404,10 +382,10 @@ impl Receiver {
                 master
                     .enqueue(f.family, f.payloads)
                     .await
-                    .map_err(|e| ReceiveError::Store {
+                    .map_err(|source| ReceiveError::Master {
                         origin: origin.to_owned(),
                         seq: f.last_seq,
-                        error: e.to_string(),
+                        source,
                     })?;
             }
         }
@@ -431,71 +409,37 @@ impl Receiver {
     }
 }
 
-/// Checks an index message and turns it into a store write.
-fn index_write(body: MessageBody) -> Result<(Kind, ExportedDoc), String> {
-    let MessageBody::Index {
-        index,
-        id,
-        version,
-        deleted,
-        doc,
-    } = body
-    else {
-        return Err("not an index message".into());
-    };
-    let kind: Kind = index.parse().map_err(|e: IndexError| e.to_string())?;
-    if deleted == doc.is_some() {
-        return Err(format!(
-            "index message {kind}/{id} must carry either a doc or deleted: true"
-        ));
-    }
-    Ok((
-        kind,
-        ExportedDoc {
-            id,
-            version,
-            deleted,
-            doc,
-            deleted_at: None,
-        },
-    ))
+/// A batch's plugin calls, per family in seq order, as master-queue payloads.
+#[derive(Default)]
+struct PluginCalls {
+    count: u64,
+    by_family: Vec<FamilyCalls>,
 }
 
-/// Decodes an index message of a batch in one pass, keeping the document's JSON text as sent
-/// (the store parses it once and stores it as is): `Message::decode` would buffer the whole
-/// message (an internally tagged enum) and build a `Value` the store then serializes again.
-/// Public for the benchmark of the apply path (`ha-bench`).
-pub fn decode_index(raw: &str) -> Result<(Kind, RawDoc), String> {
-    #[derive(serde::Deserialize)]
-    struct IndexMessage<'a> {
-        #[serde(borrow)]
-        index: std::borrow::Cow<'a, str>,
-        id: String,
-        version: u64,
-        #[serde(default)]
-        deleted: bool,
-        #[serde(default, borrow)]
-        doc: Option<&'a RawValue>,
+struct FamilyCalls {
+    family: crate::gerrit::Family,
+    last_seq: u64,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl PluginCalls {
+    /// The wire decoder has checked the call's endpoint family.
+    fn push(&mut self, seq: u64, call: crate::wire::PluginCall) {
+        let family = call.family();
+        let payload = call.encode();
+        self.count += 1;
+        match self.by_family.iter_mut().find(|f| f.family == family) {
+            Some(f) => {
+                f.last_seq = seq;
+                f.payloads.push(payload);
+            }
+            None => self.by_family.push(FamilyCalls {
+                family,
+                last_seq: seq,
+                payloads: vec![payload],
+            }),
+        }
     }
-    let m: IndexMessage =
-        serde_json::from_str(raw).map_err(|e| format!("cannot read message: {e}"))?;
-    let kind: Kind = m.index.parse().map_err(|e: IndexError| e.to_string())?;
-    let doc = m.doc; // `"doc": null` reads as None, as with `Option<Value>`
-    if m.deleted == doc.is_some() {
-        return Err(format!(
-            "index message {kind}/{} must carry either a doc or deleted: true",
-            m.id
-        ));
-    }
-    Ok((
-        kind,
-        RawDoc {
-            id: m.id,
-            version: m.version,
-            deleted: m.deleted,
-            source: doc.map(|d| d.get().to_owned()),
-        },
-    ))
 }
 
 /// What appending one peer event means for the batch reply.
@@ -516,65 +460,7 @@ fn event_outcome(
         Err(
             e @ (EventError::BadEvent(_) | EventError::TooLarge { .. } | EventError::BadOrigin(_)),
         ) => Err(ApplyError::Refuse(e.to_string())),
-        Err(e) => Err(ApplyError::Retry(e.to_string())),
-    }
-}
-
-/// A batch's plugin calls, per family in seq order, as master-queue payloads.
-#[derive(Default)]
-struct PluginCalls {
-    count: u64,
-    by_family: Vec<FamilyCalls>,
-}
-
-struct FamilyCalls {
-    family: crate::gerrit::Family,
-    last_seq: u64,
-    payloads: Vec<Vec<u8>>,
-}
-
-impl PluginCalls {
-    fn push(&mut self, seq: u64, call: crate::wire::PluginCall) {
-        let Some(family) = crate::gerrit::Family::of(&call.path) else {
-            return;
-        };
-        let payload = serde_json::to_vec(&call).expect("a plugin call serialises");
-        self.count += 1;
-        match self.by_family.iter_mut().find(|f| f.family == family) {
-            Some(f) => {
-                f.last_seq = seq;
-                f.payloads.push(payload);
-            }
-            None => self.by_family.push(FamilyCalls {
-                family,
-                last_seq: seq,
-                payloads: vec![payload],
-            }),
-        }
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct SeqOnly {
-    seq: u64,
-}
-
-fn kind_of(raw: &RawValue) -> &'static str {
-    #[derive(serde::Deserialize)]
-    struct K<'a> {
-        #[serde(borrow)]
-        kind: Option<&'a str>,
-    }
-    match serde_json::from_str::<K>(raw.get())
-        .ok()
-        .and_then(|k| k.kind)
-    {
-        Some("eviction") => "eviction",
-        Some("flush") => "flush",
-        Some("index") => "index",
-        Some("event") => "event",
-        Some("plugin") => "plugin",
-        _ => "unknown",
+        Err(e) => Err(ApplyError::Retry(e)),
     }
 }
 
@@ -589,35 +475,4 @@ fn write_durably(path: &Path, value: u64) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decode_index;
-    use crate::index::Kind;
-
-    #[test]
-    fn index_messages_decode_in_one_pass_keeping_the_document_text() {
-        let (kind, d) = decode_index(
-            r#"{"seq":3,"kind":"index","index":"changes","id":"c1","version":2,"doc":{"b":1,"a":"x"}}"#,
-        )
-        .unwrap();
-        assert_eq!(kind, Kind::Changes);
-        assert_eq!((d.id.as_str(), d.version, d.deleted), ("c1", 2, false));
-        assert_eq!(d.source.as_deref(), Some(r#"{"b":1,"a":"x"}"#));
-        let (_, d) = decode_index(
-            r#"{"seq":4,"kind":"index","index":"accounts","id":"7","version":5,"deleted":true}"#,
-        )
-        .unwrap();
-        assert!(d.deleted && d.source.is_none());
-        for bad in [
-            r#"{"seq":5,"kind":"index","index":"changes","id":"c1","version":2}"#,
-            r#"{"seq":5,"kind":"index","index":"changes","id":"c1","version":2,"doc":null}"#,
-            r#"{"seq":5,"kind":"index","index":"changes","id":"c1","version":2,"deleted":true,"doc":{}}"#,
-            r#"{"seq":5,"kind":"index","index":"nope","id":"c1","version":2,"doc":{}}"#,
-            r#"{"seq":5,"kind":"index","index":"changes","version":2,"doc":{}}"#,
-        ] {
-            assert!(decode_index(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -177,3 +177,26 @@ fn view_first_sight_of_an_old_heartbeat_is_stale_until_it_changes() {
         vec![("dead", true)]
     );
 }
+
+#[test]
+fn a_fifo_or_symlink_heartbeat_is_skipped_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Members::open(dir.path(), false).unwrap();
+    m.write_heartbeat(&hb("real", NOW, MemberState::Up))
+        .unwrap();
+    let fifo = std::ffi::CString::new(
+        m.dir()
+            .join("fifo.json")
+            .as_os_str()
+            .as_encoded_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink(m.dir().join("real.json"), m.dir().join("link.json")).unwrap();
+    let started = Instant::now();
+    let all = m.read_all().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let ids: Vec<_> = all.iter().map(|h| h.instance_id.as_str()).collect();
+    assert_eq!(ids, ["real"]);
+}

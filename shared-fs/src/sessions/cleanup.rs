@@ -201,7 +201,13 @@ fn remove_old_quarantine(
         if stamp.saturating_add(retention_ms) > now_ms {
             continue;
         }
-        match std::fs::remove_file(entry.path()) {
+        // A directory found in place of a session file was quarantined as it was.
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+        match removed {
             Ok(()) => report.quarantined_removed += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {

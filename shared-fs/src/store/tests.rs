@@ -164,7 +164,9 @@ fn quarantine_puts_back_a_file_replaced_after_it_was_judged() {
     let p = s.path_for(&h);
     s.put(&h, b"1", None).unwrap();
     std::fs::write(&p, b"corrupt").unwrap();
-    let (_, judged) = s.read_file(&p).unwrap().unwrap();
+    let Read::Regular(_, judged) = s.read_file(&p).unwrap() else {
+        panic!("not a regular file")
+    };
     // Another node renames a valid file over the corrupt one before we quarantine it.
     s.put(&h, br#"{"fresh":true}"#, None).unwrap();
     assert_eq!(s.quarantine(&p, &h, &judged).unwrap(), None);
@@ -270,4 +272,49 @@ fn reader_racing_writer_never_sees_a_partial_file() {
         "too little overlap: {writes} writes, {reads} reads"
     );
     assert!(!s.quarantine_dir().exists(), "nothing was judged corrupt");
+}
+
+/// A FIFO, a symlink (even to a valid entry) or a directory in place of an entry is never
+/// read through: the read answers at once and the thing is quarantined like a corrupt file.
+#[test]
+fn non_regular_files_are_quarantined_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let valid = KeyHash::of(b"valid");
+    s.put(&valid, br#"{"ok":true}"#, None).unwrap();
+    let make = |kind: &str, p: &Path| match kind {
+        "a FIFO" => {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }
+        "a symbolic link" => std::os::unix::fs::symlink(s.path_for(&valid), p).unwrap(),
+        _ => std::fs::create_dir(p).unwrap(),
+    };
+    for (i, kind) in ["a FIFO", "a symbolic link", "a directory"]
+        .iter()
+        .enumerate()
+    {
+        let h = KeyHash::of(format!("k{i}").as_bytes());
+        let p = s.path_for(&h);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        make(kind, &p);
+        let started = Instant::now();
+        let err = s.get(&h).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{kind}: slow");
+        match &err {
+            StoreError::Corrupt {
+                reason,
+                quarantined: Some(q),
+                ..
+            } => {
+                assert!(reason.contains(kind), "{kind}: {reason}");
+                assert!(q.symlink_metadata().is_ok(), "{kind}: not in quarantine");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+        assert!(p.symlink_metadata().is_err(), "{kind}: left in place");
+        assert_eq!(s.get(&h).unwrap(), None);
+    }
+    // The symlink's target was not touched.
+    assert_eq!(s.get(&valid).unwrap().unwrap().bytes, br#"{"ok":true}"#);
 }

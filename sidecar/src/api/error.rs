@@ -88,7 +88,8 @@ impl From<crate::receiver::ReceiveError> for ApiError {
     fn from(e: crate::receiver::ReceiveError) -> Self {
         match e {
             crate::receiver::ReceiveError::BadOrigin(_) => ApiError::BadRequest(e.to_string()),
-            crate::receiver::ReceiveError::Store { .. } => ApiError::Unavailable(e.to_string()),
+            crate::receiver::ReceiveError::Store { .. }
+            | crate::receiver::ReceiveError::Master { .. } => ApiError::Unavailable(e.to_string()),
             crate::receiver::ReceiveError::Persist { .. }
             | crate::receiver::ReceiveError::Index(_) => ApiError::Internal(e.to_string()),
         }

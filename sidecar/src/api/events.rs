@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::{read_body, ApiError, AppState};
 use crate::metrics::Metrics;
+use crate::wire::{CatchUpQuery, CatchUpReply, OriginsReply};
 
 /// Most events one catch-up reply carries.
 const MAX_CATCH_UP: usize = 5_000;
@@ -77,16 +78,9 @@ pub(crate) async fn publish_local(
 /// `{"origins": {origin: last seq}}`: what this node's log holds.
 async fn origins(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     super::peer::authenticate(&state, &req, b"")?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "origins": state.events.last_seq_by_origin(),
-    })))
-}
-
-#[derive(serde::Deserialize)]
-struct CatchUpQuery {
-    #[serde(default)]
-    after: u64,
-    limit: Option<usize>,
+    Ok(HttpResponse::Ok().json(OriginsReply {
+        origins: state.events.last_seq_by_origin(),
+    }))
 }
 
 /// `{"origin", "last_seq", "events": [{"seq", "event"}]}`: the origin's events after `after`,
@@ -115,23 +109,11 @@ async fn catch_up(
         .get(&origin)
         .copied()
         .unwrap_or(0);
-    let mut out = Vec::with_capacity(events.iter().map(|(_, b)| b.len() + 32).sum::<usize>() + 64);
-    out.extend_from_slice(
-        serde_json::json!({ "origin": origin, "last_seq": last_seq })
-            .to_string()
-            .trim_end_matches('}')
-            .as_bytes(),
+    let out = CatchUpReply::encode(
+        &origin,
+        last_seq,
+        events.iter().map(|(id, bytes)| (id.seq, bytes.as_ref())),
     );
-    out.extend_from_slice(b",\"events\":[");
-    for (i, (id, bytes)) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(format!("{{\"seq\":{},\"event\":", id.seq).as_bytes());
-        out.extend_from_slice(bytes);
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"]}");
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(out))

@@ -11,6 +11,8 @@ use super::local::authorize;
 use super::{read_body, ApiError, AppState};
 use crate::index::{ExportedDoc, Kind, WriteOutcome};
 use crate::metrics::Metrics;
+use crate::wire::{Doc, PeerMessage};
+use std::borrow::Cow;
 
 /// Results of a search unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
@@ -77,12 +79,19 @@ fn index_payloads(
     if !state.config.index.synchronize {
         return Ok(Vec::new());
     }
-    docs.iter()
+    Ok(docs
+        .iter()
         .map(|d| {
-            crate::wire::encode_index(kind.as_str(), &d.id, d.version, d.deleted, d.doc.as_ref())
-                .map_err(|e| ApiError::Internal(e.to_string()))
+            PeerMessage::Index {
+                index: kind,
+                id: Cow::Borrowed(&d.id),
+                version: d.version,
+                deleted: d.deleted,
+                doc: d.doc.as_ref().map(Doc::Value),
+            }
+            .encode()
         })
-        .collect()
+        .collect())
 }
 
 /// Queues the applied writes' messages for every peer (one group commit) when

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use super::{bearer, read_body, ApiError, AppState};
 use crate::metrics::Metrics;
-use crate::wire::MessageBody;
+use crate::wire::PeerMessage;
+use std::borrow::Cow;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Sessions first: their scope is a static prefix, so it costs other requests one string
@@ -115,7 +116,12 @@ async fn evict(
     let forwarded = state.caches.is_forwarded(&cache);
     let mut seq = None;
     if forwarded && !keys.is_empty() {
-        seq = forward(&state, MessageBody::Eviction { cache, keys }).await?;
+        let keys = keys.iter().map(|k| Cow::Borrowed(k.as_str())).collect();
+        let msg = PeerMessage::Eviction {
+            cache: Cow::Borrowed(&cache),
+            keys,
+        };
+        seq = forward(&state, &msg).await?;
     }
     state
         .metrics
@@ -141,7 +147,10 @@ async fn flush(
     let forwarded = state.caches.is_forwarded(&cache);
     let mut seq = None;
     if forwarded {
-        seq = forward(&state, MessageBody::Flush { cache }).await?;
+        let msg = PeerMessage::Flush {
+            cache: Cow::Borrowed(&cache),
+        };
+        seq = forward(&state, &msg).await?;
     }
     state
         .metrics
@@ -152,9 +161,11 @@ async fn flush(
 }
 
 /// Durably queues a message for every peer (group-committed with concurrent requests).
-pub(crate) async fn forward(state: &AppState, body: MessageBody) -> Result<Option<u64>, ApiError> {
-    let payload = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(state.outbox.append(payload).await?)
+pub(crate) async fn forward(
+    state: &AppState,
+    msg: &PeerMessage<'_>,
+) -> Result<Option<u64>, ApiError> {
+    Ok(state.outbox.append(msg.encode()).await?)
 }
 
 async fn health_post(

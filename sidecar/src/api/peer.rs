@@ -5,8 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::{read_body, ApiError, AppState};
 use crate::auth::{self, SignatureHeaders};
 use crate::metrics::ReasonLabel;
-use crate::peers::membership::Hello;
-use crate::wire::Batch;
+use crate::wire::{BacklogReply, Batch, Hello, LeaveReply};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/peer/batch", web::post().to(batch))
@@ -96,7 +95,7 @@ async fn leave(
     authenticate(&state, &req, &body)?;
     let hello: Hello = super::error::parse_json(&body)?;
     let known = state.membership.on_leave(&hello);
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "known": known })))
+    Ok(HttpResponse::Ok().json(LeaveReply { known }))
 }
 
 /// A restarted peer asks how much this node still holds for it (and so wakes its forwarder).
@@ -109,8 +108,8 @@ async fn backlog(
     authenticate(&state, &req, &body)?;
     let hello: Hello = super::error::parse_json(&body)?;
     let pending = state.membership.on_backlog(&hello);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "known": pending.is_some(),
-        "pending": pending.unwrap_or(0),
-    })))
+    Ok(HttpResponse::Ok().json(BacklogReply {
+        known: pending.is_some(),
+        pending: pending.unwrap_or(0),
+    }))
 }

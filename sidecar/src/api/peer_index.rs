@@ -10,7 +10,7 @@ use super::{read_body, ApiError, AppState};
 use crate::index::WriteOutcome;
 use crate::wire::index_sync::{
     ApplyReply, ApplyRequest, BucketEntries, DigestRequest, EntriesReply, EntriesRequest,
-    ExportRequest,
+    ExportReplyWriter, ExportRequest,
 };
 
 /// An export reply stops growing past this many bytes of documents (at least one is sent).
@@ -74,28 +74,20 @@ async fn export(
 ) -> Result<HttpResponse, ApiError> {
     let r: ExportRequest = signed(&state, &req, payload).await?;
     let store = state.index.clone();
-    // The reply is written by hand so its size is known as it grows.
+    // Written document by document, so its size is known as it grows.
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {
-        let mut out = Vec::with_capacity(64 << 10);
-        out.extend_from_slice(b"{\"docs\":[");
+        let mut out = ExportReplyWriter::new();
         let mut consumed = 0;
-        let mut first = true;
-        'outer: for chunk in r.ids.chunks(EXPORT_CHUNK) {
+        for chunk in r.ids.chunks(EXPORT_CHUNK) {
             for d in store.export(r.kind, chunk)? {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                serde_json::to_writer(&mut out, &d)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                out.push(&d);
             }
             consumed += chunk.len();
             if out.len() > MAX_EXPORT_BYTES {
-                break 'outer;
+                break;
             }
         }
-        out.extend_from_slice(format!("],\"consumed\":{consumed}}}").as_bytes());
-        Ok(out)
+        Ok(out.finish(consumed))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;

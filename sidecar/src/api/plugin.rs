@@ -13,7 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::{read_body, ApiError, AppState};
 use crate::gerrit::{ingress, Family};
 use crate::metrics::Metrics;
-use crate::wire::MessageBody;
+use crate::wire::PeerMessage;
 
 const QUERY: &str = "query/changes.updated.since/";
 const PEER_QUERY: &str = "v1/peer/gerrit/changes-updated-since";
@@ -107,9 +107,7 @@ async fn call(
         // Into this node's own log first: it also checks what the log needs (`eventCreatedOn`).
         super::events::publish_local(&state, &body).await?;
     }
-    let message = serde_json::to_vec(&MessageBody::Plugin(call))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    state.outbox.append(message).await?;
+    super::local::forward(&state, &PeerMessage::Plugin(call)).await?;
     state
         .metrics
         .gerrit

@@ -9,7 +9,8 @@ use super::local::{authorize, forward};
 use super::{read_body, ApiError, AppState};
 use crate::metrics::Metrics;
 use crate::sessions::{Sessions, SESSIONS_CACHE};
-use crate::wire::MessageBody;
+use crate::wire::PeerMessage;
+use std::borrow::Cow;
 
 /// One scope with a static prefix; the token is taken from the rest of the path by hand. The
 /// master reads its session on every request it serves, and actix matches every dynamic
@@ -132,14 +133,11 @@ async fn refresh(
     };
     if sessions(&state).synchronize() {
         if let Some(hash) = shared_fs::sessions::token_hash(&token) {
-            forward(
-                &state,
-                MessageBody::Eviction {
-                    cache: SESSIONS_CACHE.into(),
-                    keys: vec![hash.as_str().to_owned()],
-                },
-            )
-            .await?;
+            let msg = PeerMessage::Eviction {
+                cache: Cow::Borrowed(SESSIONS_CACHE),
+                keys: vec![Cow::Borrowed(hash.as_str())],
+            };
+            forward(&state, &msg).await?;
         }
     }
     Ok(HttpResponse::Ok().json(&rec))
@@ -162,14 +160,11 @@ async fn delete(
     let forwarded = sessions(&state).synchronize();
     let mut seq = None;
     if forwarded {
-        seq = forward(
-            &state,
-            MessageBody::Eviction {
-                cache: SESSIONS_CACHE.into(),
-                keys: vec![hash.as_str().to_owned()],
-            },
-        )
-        .await?;
+        let msg = PeerMessage::Eviction {
+            cache: Cow::Borrowed(SESSIONS_CACHE),
+            keys: vec![Cow::Borrowed(hash.as_str())],
+        };
+        seq = forward(&state, &msg).await?;
     }
     state
         .metrics

@@ -137,7 +137,7 @@ async fn run(family: Family, queue: Arc<Queue>, ctx: Arc<DeliveryCtx>, stop: Can
             }
         }
         for r in &batch.records {
-            let call = match serde_json::from_slice::<PluginCall>(&r.payload) {
+            let call = match PluginCall::decode(&r.payload) {
                 Ok(c) => c,
                 Err(e) => {
                     set_aside(

@@ -12,7 +12,7 @@ pub mod delivery;
 pub mod ingress;
 pub mod probe;
 
-pub use crate::wire::PluginCall;
+pub use crate::wire::{Family, PluginCall};
 
 use std::sync::{Arc, Mutex};
 
@@ -80,54 +80,6 @@ impl Master {
         }
         let queues = self.queues.clone();
         let _ = tokio::task::spawn_blocking(move || queues.shutdown()).await;
-    }
-}
-
-/// A family of plugin endpoints. Order is kept within a family; families are delivered by
-/// separate queues, so stream events never wait behind an index storm (the plugin's
-/// Issue 40013901).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    Cache,
-    Index,
-    Event,
-    ProjectList,
-}
-
-impl Family {
-    pub const ALL: [Family; 4] = [
-        Family::Cache,
-        Family::Index,
-        Family::Event,
-        Family::ProjectList,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Cache => "cache",
-            Family::Index => "index",
-            Family::Event => "event",
-            Family::ProjectList => "project_list",
-        }
-    }
-
-    /// The family of a plugin path (relative to `/plugins/<pluginName>/`).
-    pub fn of(path: &str) -> Option<Family> {
-        if path.starts_with("cache/project_list/") {
-            Some(Family::ProjectList)
-        } else if path.starts_with("cache/") {
-            Some(Family::Cache)
-        } else if path.starts_with("index/") {
-            Some(Family::Index)
-        } else if path.starts_with("event/") {
-            Some(Family::Event)
-        } else {
-            None
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 

@@ -32,31 +32,6 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
-/// Builds the batch body around the stored message bodies without re-serialising them.
-pub fn batch_body(origin: &str, batch: &Peeked) -> Vec<u8> {
-    let size: usize = batch.records.iter().map(|r| r.payload.len() + 24).sum();
-    let mut out = Vec::with_capacity(size + 64);
-    out.extend_from_slice(b"{\"origin\":");
-    out.extend_from_slice(&serde_json::to_vec(origin).expect("a string serialises"));
-    out.extend_from_slice(b",\"messages\":[");
-    for (i, r) in batch.records.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(format!("{{\"seq\":{}", r.seq).as_bytes());
-        // Stored payloads are JSON objects written by this node; splice their fields in.
-        match r.payload.strip_prefix(b"{") {
-            Some(rest) if rest.first().is_some_and(|c| *c != b'}') => {
-                out.push(b',');
-                out.extend_from_slice(rest);
-            }
-            _ => out.push(b'}'),
-        }
-    }
-    out.extend_from_slice(b"]}");
-    out
-}
-
 pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: CancellationToken) {
     let label = Metrics::peer(&peer.key);
     let mut attempt: u32 = 0;
@@ -95,7 +70,10 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
             }
             continue;
         }
-        let body = batch_body(&ctx.origin, &batch);
+        let body = crate::wire::encode_batch(
+            &ctx.origin,
+            batch.records.iter().map(|r| (r.seq, r.payload.as_slice())),
+        );
         if attempt > 0 {
             ctx.metrics.batches_retried.get_or_create(&label).inc();
         }
@@ -209,8 +187,6 @@ async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peers::outbox::segment::Record;
-    use crate::peers::outbox::Position;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -221,33 +197,5 @@ mod tests {
             let exp = base.saturating_mul(1 << attempt.min(20)).min(cap);
             assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
         }
-    }
-
-    #[test]
-    fn body_is_valid_json_with_seqs() {
-        let b = Peeked {
-            records: vec![
-                Record {
-                    seq: 4,
-                    accepted_at_ms: 0,
-                    payload: br#"{"kind":"flush","cache":"c"}"#.to_vec(),
-                },
-                Record {
-                    seq: 9,
-                    accepted_at_ms: 0,
-                    payload: b"{}".to_vec(),
-                },
-            ],
-            end: Position {
-                segment: 0,
-                offset: 0,
-            },
-            corrupt: None,
-        };
-        let v: serde_json::Value = serde_json::from_slice(&batch_body("a\"b", &b)).unwrap();
-        assert_eq!(v["origin"], "a\"b");
-        assert_eq!(v["messages"][0]["seq"], 4);
-        assert_eq!(v["messages"][0]["kind"], "flush");
-        assert_eq!(v["messages"][1], serde_json::json!({"seq": 9}));
     }
 }

@@ -18,13 +18,7 @@ use super::{MemberState, Peer, Peers};
 use crate::config::{Config, Discovery};
 use crate::health::Health;
 use crate::metrics::Metrics;
-
-/// Body of `POST /v1/peer/leave` and `POST /v1/peer/backlog`: who is asking.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Hello {
-    pub instance_id: String,
-    pub listen_url: String,
-}
+use crate::wire::{BacklogReply, Hello};
 
 /// One remembered peer in `<data>/peers.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -530,9 +524,8 @@ impl Membership {
                         .post_signed(u, "v1/peer/backlog", body, Duration::from_secs(2))
                         .await;
                     match r {
-                        Ok((200, b)) => serde_json::from_slice::<serde_json::Value>(&b)
-                            .ok()
-                            .and_then(|v| v["pending"].as_u64())
+                        Ok((200, b)) => serde_json::from_slice::<BacklogReply>(&b)
+                            .map(|r| r.pending)
                             .unwrap_or(0),
                         // Unreachable, unknown to it, or too old to answer: it holds nothing
                         // it could deliver now.
