@@ -188,6 +188,11 @@ async fn permanent_refusals_are_dead_lettered_and_storms_retried_in_order() {
     };
     assert!(dl("cache").contains("cache not found") && dl("cache").contains("plugin_only_cache"));
     assert!(dl("event").contains("\"status\":415"));
+    let status = api::status(&h, &b.peer_url()).await;
+    let queues = status["master"]["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 4, "{status}");
+    assert!(queues.iter().all(|q| q["pending"] == 0), "{status}");
+    assert_eq!(status["master"]["up"], true, "{status}");
     assert!(ma.received().is_empty(), "nothing goes back to master A");
 }
 
@@ -354,4 +359,154 @@ async fn master_down_and_sidecar_killed_loses_nothing() {
     .await;
     assert_delivered_in_family_order(&calls, &mb.accepted());
     assert!(ma.received().is_empty(), "nothing goes back to master A");
+}
+
+/// A plugin admin's `high-availability.config` (JGroups, indexSync, autoReindex, websession,
+/// healthcheck) loads unchanged with warnings; only the sidecar's own keys are added.
+#[test]
+fn the_plugin_config_loads_with_warnings() {
+    use std::collections::BTreeMap;
+    let dir = integration::gerrit::fixtures_dir();
+    let secret = dir.join("../config/peer.key");
+    let env = BTreeMap::from([
+        ("HA_MAIN_INSTANCEID".to_owned(), "gerrit-01".to_owned()),
+        (
+            "HA_AUTH_SECRETFILE".to_owned(),
+            secret.display().to_string(),
+        ),
+        (
+            "HA_GERRIT_URL".to_owned(),
+            "http://127.0.0.1:8080".to_owned(),
+        ),
+    ]);
+    let (c, report) =
+        ha_sidecar::config::load_path(Some(&dir.join("high-availability.config")), &env)
+            .unwrap_or_else(|r| panic!("{:#?}", r.errors));
+    assert!(matches!(
+        c.peers.discovery,
+        ha_sidecar::config::Discovery::SharedFs { .. }
+    ));
+    assert_eq!(
+        c.gerrit.url.as_ref().unwrap().as_str(),
+        "http://127.0.0.1:8080/"
+    );
+    assert_eq!(c.gerrit.plugin_name, "high-availability");
+    assert_eq!(
+        c.gerrit.user.as_deref(),
+        Some("ha-user"),
+        "defaults to http.user"
+    );
+    assert!(c.gerrit.password.is_some(), "defaults to http.password");
+    let warned = |key: &str, text: &str| {
+        report
+            .warnings
+            .iter()
+            .any(|w| w.key.eq_ignore_ascii_case(key) && w.message.contains(text))
+    };
+    assert!(
+        warned("peerInfo.strategy", "shared-fs"),
+        "{:#?}",
+        report.warnings
+    );
+    assert!(
+        warned("http.retryInterval", "back-off"),
+        "{:#?}",
+        report.warnings
+    );
+    for key in [
+        "main.transport",
+        "peerinfo.jgroups.myurl",
+        "jgroups.clustername",
+        "jgroups.kubernetes.namespace",
+        "indexsync.enabled",
+        "autoreindex.enabled",
+        "index.batchthreadpoolsize",
+        "index.synchronizeforced",
+        "ref-database.enabled",
+        "event.allowedlisteners",
+    ] {
+        assert!(warned(key, "plugin"), "{key}: {:#?}", report.warnings);
+    }
+    assert!(
+        report
+            .warnings
+            .iter()
+            .all(|w| !w.message.contains("unknown key")),
+        "every key of the plugin is classified: {:#?}",
+        report.warnings
+    );
+}
+
+/// The plugin's own session files (`websessions/<cookie>`, Java-serialized, and its temp
+/// files) share the directory; sessions, watcher and cleanup never modify or remove them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_session_files_are_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = mesh_specs(dir.path(), 1, "").remove(0);
+    spec.extra = "[websession]\n  cleanupInterval = 100ms\n  maxAge = 1s\n".into();
+    let sessions = spec.shared_dir.join("websessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    // `WebSessionManager$Val` as Java serialization writes it (magic, class descriptor, ...).
+    let mut java = vec![0xac, 0xed, 0x00, 0x05, 0x73, 0x72, 0x00, 0x2c];
+    java.extend_from_slice(b"com.google.gerrit.httpd.WebSessionManager$Val");
+    java.extend_from_slice(&[
+        0, 0, 0, 0, 0, 0, 0, 2, 0x03, 0, 0, 0x78, 0x70, 0x77, 0x25, 0x01,
+    ]);
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
+    let names = [
+        "aOFdpHqZ4DjVGCp7bS3BLkS8a5ndzmRnAa",
+        "aSceprtZpEGCjbTR0uUZzE0YXm4DTCkR6A",
+        "6f1c1d2e-3a4b-4c5d-8e9f-0a1b2c3d4e5f1234567890.tmp",
+    ];
+    for n in names {
+        let p = sessions.join(n);
+        std::fs::write(&p, &java).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let node = start_in_process(&spec, dir.path()).await;
+    let h = http();
+    let base = node.local_url();
+    // The sidecar's own sessions come and go beside them.
+    for account in 1..=3u64 {
+        let r = h
+            .post(format!("{base}v1/sessions"))
+            .json(&serde_json::json!({"account_id": account}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let token = r.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let st = h
+            .delete(format!("{base}v1/sessions/{token}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(st.is_success(), "{st}");
+    }
+    eventually("three cleanup passes", Duration::from_secs(20), || async {
+        api::metric(&h, &node.peer_url(), "ha_session_cleanup_runs_total", &[]).await >= 3.0
+    })
+    .await;
+    for n in names {
+        let p = sessions.join(n);
+        assert_eq!(std::fs::read(&p).unwrap(), java, "{n} unchanged");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().modified().unwrap(),
+            old,
+            "{n} untouched"
+        );
+    }
+    let quarantined = std::fs::read_dir(sessions.join("quarantine"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(quarantined, 0, "nothing quarantined");
 }

@@ -81,6 +81,9 @@ async fn health_delete(
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
+    if let Some(m) = &state.master {
+        m.status(&state.metrics);
+    }
     for (kind, k) in state.index.stats().kinds {
         let label = crate::metrics::Metrics::kind(kind.as_str());
         state
@@ -201,5 +204,6 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
         "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
         "index": state.index.stats().kinds.into_iter().map(|(kind, k)| (kind.as_str().to_owned(), k)).collect::<std::collections::BTreeMap<_, _>>(),
         "peers": peers,
+        "master": state.master.as_ref().map(|m| m.status(&state.metrics)),
     }))
 }

@@ -89,6 +89,11 @@ const PLUGIN_ONLY_KEYS: &[(&str, &str)] = &[
     ("index", "maxTries"),
     ("index", "retryInterval"),
     ("index", "initialDelay"),
+    ("index", "batchThreadPoolSize"),
+    ("index", "synchronizeForced"),
+    ("index", "numStripedLocks"),
+    ("index", "waitTimeout"),
+    ("peerInfo.jgroups", "*"),
     ("cache", "threadPoolSize"),
     ("event", "allowedListeners"),
     ("jgroups", "*"),
@@ -352,8 +357,13 @@ fn warn_unknown(v: &mut V<'_>) {
         if known {
             continue;
         }
+        let section = match &k.subsection {
+            Some(sub) => format!("{}.{sub}", k.section),
+            None => k.section.clone(),
+        };
         let plugin = PLUGIN_ONLY_KEYS.iter().any(|(s, key)| {
-            s.eq_ignore_ascii_case(&k.section) && (*key == "*" || key.eq_ignore_ascii_case(&k.key))
+            (s.eq_ignore_ascii_case(&section) || s.eq_ignore_ascii_case(&k.section))
+                && (*key == "*" || key.eq_ignore_ascii_case(&k.key))
         });
         let msg = if plugin {
             "a setting of Gerrit's plugin that ha-sidecar does not need; ignored"
@@ -406,6 +416,14 @@ pub(super) fn validate(
         );
     }
     let discovery = match strategy.to_ascii_lowercase().as_str() {
+        "jgroups" => {
+            v.warn(
+                "peerInfo.strategy",
+                "`jgroups` is the plugin's discovery; ha-sidecar finds its peers by their \
+                 heartbeats in sharedDirectory/members/ instead (shared-fs)",
+            );
+            Discovery::SharedFs { heartbeat, ttl }
+        }
         "static" => Discovery::Static {
             urls: peer_urls(&mut v, &listen),
         },
@@ -525,6 +543,14 @@ pub(super) fn validate(
         max_batch_messages: v.number("http", None, "maxBatchMessages", 2_000, 1) as usize,
         max_batch_bytes: v.number("http", None, "maxBatchBytes", 1 << 20, 1024) as usize,
     };
+    if raw.last("http", None, "retryinterval").is_some() {
+        v.warn(
+            "http.retryInterval",
+            "here the first delay of an exponential back-off (doubling up to \
+             http.maxRetryInterval, retried forever), not the plugin's fixed delay between \
+             http.maxTries attempts",
+        );
+    }
     if http.retry_interval.is_zero() {
         v.err("http.retryInterval", "must be above zero");
     }

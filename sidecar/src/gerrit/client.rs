@@ -69,6 +69,11 @@ impl MasterClient {
         }))
     }
 
+    /// The master's base URL (no credentials in it).
+    pub fn base_url(&self) -> &str {
+        self.base.as_str()
+    }
+
     /// Preemptive Basic auth when a user is configured (the master's servlets never challenge).
     fn auth(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.user {

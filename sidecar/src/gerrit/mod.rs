@@ -70,6 +70,33 @@ impl Master {
         self.tasks.lock().expect("tasks lock").extend(tasks);
     }
 
+    /// The master's queues for `/v1/status`, refreshing the `gerrit_pending` gauges.
+    pub fn status(&self, metrics: &Metrics) -> serde_json::Value {
+        let now = crate::peers::outbox::now_ms();
+        let queues: Vec<serde_json::Value> = self
+            .queues
+            .stats()
+            .into_iter()
+            .map(|(f, q)| {
+                metrics
+                    .gerrit
+                    .pending
+                    .get_or_create(&Metrics::kind(f.as_str()))
+                    .set(q.pending as i64);
+                serde_json::json!({
+                    "family": f.as_str(),
+                    "pending": q.pending,
+                    "oldest_undelivered_age_ms": q.oldest_pending_ms.map(|t| now.saturating_sub(t)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "url": self.client.base_url(),
+            "up": metrics.gerrit.master_up.get() == 1,
+            "queues": queues,
+        })
+    }
+
     /// Stops the tasks (a call being replayed is replayed again at the next start) and closes
     /// the queues.
     pub async fn shutdown(&self) {

@@ -102,7 +102,9 @@ pub enum MessageError {
     NoSeq(#[source] serde_json::Error),
     #[error("cannot read message: {0}")]
     Malformed(#[source] serde_json::Error),
-    #[error("cannot read message: unknown kind {0:?} (known: eviction, flush, index, event, plugin)")]
+    #[error(
+        "cannot read message: unknown kind {0:?} (known: eviction, flush, index, event, plugin)"
+    )]
     UnknownKind(Option<String>),
     #[error("cannot read message: {kind} message without `{field}`")]
     Missing {
