@@ -59,6 +59,31 @@ impl GvfsNfs {
         self.dir.path().join("mnt-b")
     }
 
+    /// The PID of the ganesha server (to freeze it with SIGSTOP: a hung NFS server).
+    pub fn server_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.dir.path().join("ganesha.pid")).unwrap();
+        let pid: i32 = text.trim().parse().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        assert_eq!(
+            comm.trim(),
+            "ganesha.nfsd",
+            "ganesha.pid does not name the server"
+        );
+        pid
+    }
+
+    /// Freezes the server (SIGSTOP) until the guard is dropped (SIGCONT): every call on the
+    /// mounts blocks meanwhile, as on a hung `hard` NFS mount.
+    pub fn freeze(&self) -> Frozen {
+        let pid = self.server_pid();
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP ganesha"
+        );
+        Frozen(pid)
+    }
+
     /// The server's own directory (what the clients see), for inspection.
     pub fn export(&self) -> PathBuf {
         self.dir.path().join("export")
@@ -72,5 +97,16 @@ impl Drop for GvfsNfs {
             .arg(self.dir.path())
             .arg(&self.netns)
             .status();
+    }
+}
+
+/// A frozen ganesha server; thawed when dropped (also when a test fails).
+pub struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
     }
 }

@@ -8,4 +8,5 @@ mod membership;
 mod process;
 mod receiver;
 mod sessions;
+mod shared_dir;
 mod transport;

@@ -25,6 +25,7 @@ use crate::peers::outbox::{Outbox, OutboxOptions};
 use crate::peers::Peers;
 use crate::receiver::{Receiver, Stores};
 use crate::sessions::Sessions;
+use crate::shared_dir::SharedDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -136,14 +137,20 @@ impl Node {
             ..OutboxOptions::default()
         };
         let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
+        let shared_dir = Arc::new(SharedDir::new(
+            config.limits.shared_dir_concurrency,
+            config.limits.shared_dir_timeout,
+            metrics.clone(),
+        ));
         let sessions = {
-            let (dir, cfg, m) = (
+            let (dir, cfg, sd, m) = (
                 config.shared_dir.clone(),
                 config.websession.clone(),
+                shared_dir.clone(),
                 metrics.clone(),
             );
             // Opening takes the watcher's first scan of the session tree: off the executor.
-            tokio::task::spawn_blocking(move || Sessions::open(&dir, cfg, m))
+            tokio::task::spawn_blocking(move || Sessions::open(&dir, cfg, sd, m))
                 .await
                 .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
         };
@@ -198,6 +205,7 @@ impl Node {
                 peers.clone(),
                 metrics.clone(),
                 health.clone(),
+                shared_dir.clone(),
             )
             .map_err(StartError::Other)?,
         );

@@ -19,6 +19,7 @@ pub mod peers;
 pub mod receiver;
 pub mod reindex;
 pub mod sessions;
+pub mod shared_dir;
 pub mod status_cli;
 pub mod stream_client;
 pub mod wire;

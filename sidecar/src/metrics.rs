@@ -211,6 +211,10 @@ pub struct Metrics {
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
     pub sessions: SessionMetrics,
+    /// Calls on the shared directory running now (see `shared_dir`).
+    pub shared_dir_in_flight: Gauge,
+    /// Calls on the shared directory answered "not responding" (deadline or no free slot).
+    pub shared_dir_not_responding: Counter,
     pub peer_state: Family<PeerStateLabel, Gauge>,
     pub peer_failures: Family<PeerLabel, Counter>,
     pub alerts_failed: Counter,
@@ -257,6 +261,8 @@ impl Metrics {
             }),
             local_mutations: Family::default(),
             sessions: SessionMetrics::default(),
+            shared_dir_in_flight: Gauge::default(),
+            shared_dir_not_responding: Counter::default(),
             peer_state: Family::default(),
             peer_failures: Family::default(),
             alerts_failed: Counter::default(),
@@ -344,6 +350,16 @@ impl Metrics {
             m.local_mutations.clone(),
         );
         m.sessions.register(&mut r);
+        r.register(
+            "shared_dir_in_flight",
+            "Calls on the shared directory running now (bounded by main.sharedDirectoryConcurrency)",
+            m.shared_dir_in_flight.clone(),
+        );
+        r.register(
+            "shared_dir_not_responding",
+            "Calls on the shared directory that missed main.sharedDirectoryTimeout (answered 503)",
+            m.shared_dir_not_responding.clone(),
+        );
         r.register(
             "peer_state",
             "1 for the membership state (up, left, failed) a peer is in, per peer",

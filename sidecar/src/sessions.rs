@@ -17,8 +17,9 @@
 //!   record back into the cache. Each hash falls in one of [`STRIPES`] stripes with a
 //!   generation; a reader notes the generation before reading the file and inserts only if it
 //!   is unchanged, under the stripe's lock, which every invalidation takes too.
-//! * **Blocking.** Every call on the shared directory runs on a blocking thread
-//!   (`spawn_blocking`); the cleanup runs on its own schedule and never holds a request.
+//! * **Blocking.** Every call on the shared directory runs through the node's bulkhead
+//!   ([`crate::shared_dir`]: bounded blocking threads, a deadline, `503` when the mount hangs);
+//!   the cleanup runs on its own schedule and never holds a request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WebSessionConfig;
 use crate::metrics::Metrics;
 use crate::peers::outbox::now_ms;
+use crate::shared_dir::{SharedDir, SharedDirError};
 
 /// Longest time a cached session is served without reading its file again.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
@@ -60,6 +62,20 @@ pub enum SessionsError {
     /// The shared directory failed.
     #[error("shared directory: {0}")]
     Storage(String),
+    /// The shared directory did not answer within `main.sharedDirectoryTimeout` (HTTP 503).
+    #[error("shared directory not responding")]
+    NotResponding,
+}
+
+impl From<SharedDirError> for SessionsError {
+    fn from(e: SharedDirError) -> Self {
+        match e {
+            SharedDirError::NotResponding => SessionsError::NotResponding,
+            SharedDirError::Failed(m) => {
+                SessionsError::Storage(format!("session task failed: {m}"))
+            }
+        }
+    }
 }
 
 impl From<SessionError> for SessionsError {
@@ -172,6 +188,7 @@ pub fn hash_prefix(hash: &KeyHash) -> &str {
 /// The session store of one node.
 pub struct Sessions {
     files: SessionFiles,
+    shared: Arc<SharedDir>,
     cache: Arc<ReadCache>,
     config: WebSessionConfig,
     metrics: Arc<Metrics>,
@@ -203,6 +220,7 @@ impl Sessions {
     pub fn open(
         shared_dir: &std::path::Path,
         config: WebSessionConfig,
+        shared: Arc<SharedDir>,
         metrics: Arc<Metrics>,
     ) -> Result<Sessions, SessionsError> {
         let files = SessionFiles::open(shared_dir, SessionOptions::default())?;
@@ -221,6 +239,7 @@ impl Sessions {
         .map_err(|e| SessionsError::Storage(format!("cannot watch the session directory: {e}")))?;
         Ok(Sessions {
             files,
+            shared,
             cache,
             config,
             read_counters: ReadCounters::new(&metrics),
@@ -263,11 +282,12 @@ impl Sessions {
             extra,
         };
         let this = self.clone();
-        let (token, record) = blocking(move || {
-            let token = this.files.create(&record)?;
-            Ok((token, record))
-        })
-        .await?;
+        let (token, record) = self
+            .blocking(move || {
+                let token = this.files.create(&record)?;
+                Ok((token, record))
+            })
+            .await?;
         let hash = token.hash();
         let expires_at = record.expires_at;
         match SessionJson::encode(&record) {
@@ -297,12 +317,13 @@ impl Sessions {
         let seen = self.cache.generation(&hash);
         let this = self.clone();
         let token = token.to_owned();
-        let found = blocking(move || {
-            this.files
-                .get(&token, now)
-                .map_err(|e| this.report(e, &this.hash_of(&token)))
-        })
-        .await?;
+        let found = self
+            .blocking(move || {
+                this.files
+                    .get(&token, now)
+                    .map_err(|e| this.report(e, &this.hash_of(&token)))
+            })
+            .await?;
         match found {
             Some(rec) => {
                 let rec = SessionJson::encode(&rec)?;
@@ -337,20 +358,21 @@ impl Sessions {
         let this = self.clone();
         let token = token.to_owned();
         let h = hash.clone();
-        let written = blocking(move || {
-            let Some(mut rec) = this
-                .files
-                .get(&token, now)
-                .map_err(|e| this.report(e, &h))?
-            else {
-                return Ok(None);
-            };
-            rec.extra.extend(extra);
-            rec.expires_at = now.saturating_add(max_age);
-            rec.refresh_at = now.saturating_add(max_age / 2);
-            Ok(this.files.refresh(&token, &rec)?.then_some(rec))
-        })
-        .await;
+        let written = self
+            .blocking(move || {
+                let Some(mut rec) = this
+                    .files
+                    .get(&token, now)
+                    .map_err(|e| this.report(e, &h))?
+                else {
+                    return Ok(None);
+                };
+                rec.extra.extend(extra);
+                rec.expires_at = now.saturating_add(max_age);
+                rec.refresh_at = now.saturating_add(max_age / 2);
+                Ok(this.files.refresh(&token, &rec)?.then_some(rec))
+            })
+            .await;
         match written {
             Ok(Some(rec)) => {
                 match SessionJson::encode(&rec) {
@@ -384,7 +406,7 @@ impl Sessions {
         self.cache.invalidate(&hash);
         let this = self.clone();
         let token = token.to_owned();
-        let deleted = blocking(move || Ok(this.files.delete(&token)?)).await;
+        let deleted = self.blocking(move || Ok(this.files.delete(&token)?)).await;
         self.cache.invalidate(&hash);
         let deleted = deleted?;
         if deleted {
@@ -452,8 +474,12 @@ impl Sessions {
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let s = this.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || s.cleanup_blocking()).await {
-                    tracing::error!(error = %e, "web session cleanup panicked");
+                if let Err(e) = this
+                    .shared
+                    .run_background(move || s.cleanup_blocking())
+                    .await
+                {
+                    tracing::error!(error = %e, "web session cleanup failed");
                 }
             }
         })
@@ -467,6 +493,14 @@ impl Sessions {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         drop(w);
+    }
+
+    /// Runs shared-directory work through the node's bulkhead (bounded threads, deadline).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, SessionsError> + Send + 'static,
+    ) -> Result<T, SessionsError> {
+        self.shared.run(f).await?
     }
 
     fn hash_of(&self, token: &str) -> KeyHash {
@@ -486,18 +520,13 @@ impl Sessions {
     }
 }
 
-/// Runs shared-directory work on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, SessionsError> + Send + 'static,
-) -> Result<T, SessionsError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(SessionsError::Storage(format!("session task failed: {e}"))))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shared(m: &Arc<Metrics>) -> Arc<SharedDir> {
+        Arc::new(SharedDir::new(4, Duration::from_secs(5), m.clone()))
+    }
 
     fn config(max_age: Duration) -> WebSessionConfig {
         WebSessionConfig {
@@ -512,7 +541,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Arc::new(Metrics::new());
         let s = Arc::new(
-            Sessions::open(dir.path(), config(Duration::from_secs(60)), m.clone()).unwrap(),
+            Sessions::open(
+                dir.path(),
+                config(Duration::from_secs(60)),
+                shared(&m),
+                m.clone(),
+            )
+            .unwrap(),
         );
         let mut extra = serde_json::Map::new();
         extra.insert("user".into(), "alice".into());
@@ -540,7 +575,9 @@ mod tests {
     async fn a_file_removed_behind_the_cache_is_honoured_within_the_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let m = Arc::new(Metrics::new());
-        let s = Arc::new(Sessions::open(dir.path(), config(Duration::from_secs(60)), m).unwrap());
+        let s = Arc::new(
+            Sessions::open(dir.path(), config(Duration::from_secs(60)), shared(&m), m).unwrap(),
+        );
         s.stop_watching(); // prove the staleness bound alone
         let c = s.create(1, Default::default()).await.unwrap();
         let t = c.token.as_str().to_owned();

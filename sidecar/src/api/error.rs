@@ -134,6 +134,7 @@ impl From<crate::sessions::SessionsError> for ApiError {
             // A corrupt file is reported (log, metric) by the store and answers as absent.
             E::Corrupt => no_such_session(),
             E::Storage(m) => ApiError::Internal(format!("web sessions: {m}")),
+            E::NotResponding => ApiError::Unavailable("shared directory not responding".into()),
         }
     }
 }

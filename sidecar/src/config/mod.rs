@@ -235,6 +235,10 @@ pub struct Limits {
     pub outbox_segment_bytes: u64,
     pub max_key_bytes: usize,
     pub max_keys_per_request: usize,
+    /// Longest wait for one call on the shared directory before `503` (`main.sharedDirectoryTimeout`).
+    pub shared_dir_timeout: Duration,
+    /// Most calls on the shared directory in flight (`main.sharedDirectoryConcurrency`).
+    pub shared_dir_concurrency: usize,
 }
 
 /// The validated configuration of one node.

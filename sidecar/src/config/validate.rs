@@ -16,6 +16,8 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("main", None, "instanceId", false),
     ("main", None, "sharedDirectory", false),
     ("main", None, "dataDirectory", false),
+    ("main", None, "sharedDirectoryTimeout", false),
+    ("main", None, "sharedDirectoryConcurrency", false),
     ("sidecar", None, "listenUrl", false),
     ("sidecar", None, "localListenUrl", false),
     ("sidecar", None, "localToken", false),
@@ -666,7 +668,18 @@ pub(super) fn validate(
         outbox_segment_bytes: v.number("sidecar", None, "outboxSegmentSize", 64 << 20, 4096),
         max_key_bytes: 1024,
         max_keys_per_request: 10_000,
+        shared_dir_timeout: v.duration(
+            "main",
+            None,
+            "sharedDirectoryTimeout",
+            Duration::from_secs(5),
+        ),
+        shared_dir_concurrency: v.number("main", None, "sharedDirectoryConcurrency", 16, 1)
+            as usize,
     };
+    if limits.shared_dir_timeout.is_zero() {
+        v.err("main.sharedDirectoryTimeout", "must be above zero");
+    }
     if limits.max_peer_body < http.max_batch_bytes {
         v.err(
             "http.maxBatchBytes",

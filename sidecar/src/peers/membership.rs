@@ -18,6 +18,7 @@ use super::{MemberState, Peer, Peers};
 use crate::config::{Config, Discovery};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::shared_dir::{SharedDir, SharedDirError};
 use crate::wire::{BacklogReply, Hello};
 
 /// One remembered peer in `<data>/peers.json`.
@@ -44,6 +45,8 @@ pub struct Membership {
     peers: Arc<Peers>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// The bulkhead every heartbeat write and shared-fs discovery goes through.
+    shared_dir: Arc<SharedDir>,
     /// `None` for static peers: the config is the roster.
     source: Option<Arc<Source>>,
     heartbeats: Option<Arc<Heartbeats>>,
@@ -59,6 +62,7 @@ impl Membership {
         peers: Arc<Peers>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        shared_dir: Arc<SharedDir>,
     ) -> Result<Membership, String> {
         let heartbeats = if config.advertise_url_is_usable() {
             let members = shared_fs::Members::open(&config.shared_dir, false)
@@ -115,6 +119,7 @@ impl Membership {
             peers,
             metrics,
             health,
+            shared_dir,
             source,
             heartbeats,
             inner: Mutex::new(Inner::default()),
@@ -220,7 +225,7 @@ impl Membership {
         let Some(hb) = self.heartbeats.clone() else {
             return;
         };
-        match tokio::task::spawn_blocking(move || hb.write(leaving)).await {
+        match self.shared_dir.run(move || hb.write(leaving)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot write this node's heartbeat"),
             Err(e) => tracing::warn!(error = %e, "heartbeat task failed"),
@@ -231,7 +236,16 @@ impl Membership {
         let Some(src) = self.source.clone() else {
             return;
         };
-        match tokio::task::spawn_blocking(move || src.discover()).await {
+        // Shared-fs discovery reads the shared directory: through the bulkhead. DNS lookups
+        // block too but on another resource; they keep their own blocking thread.
+        let found = if matches!(*src, Source::SharedFs { .. }) {
+            self.shared_dir.run(move || src.discover()).await
+        } else {
+            tokio::task::spawn_blocking(move || src.discover())
+                .await
+                .map_err(|e| SharedDirError::Failed(e.to_string()))
+        };
+        match found {
             Ok(Ok(found)) => self.reconcile(found),
             Err(e) => tracing::warn!(error = %e, "discovery task failed"),
             Ok(Err(e)) => {
@@ -584,7 +598,7 @@ impl Membership {
         });
         futures_util::future::join_all(sends).await;
         if let Some(hb) = self.heartbeats.clone() {
-            match tokio::task::spawn_blocking(move || hb.remove()).await {
+            match self.shared_dir.run(move || hb.remove()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this node's heartbeat"),
                 Err(e) => tracing::warn!(error = %e, "heartbeat task failed"),
