@@ -41,11 +41,14 @@ pub struct Received {
     pub authorization: Option<String>,
     pub body: String,
     pub status: u16,
+    /// When the master received it.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
 struct Script {
     received: Vec<Received>,
+    accepted: usize,
     /// Statuses for the next calls (a storm), before the servlets' own answer.
     next: VecDeque<u16>,
     unhealthy: bool,
@@ -138,6 +141,21 @@ impl FakeMaster {
         self.script.lock().unwrap().received.clone()
     }
 
+    /// How many calls were answered 204 (cheap: no copy).
+    pub fn accepted_count(&self) -> usize {
+        self.script.lock().unwrap().accepted
+    }
+
+    /// When the newest call with this body arrived (searched in place: no copy).
+    pub fn arrival_of(&self, body: &str) -> Option<std::time::Instant> {
+        let s = self.script.lock().unwrap();
+        s.received
+            .iter()
+            .rev()
+            .find(|r| r.body == body)
+            .map(|r| r.at)
+    }
+
     /// The calls answered 204, in arrival order.
     pub fn accepted(&self) -> Vec<Received> {
         self.received()
@@ -193,6 +211,7 @@ async fn handle(
         Some(st) => st,
         None => servlet_status(&method, &path, content_type.as_deref()),
     };
+    s.accepted += usize::from(status == 204);
     s.received.push(Received {
         method,
         path,
@@ -201,6 +220,7 @@ async fn handle(
         authorization: header("authorization"),
         body: String::from_utf8_lossy(&body).into_owned(),
         status,
+        at: std::time::Instant::now(),
     });
     match status {
         204 => HttpResponse::NoContent().finish(),
@@ -289,8 +309,14 @@ pub struct PluginSender {
 
 impl PluginSender {
     pub fn new(sidecar_local_url: &str, plugin: &str) -> PluginSender {
+        // Pooled, as the plugin's HTTP client is (only the sidecar's local listener is called).
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .unwrap();
         PluginSender {
-            http: crate::http(),
+            http,
             base: format!("{sidecar_local_url}plugins/{plugin}/"),
             credentials: None,
         }
