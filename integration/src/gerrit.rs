@@ -52,6 +52,8 @@ struct Script {
     /// Statuses for the next calls (a storm), before the servlets' own answer.
     next: VecDeque<u16>,
     unhealthy: bool,
+    /// False: the plugin has no health servlet (404), only core's `/config/server/version`.
+    no_health_servlet: bool,
     changes: Vec<String>,
 }
 
@@ -131,6 +133,11 @@ impl FakeMaster {
         self.script.lock().unwrap().unhealthy = !healthy;
     }
 
+    /// Without the plugin's health servlet, health is core's `GET /config/server/version`.
+    pub fn set_health_servlet(&self, present: bool) {
+        self.script.lock().unwrap().no_health_servlet = !present;
+    }
+
     /// What `query/changes.updated.since/<age>` answers.
     pub fn set_changes(&self, changes: &[&str]) {
         self.script.lock().unwrap().changes = changes.iter().map(|c| c.to_string()).collect();
@@ -184,6 +191,14 @@ async fn handle(
             .content_type("text/plain; charset=UTF-8")
             .body(msg.to_owned())
     };
+    if req.uri().path() == "/config/server/version" {
+        return match script.lock().unwrap().unhealthy {
+            true => text(503, "Service Unavailable"),
+            false => HttpResponse::Ok()
+                .content_type("application/json; charset=UTF-8")
+                .body(")]}'\n\"3.13.1\""),
+        };
+    }
     let prefix = format!("/plugins/{plugin}/");
     let Some(path) = req.uri().path().strip_prefix(&prefix).map(str::to_owned) else {
         return text(404, "Not Found");
@@ -192,6 +207,7 @@ async fn handle(
     let mut s = script.lock().unwrap();
     if method == "GET" {
         return match path.as_str() {
+            "health" if s.no_health_servlet => text(404, "Not Found"),
             "health" if s.unhealthy => text(503, "unhealthy"),
             "health" => HttpResponse::NoContent().finish(),
             p if p.starts_with("query/changes.updated.since/") => HttpResponse::Ok()

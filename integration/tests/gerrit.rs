@@ -271,6 +271,22 @@ async fn health_follows_the_master() {
         health().await.0 == 204
     })
     .await;
+    // A plugin without its health servlet: core's /config/server/version decides.
+    master.set_health_servlet(false);
+    master.set_healthy(false);
+    eventually(
+        "503 by /config/server/version",
+        Duration::from_secs(10),
+        || async { health().await.0 == 503 },
+    )
+    .await;
+    master.set_healthy(true);
+    eventually(
+        "204 by /config/server/version",
+        Duration::from_secs(10),
+        || async { health().await.0 == 204 },
+    )
+    .await;
     master.stop().await;
     eventually(
         "503 while the master is down",
