@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::caller::{PluginCaller, Signed};
 use super::{read_body, ApiError, AppState};
-use crate::gerrit::{ingress, Family};
-use crate::metrics::Metrics;
-use crate::wire::PeerMessage;
+use crate::gerrit::ingress;
 
 const QUERY: &str = "query/changes.updated.since/";
 const PEER_QUERY: &str = "v1/peer/gerrit/changes-updated-since";
@@ -26,41 +25,6 @@ pub fn configure_peer(cfg: &mut web::ServiceConfig) {
     cfg.route(&format!("/{PEER_QUERY}"), web::post().to(peer_query));
 }
 
-/// With `localToken` set, a plugin call needs Basic credentials whose password is the token
-/// (or the token as a bearer); without any, the answer is a Basic challenge, which is what
-/// makes the plugin's HTTP client send its credentials at all.
-fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    use base64::Engine;
-    let Some(token) = &state.config.local_token else {
-        return Ok(());
-    };
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let ok = if let Some(b) = header.strip_prefix("Basic ") {
-        base64::engine::general_purpose::STANDARD
-            .decode(b.trim())
-            .ok()
-            .and_then(|d| {
-                let i = d.iter().position(|c| *c == b':')?;
-                Some(token.matches(&d[i + 1..]))
-            })
-            .unwrap_or(false)
-    } else {
-        super::bearer(req).is_some_and(|t| token.matches(t))
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Challenge(
-            "the plugin must authenticate: Basic credentials whose password is sidecar.localToken"
-                .into(),
-        ))
-    }
-}
-
 /// The path under `/plugins/<plugin>/`, still percent-encoded.
 fn relative_path<'a>(req: &'a HttpRequest, plugin: &str) -> &'a str {
     let path = req.uri().path();
@@ -69,12 +33,11 @@ fn relative_path<'a>(req: &'a HttpRequest, plugin: &str) -> &'a str {
 }
 
 async fn call(
-    state: web::Data<AppState>,
+    state: PluginCaller,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let (plugin, _) = path.into_inner();
     if plugin != state.config.gerrit.plugin_name {
         return Err(ApiError::NotFound(format!(
@@ -93,27 +56,14 @@ async fn call(
     }
     let body = read_body(payload, state.config.limits.max_local_body).await?;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let (family, call) = ingress::parse(&ingress::Request {
+    let (_, call) = ingress::parse(&ingress::Request {
         method: req.method().as_str(),
         path: &rel,
         content_type: header("content-type"),
         created_on: header("event-created-on"),
         body: &body,
     })?;
-    if let Some((cache, key)) = ingress::cache_eviction(&call) {
-        state.caches.evict(cache, &[key]);
-    }
-    if family == Family::Event {
-        // Into this node's own log first: it also checks what the log needs (`eventCreatedOn`).
-        super::events::publish_local(&state, &body).await?;
-    }
-    super::local::forward(&state, &PeerMessage::Plugin(call)).await?;
-    state
-        .metrics
-        .gerrit
-        .calls_received
-        .get_or_create(&Metrics::kind(family.as_str()))
-        .inc();
+    state.local.plugin_call(call).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -172,14 +122,8 @@ async fn changes_updated_since(state: &AppState, age: &str) -> Result<HttpRespon
 }
 
 /// A peer asks what this node's master updated within `age`.
-async fn peer_query(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let body = read_body(payload, 4096).await?;
-    super::peer::authenticate(&state, &req, &body)?;
-    let q: PeerQuery = super::error::parse_json(&body)?;
+async fn peer_query(state: Signed) -> Result<HttpResponse, ApiError> {
+    let q: PeerQuery = state.json()?;
     if !valid_age(&q.age) {
         return Err(ApiError::BadRequest(format!("`{}` is not an age", q.age)));
     }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::PluginCall;
 use crate::config::{GerritConfig, HttpConfig};
-use crate::peers::client::describe;
 
 /// What the master made of one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +108,7 @@ impl MasterClient {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return Delivery::Retry(describe(&e)),
+            Err(e) => return Delivery::Retry(failure(&e)),
         };
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
@@ -148,7 +147,7 @@ impl MasterClient {
             .send()
             .await
             .map(|r| r.status().as_u16())
-            .map_err(|e| describe(&e))
+            .map_err(|e| failure(&e))
     }
 
     /// `GET plugins/<name>/query/changes.updated.since/<age>` on this master: its changes
@@ -162,9 +161,9 @@ impl MasterClient {
             .auth(self.http.get(url))
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| failure(&e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| describe(&e))?;
+        let bytes = resp.bytes().await.map_err(|e| failure(&e))?;
         if status != 200 {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
             return Err(format!("the master answered {status}: {}", text.trim()));
@@ -173,6 +172,12 @@ impl MasterClient {
             .map(|ids| (status, ids))
             .map_err(|e| format!("the master's answer is not a JSON list of ids: {e}"))
     }
+}
+
+/// What failed, and its innermost cause (the peer client's description of a reqwest error).
+fn failure(e: &reqwest::Error) -> String {
+    let (what, cause) = crate::peers::client::describe(e);
+    format!("{what}: {cause}")
 }
 
 /// 409 (in flight), 5xx and the statuses an operator can fix (401, 403, 404, 408, 429) are

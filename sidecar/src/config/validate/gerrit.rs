@@ -1,16 +1,10 @@
 //! `[gerrit]`: this node's own master (SPEC §8). Defaults follow the plugin's own keys, so an
 //! existing `high-availability.config` needs only `gerrit.url` added.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use super::V;
 use crate::config::{GerritConfig, HttpConfig, Secret};
 
-/// The plugin's installed name when `gerrit.pluginName` is not set.
-pub const DEFAULT_PLUGIN_NAME: &str = "high-availability";
-
-pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> GerritConfig {
+pub(super) fn gerrit_config(v: &mut V<'_>, http: &HttpConfig) -> GerritConfig {
     let url = v
         .string("gerrit", None, "url")
         .and_then(|text| match url::Url::parse(&text) {
@@ -33,27 +27,18 @@ pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> Ge
                 None
             }
         });
-    let plugin_name = v
-        .string("gerrit", None, "pluginName")
-        .unwrap_or_else(|| DEFAULT_PLUGIN_NAME.to_owned());
-    if !plugin_name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    let plugin_name = v.string("gerrit", None, "pluginName").unwrap_or_default();
+    if plugin_name.is_empty()
         || plugin_name.starts_with('.')
+        || !plugin_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
         v.err(
             "gerrit.pluginName",
             format!("`{plugin_name}` is not a plugin name (letters, digits, `.`, `_`, `-`)"),
         );
     }
-    let file = |p: String| {
-        let p = PathBuf::from(p);
-        if p.is_absolute() {
-            p
-        } else {
-            base.join(p)
-        }
-    };
     let password = match (
         v.string("gerrit", None, "password"),
         v.string("gerrit", None, "passwordFile"),
@@ -67,7 +52,7 @@ pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> Ge
         }
         (Some(p), None) => Some(Secret(p.into_bytes())),
         (None, Some(path)) => {
-            let path = file(path);
+            let path = v.file_path(&path);
             match std::fs::read(&path) {
                 Ok(bytes) => Some(Secret(bytes.trim_ascii().to_vec())),
                 Err(e) => {
@@ -81,19 +66,11 @@ pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> Ge
         }
         (None, None) => http.password.clone(),
     };
-    let ca_file = v.string("gerrit", None, "caFile").map(file);
+    let ca_file = v.string("gerrit", None, "caFile").map(|p| v.file_path(&p));
     if let Some(p) = &ca_file {
         if let Err(e) = std::fs::metadata(p) {
             v.err("gerrit.caFile", format!("cannot read {}: {e}", p.display()));
         }
-    }
-    let health_interval = v.duration("gerrit", None, "healthInterval", Duration::from_secs(5));
-    if health_interval.is_zero() {
-        v.err("gerrit.healthInterval", "must be above zero");
-    }
-    let timeout = v.duration("gerrit", None, "timeout", Duration::from_secs(30));
-    if timeout.is_zero() {
-        v.err("gerrit.timeout", "must be above zero");
     }
     GerritConfig {
         url,
@@ -103,7 +80,7 @@ pub(super) fn gerrit_config(v: &mut V<'_>, base: &Path, http: &HttpConfig) -> Ge
             .or_else(|| http.user.clone()),
         password,
         ca_file,
-        health_interval,
-        timeout,
+        health_interval: v.duration("gerrit", None, "healthInterval"),
+        timeout: v.duration("gerrit", None, "timeout"),
     }
 }
