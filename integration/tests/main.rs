@@ -3,6 +3,7 @@
 mod config_fixtures;
 mod durability;
 mod events;
+mod gerrit;
 mod index;
 mod membership;
 mod ops;

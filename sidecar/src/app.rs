@@ -191,6 +191,9 @@ impl Node {
         };
         let events = Arc::new(events);
         let index = Arc::new(open_index(&config, health.disk().clone()).await?);
+        let master = crate::gerrit::Master::open(&config)
+            .map_err(StartError::Other)?
+            .map(Arc::new);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
@@ -198,6 +201,7 @@ impl Node {
                 sessions: sessions.clone(),
                 events: events.clone(),
                 index: index.clone(),
+                master: master.as_ref().map(|m| m.queues.clone()),
             },
             metrics.clone(),
         )
@@ -267,8 +271,12 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
+            master: master.clone(),
             stop: CancellationToken::new(),
         });
+        if let Some(m) = &master {
+            m.start(&config, state.metrics.clone(), health.clone());
+        }
         let peer_addr = listeners
             .peer
             .local_addr()
@@ -376,6 +384,9 @@ impl Node {
             let _ = task.await;
         }
         self.state.peers.shutdown().await;
+        if let Some(m) = &self.state.master {
+            m.shutdown().await;
+        }
         self.stop_background.cancel();
         for task in self.background {
             // A cleanup pass in progress finishes on its blocking thread; don't wait for it.

@@ -75,6 +75,9 @@ async fn health_delete(state: AdminCaller) -> Result<HttpResponse, ApiError> {
 /// for OpenMetrics (`promtool`, old Prometheus servers).
 async fn metrics(state: Public, req: HttpRequest) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
+    if let Some(m) = &state.master {
+        m.status(&state.metrics);
+    }
     for (kind, k) in state.index.stats().kinds {
         let label = crate::metrics::Metrics::kind(kind.as_str());
         state
@@ -198,5 +201,6 @@ async fn status(state: Public) -> HttpResponse {
         "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
         "index": state.index.stats().kinds.into_iter().map(|(kind, k)| (kind.as_str().to_owned(), k)).collect::<std::collections::BTreeMap<_, _>>(),
         "peers": peers,
+        "master": state.master.as_ref().map(|m| m.status(&state.metrics)),
     }))
 }

@@ -75,7 +75,12 @@ pub struct Outbox {
 impl Outbox {
     /// Opens `<data>/outbox` and starts the committer. Queues are added with [`Outbox::add_peer`].
     pub fn open(data_dir: &Path, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
-        let root = data_dir.join("outbox");
+        Self::open_at(data_dir.join("outbox"), opts)
+    }
+
+    /// Opens an outbox rooted at `root` (the master's delivery queues use their own, so that a
+    /// peer message never enters them and theirs never reach a peer).
+    pub fn open_at(root: PathBuf, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(&root).map_err(|e| OutboxError::Io(root.clone(), e))?;
         let seq = SeqAllocator::open(&root)?;
         let (tx, rx) = mpsc::channel();
