@@ -297,3 +297,148 @@ async fn a_second_process_on_a_data_directory_is_refused_and_changes_nothing() {
     assert_eq!(r.status(), 202);
     assert!(first.log().find("torn tail").is_none(), "{}", first.log());
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped (a failing test included).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount (the durability tests run as root)");
+        assert!(
+            st.success(),
+            "mount tmpfs on {} failed (run as root)",
+            at.display()
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system of `dir` but for about `leave` bytes.
+fn fill(dir: &std::path::Path, leave: u64) {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![7u8; 16 << 10];
+    let mut len = 0u64;
+    while f.write_all(&chunk).is_ok() {
+        len += chunk.len() as u64;
+    }
+    let _ = f.sync_all();
+    f.set_len(len.saturating_sub(leave)).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Issue 13, full disk: with A's data directory (a small tmpfs) full, the master gets `507`
+/// naming the data directory and `/health` is `503 disk full`; once the file system grows, A
+/// accepts again without a restart, `/health` is back to 204, and every eviction answered 202
+/// (before or after) reaches B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_directory_answers_507_and_every_202_is_delivered_after_it_grows() {
+    const KEYS: usize = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let specs = mesh_specs(
+        dir.path(),
+        2,
+        "[cache]\n  pattern = ^my_.*\n[sidecar]\n  outboxSegmentSize = 64k\n",
+    );
+    let tmpfs = Tmpfs::mount(&specs[0].data_dir, "4m");
+    let a = Proc::spawn(&specs[0], dir.path(), &[]);
+    let b = Proc::spawn(&specs[1], dir.path(), &[]);
+    let h = http();
+    a.wait_ready(&h).await;
+    b.wait_ready(&h).await;
+    let (al, bl) = (specs[0].local_url(), specs[1].local_url());
+    let key = |i: usize| format!("k{i}");
+    for i in 0..KEYS {
+        assert_eq!(api::put(&h, &bl, "my_cache", &key(i), json!(i)).await, 204);
+    }
+    // Less room than one outbox segment: the active segment cannot roll and be reclaimed.
+    fill(&specs[0].data_dir, 24 << 10);
+
+    let mut accepted = Vec::new();
+    let mut full_seen = 0;
+    let mut i = 0;
+    while i < KEYS && full_seen < 20 {
+        let r = h
+            .post(format!("{al}v1/cache/my_cache/evict"))
+            .json(&json!({"keys": [key(i)]}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted.push(i),
+            507 => {
+                let body = r.text().await.unwrap();
+                let data = specs[0].data_dir.display().to_string();
+                assert!(body.contains(&data), "507 names the data directory: {body}");
+                full_seen += 1;
+            }
+            s => panic!("eviction {i}: {s} {}", r.text().await.unwrap_or_default()),
+        }
+        i += 1;
+    }
+    assert!(
+        full_seen > 0,
+        "the disk never filled ({} accepted)",
+        accepted.len()
+    );
+    let r = h
+        .get(format!("{}health", specs[0].peer_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("disk full"));
+
+    tmpfs.resize("64m");
+    integration::eventually("A healthy again", Duration::from_secs(10), || async {
+        h.get(format!("{}health", specs[0].peer_url()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 204)
+    })
+    .await;
+    while i < KEYS {
+        assert_eq!(
+            api::evict(&h, &al, "my_cache", &[&key(i)]).await,
+            202,
+            "after growth"
+        );
+        accepted.push(i);
+        i += 1;
+    }
+    integration::eventually("every 202 reached B", Duration::from_secs(30), || async {
+        for &k in &accepted {
+            if api::get(&h, &bl, "my_cache", &key(k)).await != 404 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    drop(a);
+    drop(b);
+}

@@ -62,12 +62,16 @@ pub enum StartError {
 }
 
 /// Opens `<dataDirectory>/index` off the executor (it replays the journal).
-async fn open_index(config: &Config) -> Result<IndexStore, StartError> {
+async fn open_index(
+    config: &Config,
+    disk: Arc<crate::durable::DiskWatch>,
+) -> Result<IndexStore, StartError> {
     let dir = config.data_dir.join("index");
     let opts = IndexOptions {
         refresh_interval: config.index.refresh_interval,
         tombstone_ttl: config.index.tombstone_ttl,
         max_doc_bytes: config.index.max_doc_bytes,
+        disk,
     };
     tokio::task::spawn_blocking(move || IndexStore::open(&dir, opts))
         .await
@@ -145,6 +149,7 @@ impl Node {
         let health = Arc::new(Health::new(&config.data_dir));
         let outbox_opts = OutboxOptions {
             segment_bytes: config.limits.outbox_segment_bytes,
+            disk: health.disk().clone(),
             ..OutboxOptions::default()
         };
         // Opening reads every queue's segments (recovery): off the executor.
@@ -175,13 +180,20 @@ impl Node {
         let sessions = Arc::new(sessions);
         // Opening scans the log's segments and checkpoints: off the executor.
         let events = {
-            let (dir, opts) = (config.data_dir.join("events"), event_log_options(&config));
+            let dir = config.data_dir.join("events");
+            let opts = EventLogOptions {
+                disk: health.disk().clone(),
+                ..event_log_options(&config)
+            };
             tokio::task::spawn_blocking(move || EventLog::open(dir, opts))
                 .await
                 .map_err(|e| StartError::Other(format!("opening the event log: {e}")))??
         };
         let events = Arc::new(events);
-        let index = Arc::new(open_index(&config).await?);
+        let index = Arc::new(open_index(&config, health.disk().clone()).await?);
+        let master = crate::gerrit::Master::open(&config)
+            .map_err(StartError::Other)?
+            .map(Arc::new);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
@@ -189,6 +201,7 @@ impl Node {
                 sessions: sessions.clone(),
                 events: events.clone(),
                 index: index.clone(),
+                master: master.as_ref().map(|m| m.queues.clone()),
             },
             metrics.clone(),
         )
@@ -258,8 +271,12 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
+            master: master.clone(),
             stop: CancellationToken::new(),
         });
+        if let Some(m) = &master {
+            m.start(&config, state.metrics.clone(), health.clone());
+        }
         let peer_addr = listeners
             .peer
             .local_addr()
@@ -367,6 +384,9 @@ impl Node {
             let _ = task.await;
         }
         self.state.peers.shutdown().await;
+        if let Some(m) = &self.state.master {
+            m.shutdown().await;
+        }
         self.stop_background.cancel();
         for task in self.background {
             // A cleanup pass in progress finishes on its blocking thread; don't wait for it.

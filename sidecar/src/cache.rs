@@ -133,10 +133,31 @@ impl Caches {
     }
 }
 
+/// The cache key of a JSON key, one rule for the native API and the plugin's calls: a string is
+/// itself (`"foo/bar"` → `foo/bar`), a number its decimal form, anything else (Gerrit's
+/// `{"id":1000001}`, `{"uuid":"…"}`) its compact JSON with sorted fields, which is also how a
+/// master names such a key in `PUT /v1/cache/{cache}/{key}`.
+pub fn key_of_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn gerrit_json_keys_name_cache_keys() {
+        let k = |t: &str| key_of_json(&serde_json::from_str(t).unwrap());
+        assert_eq!(k(r#""foo/bar""#), "foo/bar");
+        assert_eq!(k("1000001"), "1000001");
+        assert_eq!(k(r#"{"id":1000001}"#), r#"{"id":1000001}"#);
+        assert_eq!(k(r#"{ "uuid" : "ab12" }"#), r#"{"uuid":"ab12"}"#);
+        assert_eq!(k(r#"{"b":1,"a":2}"#), r#"{"a":2,"b":1}"#);
+    }
 
     fn cfg(patterns: &[&str], sync: bool) -> CacheConfig {
         CacheConfig {

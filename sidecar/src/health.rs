@@ -14,8 +14,12 @@ pub struct Health {
     phase: AtomicU8,
     drained: AtomicBool,
     drain_file: PathBuf,
+    /// Set while this node's Gerrit master fails its health check (`[gerrit] url`).
+    master_down: AtomicBool,
     /// What this node is still catching up on (peers' backlogs, the index): ready when empty.
     catching_up: std::sync::Mutex<Vec<&'static str>>,
+    /// The data directory's full-disk mark, shared with the stores.
+    disk: std::sync::Arc<crate::durable::DiskWatch>,
 }
 
 impl Health {
@@ -26,8 +30,15 @@ impl Health {
             phase: AtomicU8::new(STARTING),
             drained: AtomicBool::new(drain_file.exists()),
             drain_file,
+            master_down: AtomicBool::new(false),
             catching_up: std::sync::Mutex::new(Vec::new()),
+            disk: std::sync::Arc::new(crate::durable::DiskWatch::new(data_dir)),
         }
+    }
+
+    /// The full-disk mark the stores report to; `/health` is `503 disk full` while it is set.
+    pub fn disk(&self) -> &std::sync::Arc<crate::durable::DiskWatch> {
+        &self.disk
     }
 
     pub fn set_ready(&self) {
@@ -80,8 +91,14 @@ impl Health {
             CATCHING_UP => Some("catching up"),
             STOPPING => Some("shutting down"),
             _ if self.is_drained() => Some("drained"),
+            _ if self.master_down.load(Ordering::SeqCst) => Some("master unhealthy"),
             _ => None,
         }
+    }
+
+    /// Records the master's health (the probe in `gerrit::probe`); returns whether it changed.
+    pub fn set_master_healthy(&self, healthy: bool) -> bool {
+        self.master_down.swap(!healthy, Ordering::SeqCst) == healthy
     }
 
     /// Drains (true) or restores (false), persisting the choice.
@@ -121,6 +138,18 @@ mod tests {
         h.set_stopping();
         h.end_catch_up("index");
         assert_eq!(h.unhealthy_reason(), Some("shutting down"));
+    }
+
+    #[test]
+    fn an_unhealthy_master_makes_the_node_unhealthy() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Health::new(d.path());
+        h.set_ready();
+        assert!(h.set_master_healthy(false));
+        assert!(!h.set_master_healthy(false));
+        assert_eq!(h.unhealthy_reason(), Some("master unhealthy"));
+        assert!(h.set_master_healthy(true));
+        assert_eq!(h.unhealthy_reason(), None);
     }
 
     #[test]

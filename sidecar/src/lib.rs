@@ -12,6 +12,7 @@ pub mod demo;
 pub mod durable;
 pub mod event_relay;
 pub mod events;
+pub mod gerrit;
 pub mod health;
 pub mod index;
 pub mod index_sync;

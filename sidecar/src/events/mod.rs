@@ -216,6 +216,8 @@ pub struct EventLogOptions {
     /// (see the module docs). Off by default: library users and unit tests get seqs from 1.
     pub seq_from_clock: bool,
     pub clock: Clock,
+    /// Where a full disk is reported (the node's, shared with the other stores).
+    pub disk: std::sync::Arc<crate::durable::DiskWatch>,
 }
 
 impl EventLogOptions {
@@ -229,6 +231,7 @@ impl EventLogOptions {
             retention_interval: Duration::from_secs(10),
             seq_from_clock: false,
             clock: Clock::system(),
+            disk: std::sync::Arc::default(),
         }
     }
 }

@@ -203,12 +203,27 @@ impl Writer {
     /// Makes the batch durable (one fsync), then answers its writers.
     fn flush(&mut self, replies: &mut Replies) {
         let synced = self.journal.sync();
+        match &synced {
+            Ok(()) => self.opts.disk.succeeded(),
+            Err(e) => {
+                if let Some(io) = crate::durable::disk::io_source(e) {
+                    self.opts.disk.failed(self.journal.path(), io);
+                }
+            }
+        }
         self.shared
             .journal_bytes
             .store(self.journal.len(), Ordering::Relaxed);
         for (reply, outcome) in replies.drain(..) {
             let outcome = match (&synced, outcome) {
-                (Err(e), Ok(_)) => Err(IndexError::internal("journal", e.to_string())),
+                // The i/o error keeps its kind, so a full disk answers 507.
+                (Err(e), Ok(_)) => Err(match crate::durable::disk::io_source(e) {
+                    Some(io) => IndexError::internal(
+                        format!("append to journal {}", self.journal.path().display()),
+                        crate::durable::copy_io(io),
+                    ),
+                    None => IndexError::internal("journal", e.to_string()),
+                }),
                 (_, o) => o,
             };
             let _ = reply.send(outcome);

@@ -84,8 +84,15 @@ impl Level {
 
 impl PeerStatus {
     /// The level of a peer in this state with `pending` messages queued for it, the oldest
-    /// `oldest_age_ms` old.
-    pub fn level(&self, pending: u64, oldest_age_ms: Option<u64>) -> Level {
+    /// `oldest_age_ms` old. A peer that left is fine for `ttl_ms`; gone longer (at `now_ms`) it
+    /// is a warning: it may never come back.
+    pub fn level(
+        &self,
+        pending: u64,
+        oldest_age_ms: Option<u64>,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Level {
         if pending >= BACKLOG_ERROR
             || oldest_age_ms.is_some_and(|a| a > OLDEST_UNDELIVERED_ERROR_MS)
         {
@@ -93,6 +100,8 @@ impl PeerStatus {
         } else if pending >= BACKLOG_WARNING
             || self.state == MemberState::Failed
             || (self.state == MemberState::Up && self.reachable == Some(false))
+            || (self.state == MemberState::Left
+                && now_ms.saturating_sub(self.state_since_ms) > ttl_ms)
         {
             Level::Warning
         } else {

@@ -32,6 +32,8 @@ pub struct OutboxOptions {
     pub segment_bytes: u64,
     /// Most appends gathered into one group commit.
     pub max_group: usize,
+    /// Where a full disk is reported (the node's, shared with the other stores).
+    pub disk: Arc<crate::durable::DiskWatch>,
 }
 
 impl Default for OutboxOptions {
@@ -39,6 +41,7 @@ impl Default for OutboxOptions {
         OutboxOptions {
             segment_bytes: 64 << 20,
             max_group: 4096,
+            disk: Arc::default(),
         }
     }
 }
@@ -72,12 +75,18 @@ pub struct Outbox {
 impl Outbox {
     /// Opens `<data>/outbox` and starts the committer. Queues are added with [`Outbox::add_peer`].
     pub fn open(data_dir: &Path, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
-        let root = data_dir.join("outbox");
+        Self::open_at(data_dir.join("outbox"), opts)
+    }
+
+    /// Opens an outbox rooted at `root` (the master's delivery queues use their own, so that a
+    /// peer message never enters them and theirs never reach a peer).
+    pub fn open_at(root: PathBuf, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(&root).map_err(|e| OutboxError::Io(root.clone(), e))?;
         let seq = SeqAllocator::open(&root)?;
         let (tx, rx) = mpsc::channel();
         let queues = Arc::new(RwLock::new(BTreeMap::new()));
         let committer = Committer {
+            root: root.clone(),
             rx,
             seq,
             writers: BTreeMap::new(),
@@ -309,6 +318,8 @@ impl SeqAllocator {
 }
 
 struct Committer {
+    /// `<data>/outbox`, named in errors.
+    root: PathBuf,
     rx: mpsc::Receiver<Cmd>,
     seq: SeqAllocator,
     writers: BTreeMap<String, Writer>,
@@ -360,26 +371,26 @@ impl Committer {
         if group.is_empty() {
             return;
         }
-        let starts: BTreeMap<String, u64> = self
-            .writers
-            .iter()
-            .map(|(p, w)| (p.clone(), w.len))
-            .collect();
         let result = self.write_group(group, buf);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "outbox append failed; the requests get an error");
-            // Cut whatever part of this group reached the files, so readers never meet it.
-            for (peer, w) in self.writers.iter_mut() {
-                let start = starts.get(peer).copied().unwrap_or(0);
-                if w.len > start && w.file.set_len(start).is_ok() {
-                    w.len = start;
+        match &result {
+            Ok(_) => self.opts.disk.succeeded(),
+            Err(e) => {
+                self.opts.disk.failed(&self.root, e);
+                tracing::error!(error = %e, "outbox append failed; the requests get an error");
+                // Cut whatever part of this group reached the files (a short write included),
+                // back to what was last made durable, so readers and later appends never meet
+                // a partial record; the cut is fsync'd.
+                for (peer, w) in self.writers.iter_mut() {
+                    if let Err(e) = w.log.rollback() {
+                        tracing::error!(peer, error = %e, "cannot cut a failed outbox append; the queue's later records may be unreadable");
+                    }
                 }
             }
         }
         for (i, (_, _, reply)) in group.drain(..).enumerate() {
             let r = match &result {
                 Ok(seqs) => Ok(seqs[i]),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                Err(e) => Err(crate::durable::copy_io(e)),
             };
             let _ = reply.send(r);
         }
@@ -401,7 +412,9 @@ impl Committer {
             for (peer, queue) in &self.queues {
                 let roll = match self.writers.get(peer) {
                     None => true,
-                    Some(w) => w.len > 0 && w.len + buf.len() as u64 > self.opts.segment_bytes,
+                    Some(w) => {
+                        w.log.len() > 0 && w.log.len() + buf.len() as u64 > self.opts.segment_bytes
+                    }
                 };
                 if roll {
                     if let Some(w) = self.writers.get_mut(peer) {
@@ -414,7 +427,7 @@ impl Committer {
                     .writers
                     .get_mut(peer)
                     .expect("writer exists after roll");
-                w.append(buf)?;
+                w.log.append(buf)?;
                 let e = unsynced.entry(peer.clone()).or_insert((0, *ts));
                 e.0 += 1;
             }
@@ -433,10 +446,7 @@ impl Committer {
 type Reply = tokio::sync::oneshot::Sender<std::io::Result<u64>>;
 
 fn sync_writer(w: &mut Writer, queue: &Queue, added: Option<(u64, u64)>) -> std::io::Result<()> {
-    if w.dirty {
-        w.file.sync_data()?;
-        w.dirty = false;
-    }
+    w.log.commit()?;
     if let Some((count, first_ts)) = added {
         queue.committed(w, count, first_ts);
     }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -47,10 +47,9 @@ pub struct Peeked {
 
 /// The committer's open file for the active segment.
 pub(super) struct Writer {
-    pub file: File,
+    /// The segment file; a failed append or fsync is cut back to its durable length.
+    pub log: crate::durable::AppendLog<File>,
     pub first_seq: u64,
-    pub len: u64,
-    pub dirty: bool,
 }
 
 pub struct Queue {
@@ -113,10 +112,8 @@ impl Queue {
             if last {
                 let file = OpenOptions::new().append(true).open(&path).map_err(ctx)?;
                 writer = Some(Writer {
-                    file,
+                    log: crate::durable::AppendLog::new(file, scan.valid_len),
                     first_seq: first,
-                    len: scan.valid_len,
-                    dirty: false,
                 });
             }
             segments.push_back(SegmentInfo {
@@ -196,10 +193,8 @@ impl Queue {
             sealed: false,
         });
         Ok(Writer {
-            file,
+            log: crate::durable::AppendLog::new(file, 0),
             first_seq,
-            len: 0,
-            dirty: false,
         })
     }
 
@@ -212,7 +207,7 @@ impl Queue {
             .rev()
             .find(|x| x.first_seq == w.first_seq)
         {
-            seg.committed_len = w.len;
+            seg.committed_len = w.log.durable_len();
         }
         if s.pending == 0 {
             s.oldest_pending_ms = Some(first_ts);
@@ -355,15 +350,6 @@ impl Queue {
         segment::list_segments(&self.dir)
             .map(|v| v.len())
             .unwrap_or(0)
-    }
-}
-
-impl Writer {
-    pub(super) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
-        self.dirty = true;
-        Ok(())
     }
 }
 
