@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::peers::deadletter::DeadLetters;
 use client::MasterClient;
@@ -67,7 +68,7 @@ impl Master {
             config.gerrit.health_interval,
             self.stop.clone(),
         )));
-        self.tasks.lock().expect("tasks lock").extend(tasks);
+        self.tasks.locked().extend(tasks);
     }
 
     /// The master's queues for `/v1/status`, refreshing the `gerrit_pending` gauges.
@@ -101,7 +102,7 @@ impl Master {
     /// the queues.
     pub async fn shutdown(&self) {
         self.stop.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        let tasks = std::mem::take(&mut *self.tasks.locked());
         for t in tasks {
             let _ = t.await;
         }
