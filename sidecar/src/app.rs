@@ -16,6 +16,7 @@ use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
 use crate::index::{IndexOptions, IndexStore};
 use crate::index_sync::IndexSync;
+use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
 use crate::peers::deadletter::DeadLetters;
@@ -52,6 +53,10 @@ pub enum StartError {
     Events(#[from] crate::events::EventError),
     #[error("cannot open the index: {0}")]
     Index(#[from] crate::index::IndexError),
+    #[error("cannot start the peer client: {0}")]
+    Client(#[from] crate::peers::client::ClientError),
+    #[error("cannot start membership: {0}")]
+    Membership(#[from] crate::peers::membership::MembershipError),
     #[error("{0}")]
     Other(String),
 }
@@ -193,8 +198,7 @@ impl Node {
             &config.http,
             config.auth.secrets.first().cloned(),
             &config.instance_id,
-        )
-        .map_err(StartError::Other)?;
+        )?;
         let peers = Arc::new(Peers::new(
             outbox.clone(),
             ForwarderCtx {
@@ -209,16 +213,13 @@ impl Node {
             },
             CancellationToken::new(),
         ));
-        let membership = Arc::new(
-            Membership::new(
-                config.clone(),
-                peers.clone(),
-                metrics.clone(),
-                health.clone(),
-                shared_dir.clone(),
-            )
-            .map_err(StartError::Other)?,
-        );
+        let membership = Arc::new(Membership::new(
+            config.clone(),
+            peers.clone(),
+            metrics.clone(),
+            health.clone(),
+            shared_dir.clone(),
+        )?);
         // Started after membership has added the known peers, so re-queued events reach every peer's queue.
         let relay = config.event.synchronize.then(|| {
             let stop = CancellationToken::new();
@@ -230,11 +231,22 @@ impl Node {
             );
             (relay, stop, task)
         });
+        let local = Arc::new(Local {
+            caches: caches.clone(),
+            index: index.clone(),
+            index_synchronize: config.index.synchronize,
+            events: events.clone(),
+            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            sessions: sessions.clone(),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+        });
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
             index: index.clone(),
             outbox,
+            local,
             peers,
             receiver: Arc::new(receiver),
             verifier: Arc::new(verifier),
@@ -243,7 +255,6 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
-            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
             stop: CancellationToken::new(),
         });
         let peer_addr = listeners

@@ -72,8 +72,29 @@ impl From<crate::cache::CacheError> for ApiError {
 
 impl From<crate::peers::outbox::OutboxError> for ApiError {
     fn from(e: crate::peers::outbox::OutboxError) -> Self {
-        let other = ApiError::Internal(format!("cannot queue for peers: {e}"));
-        or_disk_full(&e, other)
+        use crate::peers::outbox::OutboxError as E;
+        match &e {
+            // 507 naming the path; passes once space is freed: the master may retry.
+            E::Io(..) => or_disk_full(
+                &e,
+                ApiError::Internal(format!("cannot queue for peers: {e}")),
+            ),
+            E::Closed => ApiError::Unavailable(format!("cannot queue for peers: {e}")),
+        }
+    }
+}
+
+impl From<crate::local::LocalError> for ApiError {
+    fn from(e: crate::local::LocalError) -> Self {
+        use crate::local::LocalError as E;
+        match e {
+            E::Cache(e) => e.into(),
+            E::Index(e) => e.into(),
+            E::Events(e) => e.into(),
+            E::Sessions(e) => e.into(),
+            E::Queue(e) => e.into(),
+            E::Relay(e) => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 

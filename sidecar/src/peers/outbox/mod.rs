@@ -441,7 +441,9 @@ impl Committer {
     }
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<u64, std::io::Error>>;
+/// A request's answer: its seq, or the group's i/o error (its kind kept: a full disk is
+/// `StorageFull`, not "some error").
+type Reply = tokio::sync::oneshot::Sender<std::io::Result<u64>>;
 
 fn sync_writer(w: &mut Writer, queue: &Queue, added: Option<(u64, u64)>) -> std::io::Result<()> {
     w.log.commit()?;
