@@ -413,7 +413,8 @@ impl Committer {
                 let roll = match self.writers.get(peer) {
                     None => true,
                     Some(w) => {
-                        w.log.len() > 0 && w.log.len() + buf.len() as u64 > self.opts.segment_bytes
+                        !w.log.is_empty()
+                            && w.log.len() + buf.len() as u64 > self.opts.segment_bytes
                     }
                 };
                 if roll {
