@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod cli_http;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod event_relay;
