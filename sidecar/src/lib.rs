@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backoff;
 pub mod cache;
 pub mod cli_http;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod durable;

@@ -115,8 +115,13 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The demo prints what flows itself: its nodes' access log would drown it.
+    let default_filter = match cli.command {
+        Command::Demo => "info,actix_server=warn,access=warn",
+        _ => "info,actix_server=warn",
+    };
     // Held to the end of `main`: writes out the buffered access log.
-    let _log_flush = init_tracing();
+    let _log_flush = init_tracing(default_filter);
     let env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with("HA_"))
         .collect();
@@ -233,10 +238,10 @@ fn stream_events(opts: ha_sidecar::stream_client::Options) -> ExitCode {
     })
 }
 
-fn init_tracing() -> ha_sidecar::log_writer::FlushGuard {
+fn init_tracing(default_filter: &str) -> ha_sidecar::log_writer::FlushGuard {
     let (writer, guard) = ha_sidecar::log_writer::LogWriter::start();
     let filter = tracing_subscriber::EnvFilter::try_from_env("HA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // Colours only for a terminal: log files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -132,7 +132,8 @@ fn app(
                 let status = res.status().as_u16();
                 let elapsed = start.elapsed();
                 let client = client.map(|c| c.to_string()).unwrap_or_default();
-                let ms = elapsed.as_secs_f64() * 1000.0;
+                // Microsecond precision: `ms=0.056`, not `ms=0.055804000000000006`.
+                let ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
                 if access::is_noisy(&path) {
                     tracing::debug!(target: "access", listener, client = %client, method = %method, path = %path, status, ms, "request");
                 } else {

@@ -35,10 +35,7 @@ impl Secret {
         // Comparing fixed-size digests keeps the time independent of where the bytes differ.
         let a = sha2::Sha256::digest(&self.0);
         let b = sha2::Sha256::digest(presented);
-        a.iter()
-            .zip(b.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+        subtle::ConstantTimeEq::ct_eq(a.as_slice(), b.as_slice()).into()
     }
 }
 

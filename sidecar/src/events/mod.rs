@@ -174,12 +174,7 @@ pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
 
 impl Clock {
     pub fn system() -> Self {
-        Clock(Arc::new(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0)
-        }))
+        Clock(Arc::new(crate::clock::now_ms))
     }
 
     pub fn from_fn(f: impl Fn() -> u64 + Send + Sync + 'static) -> Self {

@@ -23,58 +23,53 @@ pub(crate) fn parse_timestamp(s: &str) -> Option<i64> {
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let year: i64 = s.get(0..4)?.parse().ok()?;
-    let month: u32 = s.get(5..7)?.parse().ok()?;
-    let day: u32 = s.get(8..10)?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let mut secs = days_from_civil(year, month, day) * 86_400;
+    let year: i16 = s.get(0..4)?.parse().ok()?;
+    let month: i8 = s.get(5..7)?.parse().ok()?;
+    let day: i8 = s.get(8..10)?.parse().ok()?;
+    // jiff checks the calendar: 2024-02-31 and 2023-02-29 are refused, not rolled over.
+    let date = jiff::civil::Date::new(year, month, day).ok()?;
     let rest = &s[10..];
-    if rest.is_empty() {
-        return Some(secs);
-    }
-    let rest = rest.strip_prefix(['T', 't', ' '])?;
-    let (clock, zone) = match rest.find(['Z', 'z', '+', '-']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
+    let (time, zone) = if rest.is_empty() {
+        (jiff::civil::Time::midnight(), "")
+    } else {
+        let rest = rest.strip_prefix(['T', 't', ' '])?;
+        let (clock, zone) = match rest.find(['Z', 'z', '+', '-']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let clock = clock.split('.').next()?;
+        let mut parts = clock.split(':');
+        let h: i8 = parts.next()?.parse().ok()?;
+        let m: i8 = parts.next()?.parse().ok()?;
+        let sec: i8 = match parts.next() {
+            Some(p) => p.parse().ok()?,
+            None => 0,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        // A leap second (`:60`) is read as the last second of its minute.
+        (jiff::civil::Time::new(h, m, sec.min(59), 0).ok()?, zone)
     };
-    let clock = clock.split('.').next()?;
-    let mut parts = clock.split(':');
-    let h: i64 = parts.next()?.parse().ok()?;
-    let m: i64 = parts.next()?.parse().ok()?;
-    let sec: i64 = match parts.next() {
-        Some(p) => p.parse().ok()?,
-        None => 0,
-    };
-    if parts.next().is_some() || h > 23 || m > 59 || sec > 60 {
-        return None;
-    }
-    secs += h * 3600 + m * 60 + sec;
-    match zone {
-        "" | "Z" | "z" => Some(secs),
+    let offset_secs: i32 = match zone {
+        "" | "Z" | "z" => 0,
         z => {
-            let sign = if z.starts_with('-') { 1 } else { -1 };
+            let sign = if z.starts_with('-') { -1 } else { 1 };
             let digits: String = z[1..].chars().filter(|c| *c != ':').collect();
             if digits.len() != 4 {
                 return None;
             }
-            let zh: i64 = digits[..2].parse().ok()?;
-            let zm: i64 = digits[2..].parse().ok()?;
-            Some(secs + sign * (zh * 3600 + zm * 60))
+            let zh: i32 = digits[..2].parse().ok()?;
+            let zm: i32 = digits[2..].parse().ok()?;
+            if zh > 23 || zm > 59 {
+                return None;
+            }
+            sign * (zh * 3600 + zm * 60)
         }
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    };
+    let offset = jiff::tz::Offset::from_seconds(offset_secs).ok()?;
+    let ts = offset.to_timestamp(date.to_datetime(time)).ok()?;
+    Some(ts.as_second())
 }
 
 /// Seconds of a Gerrit age such as `2d`, `90min`, `1w2d`, `3mon`, `1y`
@@ -137,6 +132,9 @@ mod tests {
             Some(1_704_067_200)
         );
         assert_eq!(parse_timestamp("2024-13-01"), None);
+        assert_eq!(parse_timestamp("2024-02-31"), None);
+        assert_eq!(parse_timestamp("2023-02-29"), None);
+        assert_eq!(parse_timestamp("2024-02-29"), Some(1_709_164_800));
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(
             doc_time(&serde_json::json!(1_704_067_200)),

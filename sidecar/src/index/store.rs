@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tantivy::directory::MmapDirectory;
@@ -55,11 +54,7 @@ pub struct IndexStore {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::clock::now_ms;
 
 fn tantivy_err(context: String) -> impl FnOnce(tantivy::TantivyError) -> IndexError {
     move |e| IndexError::internal(context, e)

@@ -294,6 +294,12 @@ async fn bad_queries_name_the_problem() {
         ),
         (Kind::Changes, "age:3fortnights", "bad age '3fortnights'", 0),
         (Kind::Changes, "before:yesterday", "bad date 'yesterday'", 0),
+        (
+            Kind::Changes,
+            "after:2024-02-31",
+            "bad date '2024-02-31'",
+            0,
+        ),
         (Kind::Changes, "number:abc", "needs a whole number", 0),
         (
             Kind::Changes,

@@ -236,12 +236,7 @@ impl Drop for Outbox {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 fn clock_seed() -> u64 {
     std::time::SystemTime::now()
