@@ -8,4 +8,5 @@ mod process;
 mod receiver;
 mod sessions;
 mod shared_dir;
+mod tls;
 mod transport;

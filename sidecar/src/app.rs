@@ -26,6 +26,7 @@ use crate::peers::Peers;
 use crate::receiver::{Receiver, Stores};
 use crate::sessions::Sessions;
 use crate::shared_dir::SharedDir;
+use crate::tls::NodeTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -175,10 +176,13 @@ impl Node {
             source,
         })?;
         let verifier = Verifier::new(config.auth.secrets.clone(), config.auth.max_clock_skew);
+        let tls =
+            Arc::new(NodeTls::load(&config.tls).map_err(|e| StartError::Other(e.to_string()))?);
         let client = PeerClient::new(
             &config.http,
             config.auth.secrets.first().cloned(),
             &config.instance_id,
+            tls.client(),
         )
         .map_err(StartError::Other)?;
         let peers = Arc::new(Peers::new(
@@ -231,6 +235,7 @@ impl Node {
             events,
             event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
             stop: CancellationToken::new(),
+            tls,
         });
         let peer_addr = listeners
             .peer
@@ -302,14 +307,16 @@ impl Node {
         &self.state
     }
 
-    /// `http://addr/` of the peer/ops listener.
+    /// `http(s)://addr/` of the peer/ops listener.
     pub fn peer_url(&self) -> String {
-        format!("http://{}/", self.peer_addr)
+        let scheme = self.state.config.listen.url.scheme();
+        format!("{scheme}://{}/", self.peer_addr)
     }
 
-    /// `http://addr/` of the local API listener.
+    /// `http(s)://addr/` of the local API listener.
     pub fn local_url(&self) -> String {
-        format!("http://{}/", self.local_addr)
+        let scheme = self.state.config.local_listen.url.scheme();
+        format!("{scheme}://{}/", self.local_addr)
     }
 
     /// Graceful stop: health goes 503, peers are told this node leaves (and its heartbeat is

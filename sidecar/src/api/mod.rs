@@ -51,6 +51,8 @@ pub struct AppState {
     pub event_relay: Option<Arc<EventRelay>>,
     /// Cancelled at shutdown: ends long-lived responses (event streams).
     pub stop: tokio_util::sync::CancellationToken,
+    /// The node's TLS (listeners, peer client, mutual TLS on `/v1/peer/*`).
+    pub tls: Arc<crate::tls::NodeTls>,
 }
 
 /// Reads a request body up to `limit` bytes; past it, 413 without reading the rest.
@@ -150,12 +152,33 @@ fn serve(
 ) -> std::io::Result<Server> {
     let workers = state.config.workers;
     let grace = state.config.shutdown_grace;
-    Ok(HttpServer::new(move || build_app!(state, name, routes))
+    let https = match name {
+        "peer" => state.config.listen.is_https(),
+        _ => state.config.local_listen.is_https(),
+    };
+    let tls = state.tls.server().filter(|_| https);
+    let server = HttpServer::new(move || build_app!(state, name, routes))
+        .on_connect(peer_names)
         .workers(workers)
         .disable_signals()
-        .shutdown_timeout(grace.as_secs().max(1))
-        .listen(listener)?
-        .run())
+        .shutdown_timeout(grace.as_secs().max(1));
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, (*config).clone())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
+}
+
+/// Attaches the names of a verified client certificate to its TLS connection (mutual TLS:
+/// `peer::authenticate` reads them with `HttpRequest::conn_data`).
+fn peer_names(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
+        let (_, session) = tls.get_ref();
+        if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
+            data.insert(crate::tls::PeerNames::of(leaf));
+        }
+    }
 }
 
 /// Starts the local API server on an already-bound listener.

@@ -51,6 +51,11 @@ impl ListenUrl {
     pub fn is_loopback(&self) -> bool {
         self.addr.ip().is_loopback()
     }
+
+    /// Served over TLS (`https://`).
+    pub fn is_https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
 }
 
 /// How this node finds its peers.
@@ -154,6 +159,22 @@ pub struct HttpConfig {
     pub max_batch_messages: usize,
 }
 
+/// TLS files (PEM). Certificates and keys are reloaded when they change (see `tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// This node's certificate chain (`sidecar.certificateFile`): served on https listeners and
+    /// presented as client certificate to peers.
+    pub certificate: Option<PathBuf>,
+    /// Its private key (`sidecar.privateKeyFile`).
+    pub private_key: Option<PathBuf>,
+    /// Mutual TLS (`sidecar.clientCaFile`): the CAs of peers' client certificates, required
+    /// on `/v1/peer/*`.
+    pub client_ca: Option<PathBuf>,
+    /// Roots that peers' certificates are verified against (`http.caFile`); the system's if
+    /// unset.
+    pub ca: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheLimits {
     pub max_entries: u64,
@@ -245,6 +266,7 @@ pub struct Config {
     pub peers: PeersConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    pub tls: TlsConfig,
     pub cache: CacheConfig,
     pub index: IndexConfig,
     pub event: EventConfig,

@@ -28,6 +28,9 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("sidecar", None, "maxLocalBody", false),
     ("sidecar", None, "maxPeerBody", false),
     ("sidecar", None, "outboxSegmentSize", false),
+    ("sidecar", None, "certificateFile", false),
+    ("sidecar", None, "privateKeyFile", false),
+    ("sidecar", None, "clientCaFile", false),
     ("peerInfo", None, "strategy", false),
     ("peerInfo", None, "retainAbsent", false),
     ("peerInfo", Some("static"), "url", true),
@@ -47,6 +50,7 @@ pub const KNOWN_KEYS: &[(&str, Option<&str>, &str, bool)] = &[
     ("http", None, "maxRetryInterval", false),
     ("http", None, "maxBatchMessages", false),
     ("http", None, "maxBatchBytes", false),
+    ("http", None, "caFile", false),
     ("cache", None, "synchronize", false),
     ("cache", None, "pattern", true),
     ("cache", None, "maxEntries", false),
@@ -203,11 +207,8 @@ fn listen_url(v: &mut V<'_>, k: &str, default: &str) -> ListenUrl {
             return fallback();
         }
     };
-    if url.scheme() != "http" {
-        v.err(
-            &key,
-            format!("`{text}`: only http:// listeners are served; terminate TLS in front of the sidecar"),
-        );
+    if !matches!(url.scheme(), "http" | "https") {
+        v.err(&key, format!("`{text}`: listeners are http:// or https://"));
         return fallback();
     }
     let ip = match url.host() {
@@ -222,7 +223,7 @@ fn listen_url(v: &mut V<'_>, k: &str, default: &str) -> ListenUrl {
             return fallback();
         }
     };
-    let port = url.port().unwrap_or(80);
+    let port = url.port_or_known_default().unwrap_or(80);
     ListenUrl {
         url,
         addr: SocketAddr::new(ip, port),
@@ -367,6 +368,7 @@ pub(super) fn validate(
 
     let listen = listen_url(&mut v, "listenUrl", "http://127.0.0.1:7710/");
     let local_listen = listen_url(&mut v, "localListenUrl", "http://127.0.0.1:7711/");
+    let tls = tls_config(&mut v, base_dir, &listen, &local_listen);
     let local_token = v.token("sidecar", "localToken");
     let admin_token = v.token("sidecar", "adminToken");
     if !local_listen.is_loopback() && local_token.is_none() {
@@ -675,6 +677,7 @@ pub(super) fn validate(
             max_clock_skew,
         },
         http,
+        tls,
         cache,
         index,
         event,
@@ -685,6 +688,58 @@ pub(super) fn validate(
         embedded_defaults: embedded,
     };
     Some(config)
+}
+
+/// `[sidecar] certificateFile, privateKeyFile, clientCaFile` and `[http] caFile`: the files must
+/// exist; their contents are parsed when the node starts (`tls`).
+fn tls_config(
+    v: &mut V<'_>,
+    base_dir: &Path,
+    listen: &ListenUrl,
+    local_listen: &ListenUrl,
+) -> TlsConfig {
+    let mut file = |s: &str, k: &str| {
+        let p = v.string(s, None, k).map(PathBuf::from)?;
+        let p = if p.is_absolute() { p } else { base_dir.join(p) };
+        if let Err(e) = std::fs::metadata(&p) {
+            v.err(&key_name(s, None, k), format!("{}: {e}", p.display()));
+        }
+        Some(p)
+    };
+    let certificate = file("sidecar", "certificateFile");
+    let private_key = file("sidecar", "privateKeyFile");
+    let client_ca = file("sidecar", "clientCaFile");
+    let ca = file("http", "caFile");
+    let https = listen.is_https() || local_listen.is_https();
+    for (key, given) in [
+        ("sidecar.certificateFile", certificate.is_some()),
+        ("sidecar.privateKeyFile", private_key.is_some()),
+    ] {
+        if https && !given {
+            v.err(
+                key,
+                "required when sidecar.listenUrl or sidecar.localListenUrl is https://",
+            );
+        }
+    }
+    if certificate.is_some() != private_key.is_some() {
+        v.err(
+            "sidecar.privateKeyFile",
+            "sidecar.certificateFile and sidecar.privateKeyFile go together",
+        );
+    }
+    if client_ca.is_some() && !listen.is_https() {
+        v.err(
+            "sidecar.clientCaFile",
+            "mutual TLS needs sidecar.listenUrl to be https://",
+        );
+    }
+    TlsConfig {
+        certificate,
+        private_key,
+        client_ca,
+        ca,
+    }
 }
 
 /// The URL written into this node's heartbeat: `sidecar.advertiseUrl`, else `listenUrl` unless

@@ -29,13 +29,19 @@ impl PeerClient {
         cfg: &HttpConfig,
         secret: Option<Secret>,
         instance_id: &str,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connection_timeout)
             .read_timeout(cfg.socket_timeout)
             .timeout(cfg.socket_timeout + cfg.connection_timeout + Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("ha-sidecar/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("ha-sidecar/", env!("CARGO_PKG_VERSION")));
+        // `http.caFile` roots and this node's certificate as client certificate (`tls`).
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(PeerClient {
