@@ -290,7 +290,10 @@ impl Proc {
         let deadline = Instant::now() + patience(Duration::from_secs(20));
         loop {
             if let Ok(r) = http.get(&url).send().await {
-                if r.status() == 200 {
+                // A drained node is up but not ready for traffic: it counts as started here.
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                if status == 200 || body.contains("drained") {
                     return;
                 }
             }

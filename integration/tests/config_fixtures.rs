@@ -92,7 +92,7 @@ fn every_valid_fixture_loads() {
     )
     .unwrap();
     assert!(
-        report.warnings.iter().any(|w| w.key == "http.maxtries"),
+        report.warnings.iter().any(|w| w.key == "http.maxTries"),
         "{:?}",
         report.warnings
     );
@@ -100,7 +100,7 @@ fn every_valid_fixture_loads() {
         report
             .warnings
             .iter()
-            .any(|w| w.key == "jgroups.clustername"),
+            .any(|w| w.key == "jgroups.clusterName"),
         "{:?}",
         report.warnings
     );
@@ -123,6 +123,56 @@ fn env_overrides_win_over_the_file() {
     let bad = BTreeMap::from([("HA_HTTP_SOCKETTIMEOUT".to_owned(), "forever".to_owned())]);
     let r = load(&fixtures().join("valid/empty.config"), &bad).unwrap_err();
     assert_eq!(r.errors[0].key, "http.socketTimeout");
+    assert!(
+        r.errors[0]
+            .message
+            .ends_with("(from HA_HTTP_SOCKETTIMEOUT)"),
+        "{:?}",
+        r.errors
+    );
+}
+
+#[test]
+fn unknown_env_variables_are_warned_with_the_likely_one() {
+    let env = BTreeMap::from([
+        (
+            "HA_PEERINFO_STATIC_URL".to_owned(),
+            "http://10.0.0.2:7710/".to_owned(),
+        ),
+        ("HA_LOG".to_owned(), "debug".to_owned()),
+    ]);
+    let (_, report) = load(&fixtures().join("valid/empty.config"), &env).unwrap();
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let w = &report.warnings[0];
+    assert_eq!(w.key, "HA_PEERINFO_STATIC_URL");
+    assert!(w.message.contains("did you mean HA_PEERINFO_URL?"), "{w}");
+}
+
+#[test]
+fn warnings_keep_the_key_as_written_and_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("loose.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.path().join("c.config");
+    std::fs::write(
+        &path,
+        format!(
+            "[Sidecar]\n  listenURL = http://127.0.0.1:7710/\n  maxSpeed = 3\n\
+             [auth]\n  secretFile = {k}\n  secretFile = {k}\n",
+            k = key.display()
+        ),
+    )
+    .unwrap();
+    let (_, report) = load(&path, &BTreeMap::new()).unwrap();
+    let keys: Vec<&str> = report.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["Sidecar.maxSpeed", "auth.secretFile"],
+        "{:?}",
+        report.warnings
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cache;
+pub mod cli_http;
 pub mod config;
 pub mod demo;
 pub mod event_relay;

@@ -26,13 +26,20 @@ struct Cli {
 enum Command {
     /// Serve (default config: ./high-availability.config if present, else embedded defaults).
     Run {
+        /// The config file (git-config format, `high-availability.config`); `HA_<SECTION>_<KEY>`
+        /// variables override its keys.
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
-    /// Validate a config file and print every problem.
+    /// Validate a config file and print every problem (exit 64 if any).
     CheckConfig {
+        /// The config file to check.
         #[arg(short, long)]
         config: PathBuf,
+        /// Also print the effective configuration: every key's value (file, `HA_*` variable
+        /// or default, named after each value), secrets redacted.
+        #[arg(long)]
+        print: bool,
     },
     /// A two-node cluster on loopback with a simulated master's traffic, until Ctrl-C.
     Demo,
@@ -99,7 +106,7 @@ fn main() -> ExitCode {
         .filter(|(k, _)| k.starts_with("HA_"))
         .collect();
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config, &env),
+        Command::CheckConfig { config, print } => check_config(&config, print, &env),
         Command::Run { config } => {
             let path = config.or_else(|| {
                 let p = PathBuf::from("high-availability.config");
@@ -241,11 +248,20 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("the tokio runtime starts")
 }
 
-fn check_config(path: &std::path::Path, env: &BTreeMap<String, String>) -> ExitCode {
+fn check_config(path: &std::path::Path, print: bool, env: &BTreeMap<String, String>) -> ExitCode {
     let report = match config::load_path(Some(path), env) {
         Ok((_, report)) => report,
         Err(report) => report,
     };
+    if print {
+        if let Ok(text) = config::describe_path(path, env) {
+            println!(
+                "# effective configuration of {} (secrets redacted)",
+                path.display()
+            );
+            print!("{text}");
+        }
+    }
     for w in &report.warnings {
         println!("warning: {w}");
     }

@@ -377,7 +377,77 @@ impl Metrics {
             "Index documents and tombstones pushed to a peer by anti-entropy",
             m.index_docs_pushed.clone(),
         );
-        Metrics { registry: r, ..m }
+        let m = Metrics { registry: r, ..m };
+        m.create_fixed_series();
+        m
+    }
+
+    /// Creates every series whose labels are known at start, at zero, so an alert rule can tell
+    /// "none yet" from "missing" (per-peer series are created by [`Metrics::peer_series`]).
+    fn create_fixed_series(&self) {
+        for kind in MESSAGE_KINDS {
+            let l = Self::kind(kind);
+            let _ = self.messages_applied.get_or_create(&l);
+            let _ = self.messages_duplicate.get_or_create(&l);
+            let _ = self.messages_rejected.get_or_create(&l);
+        }
+        for reason in AUTH_FAILURE_REASONS {
+            let _ = self.auth_failures.get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            });
+        }
+        for kind in LOCAL_MUTATION_KINDS {
+            let _ = self.local_mutations.get_or_create(&Self::kind(kind));
+        }
+        for result in ["hit", "miss", "absent"] {
+            self.sessions.reads_counter(result);
+        }
+        for source in ["peer", "watch"] {
+            let _ = self
+                .sessions
+                .invalidations
+                .get_or_create(&Self::source(source));
+        }
+        for kind in ["local", "remote"] {
+            let _ = self.events_appended.get_or_create(&Self::kind(kind));
+        }
+        for kind in crate::index::Kind::ALL {
+            let _ = self.index_docs.get_or_create(&Self::kind(kind.as_str()));
+            let _ = self
+                .index_tombstones
+                .get_or_create(&Self::kind(kind.as_str()));
+            for source in ["local", "peer", "sync"] {
+                for outcome in ["applied", "stale"] {
+                    let _ = self.index_writes.get_or_create(&IndexWriteLabel {
+                        kind: kind.as_str().to_owned(),
+                        source: source.to_owned(),
+                        outcome: outcome.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Creates every per-peer series at zero (called for each known peer before a scrape).
+    pub fn peer_series(&self, peer: &str) {
+        let l = Self::peer(peer);
+        let _ = self.outbox_depth.get_or_create(&l);
+        let _ = self.outbox_oldest_age_seconds.get_or_create(&l);
+        for f in [
+            &self.batches_sent,
+            &self.batches_failed,
+            &self.batches_retried,
+            &self.messages_sent,
+            &self.dead_lettered,
+            &self.peer_failures,
+            &self.index_sync_rounds,
+            &self.index_sync_failures,
+            &self.index_docs_pulled,
+            &self.index_docs_pushed,
+        ] {
+            let _ = f.get_or_create(&l);
+        }
+        let _ = self.delivery_seconds.get_or_create(&l);
     }
 
     pub fn peer(peer: &str) -> PeerLabel {
@@ -423,11 +493,118 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
+    /// OpenMetrics text exposition (`application/openmetrics-text; version=1.0.0`).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The classic Prometheus text format (`text/plain; version=0.0.4`), which `promtool check
+    /// metrics` and older scrapers read.
+    pub fn encode_classic(&self) -> String {
+        openmetrics_to_classic(&self.encode())
+    }
+}
+
+/// Message kinds on the peer path (`messages_*_total{kind}`).
+pub const MESSAGE_KINDS: [&str; 4] = ["eviction", "flush", "index", "event"];
+/// Why a peer request was refused (`auth_failures_total{reason}`), as `api/peer` names them.
+pub const AUTH_FAILURE_REASONS: [&str; 6] = [
+    "unsigned",
+    "malformed",
+    "stale",
+    "bad_signature",
+    "replayed",
+    "no_secret",
+];
+/// Mutations of the local API (`local_mutations_total{kind}`).
+pub const LOCAL_MUTATION_KINDS: [&str; 6] = [
+    "eviction",
+    "flush",
+    "index",
+    "event",
+    "session_create",
+    "session_delete",
+];
+
+/// Rewrites OpenMetrics text into the classic format: a counter's HELP and TYPE name its
+/// `_total` sample (OpenMetrics names the family without it), `# UNIT` and `# EOF` go.
+fn openmetrics_to_classic(text: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, "counter")) = rest.split_once(' ') {
+                counters.insert(name.to_owned());
+            }
+        }
+    }
+    let mut out = String::with_capacity(text.len() + 64 * counters.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) && !name.ends_with("_total") {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None if line.split(['{', ' ']).next().is_some_and(|n| {
+                n.ends_with("_created") && counters.contains(n.trim_end_matches("_created"))
+            }) => {}
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_fixed_series_exists_at_zero() {
+        let m = Metrics::new();
+        m.peer_series("master-2");
+        let text = m.encode();
+        for needle in [
+            "ha_dead_lettered_total{peer=\"master-2\"} 0",
+            "ha_auth_failures_total{reason=\"bad_signature\"} 0",
+            "ha_messages_rejected_total{kind=\"event\"} 0",
+            "ha_session_reads_total{result=\"absent\"} 0",
+            "ha_delivery_seconds_count{peer=\"master-2\"} 0",
+        ] {
+            assert!(text.contains(needle), "no {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn classic_format_names_counters_with_total() {
+        let m = Metrics::new();
+        m.alerts_failed.inc();
+        let text = m.encode_classic();
+        assert!(
+            text.contains("# TYPE ha_alerts_failed_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP ha_alerts_failed_total Alert webhook"),
+            "{text}"
+        );
+        assert!(text.contains("\nha_alerts_failed_total 1\n"), "{text}");
+        assert!(text.contains("# TYPE ha_event_tailers gauge\n"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
     }
 }

@@ -22,8 +22,12 @@ pub async fn livez() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
 }
 
+/// Ready for traffic: started, not drained, not stopping (a Kubernetes readiness probe takes a
+/// drained node out of service like the load balancer's `/health` check does).
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.health.is_ready() {
+    if state.health.is_drained() {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "drained"}))
+    } else if state.health.is_ready() {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "not ready"}))
@@ -79,7 +83,9 @@ async fn health_delete(
     set_drained(&state, true)
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// OpenMetrics, or the classic text format for a scraper that asks for `text/plain` and not
+/// for OpenMetrics (`promtool`, old Prometheus servers).
+async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
     for (kind, k) in state.index.stats().kinds {
         let label = crate::metrics::Metrics::kind(kind.as_str());
@@ -94,9 +100,20 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             .get_or_create(&label)
             .set(k.tombstones as i64);
     }
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.encode())
+    let accept = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(state.metrics.encode_classic())
+    } else {
+        HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(state.metrics.encode())
+    }
 }
 
 #[derive(Serialize)]

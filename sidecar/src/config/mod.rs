@@ -3,12 +3,14 @@
 //! Library code never reads the environment or the working directory: callers pass both in.
 
 mod duration;
+pub mod keys;
 mod raw;
+pub mod render;
+mod urls;
 mod validate;
 
 pub use duration::{parse_duration, parse_size};
 pub use raw::{RawConfig, RawKey};
-pub use validate::KNOWN_KEYS;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -333,9 +335,9 @@ pub struct Source<'a> {
     pub env: &'a BTreeMap<String, String>,
 }
 
-/// Reads and validates a config. On failure the report lists every error.
-pub fn load(source: Source<'_>) -> Result<(Config, Report), Report> {
-    let mut report = Report::default();
+/// Reads the file and applies the environment, without giving values a meaning. Unknown `HA_*`
+/// variables become warnings.
+pub fn read_raw(source: &Source<'_>, report: &mut Report) -> Option<RawConfig> {
     let mut raw = match source.file {
         Some((text, path)) => match RawConfig::parse(text) {
             Ok(raw) => raw,
@@ -344,12 +346,30 @@ pub fn load(source: Source<'_>) -> Result<(Config, Report), Report> {
                     key: path.display().to_string(),
                     message: format!("not a valid git-config file: {e}"),
                 });
-                return Err(report);
+                return None;
             }
         },
         None => RawConfig::default(),
     };
-    raw.apply_env(source.env, KNOWN_KEYS);
+    for var in raw.apply_env(source.env) {
+        let message = match keys::suggest_env_var(&var) {
+            Some(known) => format!("unknown variable; ignored (did you mean {known}?)"),
+            None => {
+                "unknown variable; ignored (no such key: see the README's configuration reference)"
+                    .to_owned()
+            }
+        };
+        report.warnings.push(Problem { key: var, message });
+    }
+    Some(raw)
+}
+
+/// Reads and validates a config. On failure the report lists every error.
+pub fn load(source: Source<'_>) -> Result<(Config, Report), Report> {
+    let mut report = Report::default();
+    let Some(raw) = read_raw(&source, &mut report) else {
+        return Err(report);
+    };
     let base_dir = source
         .file
         .and_then(|(_, p)| p.parent())
@@ -362,6 +382,16 @@ pub fn load(source: Source<'_>) -> Result<(Config, Report), Report> {
     }
 }
 
+fn read_file(p: &Path) -> Result<String, Report> {
+    std::fs::read_to_string(p).map_err(|e| Report {
+        errors: vec![Problem {
+            key: p.display().to_string(),
+            message: format!("cannot read config file: {e}"),
+        }],
+        warnings: vec![],
+    })
+}
+
 /// Loads the config from a file path, or embedded defaults when `path` is `None`.
 pub fn load_path(
     path: Option<&Path>,
@@ -369,20 +399,28 @@ pub fn load_path(
 ) -> Result<(Config, Report), Report> {
     match path {
         None => load(Source { file: None, env }),
-        Some(p) => match std::fs::read_to_string(p) {
-            Ok(text) => load(Source {
+        Some(p) => {
+            let text = read_file(p)?;
+            load(Source {
                 file: Some((&text, p)),
                 env,
-            }),
-            Err(e) => Err(Report {
-                errors: vec![Problem {
-                    key: p.display().to_string(),
-                    message: format!("cannot read config file: {e}"),
-                }],
-                warnings: vec![],
-            }),
-        },
+            })
+        }
     }
+}
+
+/// The effective configuration of a file with the environment applied, as `check-config
+/// --print` shows it (see [`render::effective`]).
+pub fn describe_path(path: &Path, env: &BTreeMap<String, String>) -> Result<String, Report> {
+    let text = read_file(path)?;
+    let mut report = Report::default();
+    let source = Source {
+        file: Some((&text, path)),
+        env,
+    };
+    read_raw(&source, &mut report)
+        .map(|raw| render::effective(&raw))
+        .ok_or(report)
 }
 
 #[cfg(test)]

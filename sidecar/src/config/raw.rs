@@ -32,10 +32,14 @@ impl std::fmt::Display for RawKey {
     }
 }
 
-/// Every value of the file, in file order per key (keys may repeat).
+/// Every value of the file, in file order per key (keys may repeat), and where each came from.
 #[derive(Debug, Default, Clone)]
 pub struct RawConfig {
     pub values: BTreeMap<RawKey, Vec<String>>,
+    /// The key as first written in the file (`http.maxTries`), for messages.
+    pub spelling: BTreeMap<RawKey, String>,
+    /// Keys set by an environment variable, with the variable's name.
+    pub from_env: BTreeMap<RawKey, String>,
 }
 
 impl RawConfig {
@@ -47,11 +51,11 @@ impl RawConfig {
             let header = section.header();
             let name = header.name().to_string();
             let sub = header.subsection_name().map(|s| s.to_string());
-            let mut names: Vec<String> = section.value_names().collect();
-            names.dedup();
-            for key in names {
+            // A section may appear several times (`[cache]` twice): every one adds its values.
+            let mut seen = std::collections::BTreeSet::new();
+            for key in section.value_names() {
                 let k = RawKey::new(&name, sub.as_deref(), &key);
-                if raw.values.contains_key(&k) {
+                if !seen.insert(k.clone()) {
                     continue; // `values()` below already returned every occurrence in this section
                 }
                 let vals = section
@@ -59,37 +63,30 @@ impl RawConfig {
                     .into_iter()
                     .map(|v| v.to_string())
                     .collect::<Vec<_>>();
+                raw.spelling.entry(k.clone()).or_insert_with(|| match &sub {
+                    Some(s) => format!("{name}.{s}.{key}"),
+                    None => format!("{name}.{key}"),
+                });
                 raw.values.entry(k).or_default().extend(vals);
             }
         }
         Ok(raw)
     }
 
-    /// Applies `HA_<SECTION>_<KEY>` overrides from `env`. `known` lists the keys that exist, so an
-    /// override finds its subsection (e.g. `HA_PEERINFO_URL` → `peerInfo.static.url`). Repeatable
-    /// keys take a comma-separated list. Returns the keys that were overridden.
-    pub fn apply_env(
-        &mut self,
-        env: &BTreeMap<String, String>,
-        known: &[(&str, Option<&str>, &str, bool)],
-    ) -> Vec<String> {
-        let mut applied = Vec::new();
-        for (section, sub, key, repeatable) in known {
-            let var = format!(
-                "HA_{}_{}",
-                section.to_ascii_uppercase(),
-                key.to_ascii_uppercase()
-            );
-            let Some(value) = env.get(&var) else { continue };
-            // A subsection-less key wins the name when both forms exist ([cache] maxEntries).
-            if sub.is_some()
-                && known.iter().any(|(s, ss, k, _)| {
-                    ss.is_none() && s.eq_ignore_ascii_case(section) && k.eq_ignore_ascii_case(key)
-                })
-            {
+    /// Applies `HA_<SECTION>_<KEY>` overrides from `env`, as named by the key table (so an
+    /// override finds its subsection: `HA_PEERINFO_URL` is `peerInfo.static.url`). Repeatable
+    /// keys take a comma-separated list. Returns the `HA_*` variables that are neither a key
+    /// nor one of the other variables the binary reads.
+    pub fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Vec<String> {
+        let mut unknown = Vec::new();
+        for (var, value) in env.iter().filter(|(k, _)| k.starts_with("HA_")) {
+            let Some(key) = super::keys::for_env_var(var) else {
+                if !super::keys::OTHER_ENV_VARS.contains(&var.as_str()) {
+                    unknown.push(var.clone());
+                }
                 continue;
-            }
-            let values = if *repeatable {
+            };
+            let values = if key.repeatable {
                 value
                     .split(',')
                     .map(|v| v.trim().to_owned())
@@ -98,10 +95,11 @@ impl RawConfig {
             } else {
                 vec![value.clone()]
             };
-            self.values.insert(RawKey::new(section, *sub, key), values);
-            applied.push(var);
+            let k = RawKey::new(key.section, key.subsection, key.name);
+            self.values.insert(k.clone(), values);
+            self.from_env.insert(k, var.clone());
         }
-        applied
+        unknown
     }
 
     /// The last value of a key (git's rule for single-valued keys).
@@ -134,6 +132,18 @@ mod tests {
         assert_eq!(raw.last("main", None, "instanceid"), Some("m1"));
         assert_eq!(raw.all("peerinfo", Some("static"), "url").len(), 2);
         assert_eq!(raw.last("cache", Some("Projects"), "maxentries"), Some("5"));
+        assert_eq!(
+            raw.spelling[&RawKey::new("cache", Some("Projects"), "maxentries")],
+            "Cache.Projects.MaxEntries"
+        );
+    }
+
+    #[test]
+    fn a_repeated_section_keeps_every_value() {
+        let raw =
+            RawConfig::parse("[cache]\n pattern = a\n[main]\n x = 1\n[cache]\n pattern = b\n")
+                .unwrap();
+        assert_eq!(raw.all("cache", None, "pattern"), ["a", "b"]);
     }
 
     #[test]
@@ -146,15 +156,20 @@ mod tests {
                 "http://x:1/, http://y:1/".to_owned(),
             ),
         ]);
-        let known = [
-            ("main", None, "instanceId", false),
-            ("peerInfo", Some("static"), "url", true),
-        ];
-        raw.apply_env(&env, &known);
+        assert!(raw.apply_env(&env).is_empty());
         assert_eq!(raw.last("main", None, "instanceid"), Some("m2"));
         assert_eq!(
             raw.all("peerinfo", Some("static"), "url"),
             ["http://x:1/", "http://y:1/"]
         );
+        assert_eq!(
+            raw.from_env[&RawKey::new("main", None, "instanceId")],
+            "HA_MAIN_INSTANCEID"
+        );
+        let env = BTreeMap::from([
+            ("HA_PEERINFO_STATIC_URL".to_owned(), "x".to_owned()),
+            ("HA_LOG".to_owned(), "debug".to_owned()),
+        ]);
+        assert_eq!(raw.apply_env(&env), ["HA_PEERINFO_STATIC_URL"]);
     }
 }

@@ -108,7 +108,7 @@ impl PeerClient {
 /// What a readiness probe of a peer found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
-    /// `/readyz` answered 200; the peer's `X-HA-Instance`.
+    /// `/readyz` answered 200 (or 503 "drained"); the peer's `X-HA-Instance`.
     Ready(Option<String>),
     /// The peer answered, but is not ready (starting, shutting down).
     NotReady(Option<String>),
@@ -130,9 +130,13 @@ impl PeerClient {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 if r.status().is_success() {
-                    Probe::Ready(id)
-                } else {
-                    Probe::NotReady(id)
+                    return Probe::Ready(id);
+                }
+                // A drained peer is out of the load balancer's rotation, not out of the
+                // cluster: `/readyz` says 503 "drained", and it is up for its peers.
+                match r.text().await {
+                    Ok(body) if body.contains("\"drained\"") => Probe::Ready(id),
+                    _ => Probe::NotReady(id),
                 }
             }
             Err(e) => Probe::Unreachable(describe(&e)),

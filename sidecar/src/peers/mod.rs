@@ -308,6 +308,7 @@ impl Peers {
         let now = outbox::now_ms();
         for p in self.list() {
             let s = p.queue.stats();
+            m.peer_series(&p.key);
             let label = crate::metrics::Metrics::peer(&p.key);
             m.outbox_depth.get_or_create(&label).set(s.pending as i64);
             let age = s
