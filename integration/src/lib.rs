@@ -438,6 +438,10 @@ pub async fn post_signed(
         let now = ha_sidecar::peers::outbox::now_ms() as i64 + ts_offset_ms;
         let h = ha_sidecar::auth::sign(s, "POST", "/v1/peer/batch", &body, now as u64);
         req = req
+            .header(
+                ha_sidecar::auth::HEADER_CONTENT_SHA256,
+                ha_sidecar::auth::content_sha256(&body),
+            )
             .header("x-ha-timestamp", &h.timestamp_ms)
             .header("x-ha-nonce", &h.nonce)
             .header("x-ha-signature", &h.signature);

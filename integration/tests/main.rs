@@ -4,6 +4,7 @@ mod config_fixtures;
 mod events;
 mod index;
 mod membership;
+mod peer_flood;
 mod process;
 mod receiver;
 mod sessions;

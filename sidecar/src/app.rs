@@ -16,6 +16,7 @@ use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
 use crate::index::{IndexOptions, IndexStore};
 use crate::index_sync::IndexSync;
+use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
 use crate::peers::deadletter::DeadLetters;
@@ -51,6 +52,10 @@ pub enum StartError {
     Events(#[from] crate::events::EventError),
     #[error("cannot open the index: {0}")]
     Index(#[from] crate::index::IndexError),
+    #[error("cannot start the peer client: {0}")]
+    Client(#[from] crate::peers::client::ClientError),
+    #[error("cannot start membership: {0}")]
+    Membership(#[from] crate::peers::membership::MembershipError),
     #[error("{0}")]
     Other(String),
 }
@@ -85,6 +90,27 @@ impl Listeners {
             peer: bind("listenUrl", config.listen.addr)?,
             local: bind("localListenUrl", config.local_listen.addr)?,
         })
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (many peers, tailers and clients at
+/// once; a flood of connections must not starve the outbox and the logs of descriptors).
+/// Process-wide, so the binary calls it at start, not `Node::start`.
+pub fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let from = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::info!(from, to = lim.rlim_max, "raised the open files limit");
+        }
     }
 }
 
@@ -183,8 +209,7 @@ impl Node {
             config.auth.secrets.first().cloned(),
             &config.instance_id,
             tls.client(),
-        )
-        .map_err(StartError::Other)?;
+        )?;
         let peers = Arc::new(Peers::new(
             outbox.clone(),
             ForwarderCtx {
@@ -199,16 +224,13 @@ impl Node {
             },
             CancellationToken::new(),
         ));
-        let membership = Arc::new(
-            Membership::new(
-                config.clone(),
-                peers.clone(),
-                metrics.clone(),
-                health.clone(),
-                shared_dir.clone(),
-            )
-            .map_err(StartError::Other)?,
-        );
+        let membership = Arc::new(Membership::new(
+            config.clone(),
+            peers.clone(),
+            metrics.clone(),
+            health.clone(),
+            shared_dir.clone(),
+        )?);
         // Started after membership has added the known peers, so re-queued events reach every peer's queue.
         let relay = config.event.synchronize.then(|| {
             let stop = CancellationToken::new();
@@ -220,11 +242,27 @@ impl Node {
             );
             (relay, stop, task)
         });
+        let local = Arc::new(Local {
+            caches: caches.clone(),
+            index: index.clone(),
+            index_synchronize: config.index.synchronize,
+            events: events.clone(),
+            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            sessions: sessions.clone(),
+            outbox: outbox.clone(),
+            metrics: metrics.clone(),
+        });
+        // Two of the largest peer bodies in flight at once (authenticated or from senders that
+        // do not declare their body's hash); more wait, then 503.
+        let peer_bodies_kib = (config.limits.max_peer_body * 2)
+            .div_ceil(1024)
+            .min(u32::MAX as usize >> 4) as u32;
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
             index: index.clone(),
             outbox,
+            local,
             peers,
             receiver: Arc::new(receiver),
             verifier: Arc::new(verifier),
@@ -233,9 +271,10 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
-            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
             stop: CancellationToken::new(),
             tls,
+            peer_bodies: Arc::new(tokio::sync::Semaphore::new(peer_bodies_kib as usize)),
+            peer_bodies_kib,
         });
         let peer_addr = listeners
             .peer

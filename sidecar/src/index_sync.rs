@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Health;
 use crate::index::{ExportedDoc, IndexStore, Kind, WriteOutcome, BUCKETS};
 use crate::metrics::Metrics;
-use crate::peers::client::{PeerClient, SendError};
+use crate::peers::client::{ClientError, PeerClient, SendError};
 use crate::peers::forwarder::backoff;
 use crate::peers::{Peer, Peers};
 use crate::wire::index_sync::{
@@ -42,6 +42,15 @@ const IDS_PER_EXPORT: usize = 1_000;
 const TICK: Duration = Duration::from_millis(200);
 /// Failed rounds after which a catching-up node stops waiting for that peer.
 const GIVE_UP_CATCHING_UP: u32 = 3;
+
+/// Why a round with a peer failed: the kind it was comparing and the call that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {source}")]
+pub struct SyncError {
+    pub kind: Kind,
+    #[source]
+    pub source: SendError,
+}
 
 pub struct IndexSync {
     pub store: Arc<IndexStore>,
@@ -170,13 +179,13 @@ impl IndexSync {
     }
 
     /// One anti-entropy round with one peer over every kind.
-    pub async fn sync_peer(&self, peer: &Peer) -> Result<RoundStats, String> {
+    pub async fn sync_peer(&self, peer: &Peer) -> Result<RoundStats, SyncError> {
         let mut total = RoundStats::default();
         for kind in Kind::ALL {
             total += self
                 .sync_kind(peer, kind)
                 .await
-                .map_err(|e| format!("{kind}: {e}"))?;
+                .map_err(|source| SyncError { kind, source })?;
         }
         Ok(total)
     }
@@ -191,10 +200,10 @@ impl IndexSync {
             return Ok(RoundStats::default());
         }
         if remote.buckets.len() != BUCKETS {
-            return Err(SendError::Retry(format!(
+            return Err(SendError::Retry(ClientError::BadReply(format!(
                 "peer sent {} bucket digests, expected {BUCKETS}",
                 remote.buckets.len()
-            )));
+            ))));
         }
         let differing: Vec<u8> = local
             .buckets
@@ -250,11 +259,11 @@ impl IndexSync {
                 )
                 .await?;
             if reply.consumed == 0 || reply.consumed > ask.len() {
-                return Err(SendError::Retry(format!(
+                return Err(SendError::Retry(ClientError::BadReply(format!(
                     "peer export consumed {} of {} ids",
                     reply.consumed,
                     ask.len()
-                )));
+                ))));
             }
             rest = &rest[reply.consumed..];
             if let Some(prev) = in_flight.take() {
@@ -279,8 +288,8 @@ impl IndexSync {
     ) -> Result<u64, SendError> {
         let results = h
             .await
-            .map_err(|e| SendError::Retry(format!("apply task: {e}")))?
-            .map_err(|e| SendError::Retry(format!("cannot apply pulled documents: {e}")))?;
+            .map_err(|e| ClientError::Local(format!("apply task: {e}")))?
+            .map_err(|e| ClientError::Local(format!("cannot apply pulled documents: {e}")))?;
         let mut outcomes = Vec::with_capacity(results.len());
         for r in results {
             match r {
@@ -311,8 +320,8 @@ impl IndexSync {
             let chunk = chunk.to_vec();
             let docs = tokio::task::spawn_blocking(move || store.export(kind, &chunk))
                 .await
-                .map_err(|e| SendError::Retry(format!("export task: {e}")))?
-                .map_err(|e| SendError::Retry(format!("cannot export: {e}")))?;
+                .map_err(|e| ClientError::Local(format!("export task: {e}")))?
+                .map_err(|e| ClientError::Local(format!("cannot export: {e}")))?;
             for docs in split_by_size(docs, self.max_push_bytes) {
                 let reply: ApplyReply = self
                     .client

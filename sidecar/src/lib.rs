@@ -13,6 +13,7 @@ pub mod events;
 pub mod health;
 pub mod index;
 pub mod index_sync;
+pub mod local;
 pub mod log_writer;
 pub mod metrics;
 pub mod peers;

@@ -20,6 +20,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -33,6 +35,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,7 +60,29 @@ impl From<crate::cache::CacheError> for ApiError {
 
 impl From<crate::peers::outbox::OutboxError> for ApiError {
     fn from(e: crate::peers::outbox::OutboxError) -> Self {
-        ApiError::Internal(format!("cannot queue for peers: {e}"))
+        use crate::peers::outbox::OutboxError as E;
+        match &e {
+            // Passes once space is freed: the master may retry.
+            E::Io(_, io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                ApiError::Unavailable(format!("cannot queue for peers: {e}"))
+            }
+            E::Closed => ApiError::Unavailable(format!("cannot queue for peers: {e}")),
+            E::Io(..) => ApiError::Internal(format!("cannot queue for peers: {e}")),
+        }
+    }
+}
+
+impl From<crate::local::LocalError> for ApiError {
+    fn from(e: crate::local::LocalError) -> Self {
+        use crate::local::LocalError as E;
+        match e {
+            E::Cache(e) => e.into(),
+            E::Index(e) => e.into(),
+            E::Events(e) => e.into(),
+            E::Sessions(e) => e.into(),
+            E::Queue(e) => e.into(),
+            E::Relay(e) => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -2,10 +2,10 @@
 //! peer catch-up endpoints `GET /v1/peer/events[/{origin}]` (signed, for a node that lacks
 //! events: its data directory was lost, or it joins). The tail is in `stream`.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 
-use super::{read_body, ApiError, AppState};
-use crate::metrics::Metrics;
+use super::caller::{LocalCaller, Signed};
+use super::{read_body, ApiError};
 use crate::wire::{CatchUpQuery, CatchUpReply, OriginsReply};
 
 /// Most events one catch-up reply carries.
@@ -21,13 +21,8 @@ pub fn configure_peer(cfg: &mut web::ServiceConfig) {
 }
 
 /// Appends one Gerrit event (fsync'd), waits until it is durably queued for every peer when
-/// `[event] synchronize` is on, and answers `202 {"id", "origin", "seq"}`.
-async fn publish(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    super::local::authorize(&state, &req)?;
+/// `[event] synchronize` is on, and answers `202 {"id", "origin", "seq", "forwarded"}`.
+async fn publish(state: LocalCaller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let limit = state.config.event.max_event_bytes;
     let body = read_body(payload, limit).await.map_err(|e| match e {
         ApiError::TooLarge(_) => ApiError::TooLarge(format!(
@@ -35,38 +30,17 @@ async fn publish(
         )),
         other => other,
     })?;
-    let event = state.events.append_local_event(&body).await?;
-    state
-        .metrics
-        .events_appended
-        .get_or_create(&Metrics::kind("local"))
-        .inc();
-    let forwarded = match &state.event_relay {
-        Some(relay) => {
-            relay
-                .wait_queued(event.id.seq)
-                .await
-                .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-            true
-        }
-        None => false,
-    };
-    state
-        .metrics
-        .local_mutations
-        .get_or_create(&Metrics::kind("event"))
-        .inc();
+    let (event, accepted) = state.local.publish_event(&body).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "id": event.id.to_string(),
         "origin": &*event.id.origin,
         "seq": event.id.seq,
-        "forwarded": forwarded,
+        "forwarded": accepted.forwarded,
     })))
 }
 
 /// `{"origins": {origin: last seq}}`: what this node's log holds.
-async fn origins(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    super::peer::authenticate(&state, &req, b"")?;
+async fn origins(state: Signed) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(OriginsReply {
         origins: state.events.last_seq_by_origin(),
     }))
@@ -75,12 +49,10 @@ async fn origins(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRes
 /// `{"origin", "last_seq", "events": [{"seq", "event"}]}`: the origin's events after `after`,
 /// in seq order, each with Gerrit's bytes unchanged.
 async fn catch_up(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: Signed,
     path: web::Path<String>,
     query: web::Query<CatchUpQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    super::peer::authenticate(&state, &req, b"")?;
     let origin = path.into_inner();
     if !crate::wire::valid_instance_id(&origin) {
         return Err(ApiError::BadRequest(format!(

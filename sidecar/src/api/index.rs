@@ -6,13 +6,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
+use super::caller::LocalCaller;
 use super::error::parse_json;
-use super::local::authorize;
-use super::{read_body, ApiError, AppState};
+use super::{read_body, ApiError};
 use crate::index::{ExportedDoc, Kind, WriteOutcome};
-use crate::metrics::Metrics;
-use crate::wire::{Doc, PeerMessage};
-use std::borrow::Cow;
+use crate::local::Accepted;
 
 /// Results of a search unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
@@ -69,67 +67,8 @@ fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiErro
         .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
 }
 
-/// The index messages of `docs` for the peers, when `[index] synchronize`; made before the
-/// write so that the documents are not copied for it.
-fn index_payloads(
-    state: &AppState,
-    kind: Kind,
-    docs: &[ExportedDoc],
-) -> Result<Vec<Vec<u8>>, ApiError> {
-    if !state.config.index.synchronize {
-        return Ok(Vec::new());
-    }
-    Ok(docs
-        .iter()
-        .map(|d| {
-            PeerMessage::Index {
-                index: kind,
-                id: Cow::Borrowed(&d.id),
-                version: d.version,
-                deleted: d.deleted,
-                doc: d.doc.as_ref().map(Doc::Value),
-            }
-            .encode()
-        })
-        .collect())
-}
-
-/// Queues the applied writes' messages for every peer (one group commit) when
-/// `[index] synchronize`; returns (forwarded, the last seq).
-async fn forward_applied(
-    state: &AppState,
-    payloads: Vec<Vec<u8>>,
-    outcomes: &[WriteOutcome],
-) -> Result<(bool, Option<u64>), ApiError> {
-    if !state.config.index.synchronize {
-        return Ok((false, None));
-    }
-    let applied: Vec<Vec<u8>> = payloads
-        .into_iter()
-        .zip(outcomes)
-        .filter(|(_, o)| **o == WriteOutcome::Applied)
-        .map(|(p, _)| p)
-        .collect();
-    Ok((true, state.outbox.append_many(applied).await?))
-}
-
-fn count_local(state: &AppState, kind: Kind, outcomes: &[WriteOutcome]) {
-    state
-        .metrics
-        .index_outcomes(kind.as_str(), "local", outcomes);
-    state
-        .metrics
-        .local_mutations
-        .get_or_create(&Metrics::kind("index"))
-        .inc_by(outcomes.len() as u64);
-}
-
-fn write_reply(
-    outcome: WriteOutcome,
-    version: u64,
-    forwarded: bool,
-    seq: Option<u64>,
-) -> HttpResponse {
+fn write_reply(outcome: WriteOutcome, version: u64, accepted: Accepted) -> HttpResponse {
+    let Accepted { forwarded, seq } = accepted;
     let (applied, stored) = match outcome {
         WriteOutcome::Applied => (true, version),
         WriteOutcome::Stale { stored_version } => (false, stored_version),
@@ -140,12 +79,10 @@ fn write_reply(
 }
 
 async fn put(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: LocalCaller,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let (kind, id) = path.into_inner();
     let kind: Kind = kind.parse()?;
     let body = read_body(payload, state.config.limits.max_local_body).await?;
@@ -157,22 +94,15 @@ async fn put(
         doc: Some(p.doc),
         deleted_at: None,
     };
-    let payloads = index_payloads(&state, kind, std::slice::from_ref(&doc))?;
-    let outcome = state
-        .index
-        .upsert(kind, &doc.id, p.version, doc.doc.unwrap_or_default())
-        .await?;
-    count_local(&state, kind, &[outcome]);
-    let (forwarded, seq) = forward_applied(&state, payloads, &[outcome]).await?;
-    Ok(write_reply(outcome, p.version, forwarded, seq))
+    let (outcomes, accepted) = state.local.index_write(kind, vec![doc]).await?;
+    Ok(write_reply(outcomes[0], p.version, accepted))
 }
 
 async fn delete(
-    state: web::Data<AppState>,
+    state: LocalCaller,
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let (kind, id) = path.into_inner();
     let kind: Kind = kind.parse()?;
     let q: DeleteQuery = query(&req)
@@ -184,19 +114,14 @@ async fn delete(
         doc: None,
         deleted_at: None,
     };
-    let payloads = index_payloads(&state, kind, std::slice::from_ref(&doc))?;
-    let outcome = state.index.delete(kind, &doc.id, q.version).await?;
-    count_local(&state, kind, &[outcome]);
-    let (forwarded, seq) = forward_applied(&state, payloads, &[outcome]).await?;
-    Ok(write_reply(outcome, q.version, forwarded, seq))
+    let (outcomes, accepted) = state.local.index_write(kind, vec![doc]).await?;
+    Ok(write_reply(outcomes[0], q.version, accepted))
 }
 
 async fn get(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: LocalCaller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let (kind, id) = path.into_inner();
     let kind: Kind = kind.parse()?;
     let store = state.index.clone();
@@ -213,11 +138,10 @@ async fn get(
 }
 
 async fn search(
-    state: web::Data<AppState>,
+    state: LocalCaller,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let kind: Kind = path.into_inner().parse()?;
     let q: SearchQuery = query(&req)?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
@@ -229,12 +153,10 @@ async fn search(
 }
 
 async fn bulk(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: LocalCaller,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let kind: Kind = path.into_inner().parse()?;
     let body = read_body(payload, state.config.limits.max_local_body).await?;
     let parsed: BulkBody = parse_json(&body)?;
@@ -256,14 +178,11 @@ async fn bulk(
             deleted_at: None,
         })
         .collect();
-    let payloads = index_payloads(&state, kind, &docs)?;
-    let outcomes = state.index.apply(kind, docs).await?;
-    count_local(&state, kind, &outcomes);
+    let (outcomes, Accepted { forwarded, seq }) = state.local.index_write(kind, docs).await?;
     let applied = outcomes
         .iter()
         .filter(|o| **o == WriteOutcome::Applied)
         .count();
-    let (forwarded, seq) = forward_applied(&state, payloads, &outcomes).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "applied": applied, "stale": outcomes.len() - applied, "forwarded": forwarded, "seq": seq,
     })))

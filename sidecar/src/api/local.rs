@@ -2,13 +2,12 @@
 //! join later.
 //! Handlers apply locally, append to the outbox, answer; they never wait on peers.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
-use super::{bearer, read_body, ApiError, AppState};
-use crate::metrics::Metrics;
-use crate::wire::PeerMessage;
-use std::borrow::Cow;
+use super::caller::LocalCaller;
+use super::{read_body, ApiError, AppState};
+use crate::local::Accepted;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Sessions first: their scope is a static prefix, so it costs other requests one string
@@ -26,17 +25,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(super::index::configure);
 }
 
-/// The local API trusts loopback; `localToken`, when set, is required on every mutation and read.
-pub(crate) fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    match &state.config.local_token {
-        None => Ok(()),
-        Some(t) if bearer(req).is_some_and(|p| t.matches(p)) => Ok(()),
-        Some(_) => Err(ApiError::Unauthorized(
-            "missing or wrong bearer token (sidecar.localToken)".into(),
-        )),
-    }
-}
-
 fn check_key(state: &AppState, key: &str) -> Result<(), ApiError> {
     if key.len() > state.config.limits.max_key_bytes {
         return Err(ApiError::BadRequest(format!(
@@ -49,12 +37,10 @@ fn check_key(state: &AppState, key: &str) -> Result<(), ApiError> {
 }
 
 async fn put(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: LocalCaller,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let (cache, key) = path.into_inner();
     check_key(&state, &key)?;
     let body = read_body(payload, state.config.limits.max_local_body).await?;
@@ -65,11 +51,9 @@ async fn put(
 }
 
 async fn get(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: LocalCaller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let (cache, key) = path.into_inner();
     match state.caches.get(&cache, &key) {
         Some(v) => Ok(HttpResponse::Ok().content_type("application/json").body(v)),
@@ -94,12 +78,10 @@ enum KeyValue {
 }
 
 async fn evict(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: LocalCaller,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
     let cache = path.into_inner();
     if !crate::wire::valid_cache_name(&cache) {
         return Err(crate::cache::CacheError::BadName(cache).into());
@@ -125,74 +107,21 @@ async fn evict(
     for k in &keys {
         check_key(&state, k)?;
     }
-    let evicted = state.caches.evict(&cache, &keys);
-    let forwarded = state.caches.is_forwarded(&cache);
-    let mut seq = None;
-    if forwarded && !keys.is_empty() {
-        let keys = keys.iter().map(|k| Cow::Borrowed(k.as_str())).collect();
-        let msg = PeerMessage::Eviction {
-            cache: Cow::Borrowed(&cache),
-            keys,
-        };
-        seq = forward(&state, &msg).await?;
-    }
-    state
-        .metrics
-        .local_mutations
-        .get_or_create(&Metrics::kind("eviction"))
-        .inc();
+    let (evicted, Accepted { forwarded, seq }) = state.local.evict(&cache, &keys).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "evicted": evicted, "forwarded": forwarded, "seq": seq,
     })))
 }
 
-async fn flush(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let cache = path.into_inner();
-    if !crate::wire::valid_cache_name(&cache) {
-        return Err(crate::cache::CacheError::BadName(cache).into());
-    }
-    state.caches.flush(&cache);
-    let forwarded = state.caches.is_forwarded(&cache);
-    let mut seq = None;
-    if forwarded {
-        let msg = PeerMessage::Flush {
-            cache: Cow::Borrowed(&cache),
-        };
-        seq = forward(&state, &msg).await?;
-    }
-    state
-        .metrics
-        .local_mutations
-        .get_or_create(&Metrics::kind("flush"))
-        .inc();
+async fn flush(state: LocalCaller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let Accepted { forwarded, seq } = state.local.flush(&path.into_inner()).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({ "forwarded": forwarded, "seq": seq })))
 }
 
-/// Durably queues a message for every peer (group-committed with concurrent requests).
-pub(crate) async fn forward(
-    state: &AppState,
-    msg: &PeerMessage<'_>,
-) -> Result<Option<u64>, ApiError> {
-    Ok(state.outbox.append(msg.encode()).await?)
-}
-
-async fn health_post(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+async fn health_post(state: LocalCaller) -> Result<HttpResponse, ApiError> {
     super::ops::set_drained(&state, false)
 }
 
-async fn health_delete(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+async fn health_delete(state: LocalCaller) -> Result<HttpResponse, ApiError> {
     super::ops::set_drained(&state, true)
 }

@@ -2,6 +2,7 @@
 //! master (`localListenUrl`) and the peer/stream/ops API (`listenUrl`).
 
 mod access;
+mod caller;
 mod error;
 mod events;
 mod index;
@@ -15,7 +16,8 @@ mod stream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::dev::{Server, Service};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::StreamExt;
@@ -24,7 +26,6 @@ pub use error::ApiError;
 
 use crate::cache::Caches;
 use crate::config::Config;
-use crate::event_relay::EventRelay;
 use crate::events::EventLog;
 use crate::health::Health;
 use crate::metrics::{HttpLabel, Metrics};
@@ -47,21 +48,39 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub membership: Arc<crate::peers::membership::Membership>,
     pub events: Arc<EventLog>,
-    /// Moves local events into the outbox; `None` when `[event] synchronize` is off.
-    pub event_relay: Option<Arc<EventRelay>>,
+    /// The master's mutations: apply here, queue for every peer, answer.
+    pub local: Arc<crate::local::Local>,
     /// Cancelled at shutdown: ends long-lived responses (event streams).
     pub stop: tokio_util::sync::CancellationToken,
     /// The node's TLS (listeners, peer client, mutual TLS on `/v1/peer/*`).
     pub tls: Arc<crate::tls::NodeTls>,
+    /// Peer request body bytes in flight, in KiB (`caller::Signed`); `peer_bodies_kib` in all.
+    pub peer_bodies: Arc<tokio::sync::Semaphore>,
+    pub peer_bodies_kib: u32,
 }
 
-/// Reads a request body up to `limit` bytes; past it, 413 without reading the rest.
-pub(crate) async fn read_body(
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, ApiError> {
+/// Longest pause between two chunks of a request body (then 408).
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a request body up to `limit` bytes; past it, 413 without reading the rest; 408 when
+/// no byte arrives for [`BODY_IDLE_TIMEOUT`].
+pub(crate) async fn read_body<S, E>(mut payload: S, limit: usize) -> Result<web::Bytes, ApiError>
+where
+    S: futures_util::Stream<Item = Result<web::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let mut buf = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        // A body that stops arriving is dropped: a trickle cannot hold a connection forever.
+        let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, payload.next())
+            .await
+            .map_err(|_| {
+                ApiError::Timeout(format!(
+                    "no request body bytes for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
         let chunk = chunk
             .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -91,57 +110,64 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-macro_rules! build_app {
-    ($state:expr, $listener:expr, $configure:expr) => {{
-        let state = $state.clone();
-        let instance = state.config.instance_id.clone();
-        let metrics = state.metrics.clone();
-        let trusted = state.config.trusted_proxies.clone();
-        App::new()
-            .app_data(web::Data::from(state))
-            .wrap(DefaultHeaders::new().add(("X-HA-Instance", instance)))
-            .wrap_fn(move |req, srv| {
-                let start = Instant::now();
-                let method = req.method().to_string();
-                let path = access::loggable_path(req.path()).to_owned();
-                let xff: Vec<&str> = req
-                    .headers()
-                    .get_all("x-forwarded-for")
-                    .filter_map(|v| v.to_str().ok())
-                    .collect();
-                let client = access::client_ip(
-                    req.peer_addr().map(|a| a.ip()),
-                    &xff,
-                    &trusted,
-                );
-                let metrics = metrics.clone();
-                let fut = srv.call(req);
-                async move {
-                    let res = fut.await?;
-                    let status = res.status().as_u16();
-                    let elapsed = start.elapsed();
-                    let client = client.map(|c| c.to_string()).unwrap_or_default();
-                    let ms = elapsed.as_secs_f64() * 1000.0;
-                    if access::is_noisy(&path) {
-                        tracing::debug!(target: "access", listener = $listener, client = %client, method = %method, path = %path, status, ms, "request");
-                    } else {
-                        tracing::info!(target: "access", listener = $listener, client = %client, method = %method, path = %path, status, ms, "request");
-                    }
-                    let label = HttpLabel {
-                        listener: $listener.to_owned(),
-                        method,
-                        status: status.to_string(),
-                    };
-                    metrics
-                        .http_seconds
-                        .get_or_create(&label)
-                        .observe(elapsed.as_secs_f64());
-                    Ok(res)
+/// One listener's app: the state (reachable only through `caller`'s extractors), the
+/// `X-HA-Instance` header, the access log and request metrics, the routes, a JSON 404.
+fn app(
+    state: Arc<AppState>,
+    listener: &'static str,
+    routes: fn(&mut web::ServiceConfig),
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let instance = state.config.instance_id.clone();
+    let metrics = state.metrics.clone();
+    let trusted = state.config.trusted_proxies.clone();
+    App::new()
+        .app_data(caller::Registered(state))
+        .wrap(DefaultHeaders::new().add(("X-HA-Instance", instance)))
+        .wrap_fn(move |req, srv| {
+            let start = Instant::now();
+            let method = req.method().to_string();
+            let path = access::loggable_path(req.path()).to_owned();
+            let xff: Vec<&str> = req
+                .headers()
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let client = access::client_ip(req.peer_addr().map(|a| a.ip()), &xff, &trusted);
+            let metrics = metrics.clone();
+            let fut = srv.call(req);
+            async move {
+                let res = fut.await?;
+                let status = res.status().as_u16();
+                let elapsed = start.elapsed();
+                let client = client.map(|c| c.to_string()).unwrap_or_default();
+                let ms = elapsed.as_secs_f64() * 1000.0;
+                if access::is_noisy(&path) {
+                    tracing::debug!(target: "access", listener, client = %client, method = %method, path = %path, status, ms, "request");
+                } else {
+                    tracing::info!(target: "access", listener, client = %client, method = %method, path = %path, status, ms, "request");
                 }
-            })
-            .configure($configure)
-            .default_service(web::to(not_found))
-    }};
+                let label = HttpLabel {
+                    listener: listener.to_owned(),
+                    method,
+                    status: status.to_string(),
+                };
+                metrics
+                    .http_seconds
+                    .get_or_create(&label)
+                    .observe(elapsed.as_secs_f64());
+                Ok(res)
+            }
+        })
+        .configure(routes)
+        .default_service(web::to(not_found))
 }
 
 fn serve(
@@ -157,7 +183,7 @@ fn serve(
         _ => state.config.local_listen.is_https(),
     };
     let tls = state.tls.server().filter(|_| https);
-    let server = HttpServer::new(move || build_app!(state, name, routes))
+    let server = HttpServer::new(move || app(state.clone(), name, routes))
         .on_connect(peer_names)
         .workers(workers)
         .disable_signals()
@@ -170,7 +196,7 @@ fn serve(
 }
 
 /// Attaches the names of a verified client certificate to its TLS connection (mutual TLS:
-/// `peer::authenticate` reads them with `HttpRequest::conn_data`).
+/// the `Signed` extractor reads them with `HttpRequest::conn_data`).
 fn peer_names(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
     use actix_tls::accept::rustls_0_23::TlsStream;
     if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {

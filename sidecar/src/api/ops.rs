@@ -3,9 +3,9 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::{bearer, ApiError, AppState};
+use super::caller::{AdminCaller, Public};
+use super::{ApiError, AppState};
 use crate::peers::outbox::now_ms;
-use crate::peers::MemberState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/livez", web::get().to(livez))
@@ -24,7 +24,7 @@ pub async fn livez() -> HttpResponse {
 
 /// Ready for traffic: started, not drained, not stopping (a Kubernetes readiness probe takes a
 /// drained node out of service like the load balancer's `/health` check does).
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(state: Public) -> HttpResponse {
     if state.health.is_drained() {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "drained"}))
     } else if state.health.is_ready() {
@@ -34,7 +34,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn health_get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn health_get(state: Public) -> Result<HttpResponse, ApiError> {
     if !state.config.healthcheck_enable {
         return Err(ApiError::NotFound(
             "the health check is disabled (healthcheck.enable = false)".into(),
@@ -46,18 +46,6 @@ pub async fn health_get(state: web::Data<AppState>) -> Result<HttpResponse, ApiE
     })
 }
 
-fn admin(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    match &state.config.admin_token {
-        Some(t) if bearer(req).is_some_and(|p| t.matches(p)) => Ok(()),
-        Some(_) => Err(ApiError::Unauthorized(
-            "missing or wrong bearer token (sidecar.adminToken)".into(),
-        )),
-        None => Err(ApiError::Unauthorized(
-            "no sidecar.adminToken is configured: use the local API to drain".into(),
-        )),
-    }
-}
-
 pub(crate) fn set_drained(state: &AppState, drained: bool) -> Result<HttpResponse, ApiError> {
     state
         .health
@@ -67,25 +55,17 @@ pub(crate) fn set_drained(state: &AppState, drained: bool) -> Result<HttpRespons
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn health_post(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+async fn health_post(state: AdminCaller) -> Result<HttpResponse, ApiError> {
     set_drained(&state, false)
 }
 
-async fn health_delete(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    admin(&state, &req)?;
+async fn health_delete(state: AdminCaller) -> Result<HttpResponse, ApiError> {
     set_drained(&state, true)
 }
 
 /// OpenMetrics, or the classic text format for a scraper that asks for `text/plain` and not
 /// for OpenMetrics (`promtool`, old Prometheus servers).
-async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+async fn metrics(state: Public, req: HttpRequest) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
     for (kind, k) in state.index.stats().kinds {
         let label = crate::metrics::Metrics::kind(kind.as_str());
@@ -152,16 +132,7 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
                 .oldest_pending_ms
                 .filter(|_| q.pending > 0)
                 .map(|t| now.saturating_sub(t));
-            let level = if q.pending >= 100_000 || age.is_some_and(|a| a > 3_600_000) {
-                "error"
-            } else if q.pending >= 1_000
-                || s.state == MemberState::Failed
-                || (s.state == MemberState::Up && s.reachable == Some(false))
-            {
-                "warning"
-            } else {
-                "ok"
-            };
+            let level = s.level(q.pending, age).as_str();
             PeerView {
                 key: p.key.clone(),
                 url: p.url().to_string(),
@@ -184,7 +155,7 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
 }
 
 /// The peers this node forwards to now, and the absent ones whose backlog is retained.
-async fn peers(state: web::Data<AppState>) -> HttpResponse {
+async fn peers(state: Public) -> HttpResponse {
     let (present, retained): (Vec<_>, Vec<_>) =
         peer_views(&state).into_iter().partition(|p| p.present);
     let brief = |p: &PeerView| {
@@ -200,7 +171,7 @@ async fn peers(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-async fn status(state: web::Data<AppState>) -> HttpResponse {
+async fn status(state: Public) -> HttpResponse {
     let peers = peer_views(&state);
     let level = ["error", "warning"]
         .into_iter()

@@ -2,11 +2,10 @@
 //! export and apply, for `index_sync` on other nodes. Signed like batches (`peer::authenticate`);
 //! they answer from the store's in-memory version map and never forward anything.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 
-use super::error::parse_json;
-use super::peer::authenticate;
-use super::{read_body, ApiError, AppState};
+use super::caller::Signed;
+use super::ApiError;
 use crate::index::WriteOutcome;
 use crate::wire::index_sync::{
     ApplyReply, ApplyRequest, BucketEntries, DigestRequest, EntriesReply, EntriesRequest,
@@ -25,32 +24,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/peer/index/apply", web::post().to(apply));
 }
 
-/// Reads, authenticates and parses a signed peer request.
-async fn signed<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    req: &HttpRequest,
-    payload: web::Payload,
-) -> Result<T, ApiError> {
-    let body = read_body(payload, state.config.limits.max_peer_body).await?;
-    authenticate(state, req, &body)?;
-    parse_json(&body)
-}
-
-async fn digest(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let r: DigestRequest = signed(&state, &req, payload).await?;
+async fn digest(state: Signed) -> Result<HttpResponse, ApiError> {
+    let r: DigestRequest = state.json()?;
     Ok(HttpResponse::Ok().json(state.index.digest(r.kind, 0..=255)))
 }
 
-async fn entries(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let r: EntriesRequest = signed(&state, &req, payload).await?;
+async fn entries(state: Signed) -> Result<HttpResponse, ApiError> {
+    let r: EntriesRequest = state.json()?;
     let store = state.index.clone();
     let reply = web::block(move || EntriesReply {
         buckets: r
@@ -67,12 +47,8 @@ async fn entries(
     Ok(HttpResponse::Ok().json(reply))
 }
 
-async fn export(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let r: ExportRequest = signed(&state, &req, payload).await?;
+async fn export(state: Signed) -> Result<HttpResponse, ApiError> {
+    let r: ExportRequest = state.json()?;
     let store = state.index.clone();
     // Written document by document, so its size is known as it grows.
     let body = web::block(move || -> Result<Vec<u8>, ApiError> {
@@ -96,12 +72,8 @@ async fn export(
         .body(body))
 }
 
-async fn apply(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let r: ApplyRequest = signed(&state, &req, payload).await?;
+async fn apply(state: Signed) -> Result<HttpResponse, ApiError> {
+    let r: ApplyRequest = state.json()?;
     let outcomes = state.index.apply(r.kind, r.docs).await?;
     state
         .metrics

@@ -5,12 +5,11 @@
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::local::{authorize, forward};
+use super::caller::LocalCaller;
 use super::{read_body, ApiError, AppState};
+use crate::local::Accepted;
 use crate::metrics::Metrics;
-use crate::sessions::{Sessions, SESSIONS_CACHE};
-use crate::wire::PeerMessage;
-use std::borrow::Cow;
+use crate::sessions::Sessions;
 
 /// One scope with a static prefix; the token is taken from the rest of the path by hand. The
 /// master reads its session on every request it serves, and actix matches every dynamic
@@ -28,7 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// `GET`, `PUT` or `DELETE /v1/sessions/{token}`.
 async fn by_token(
-    state: web::Data<AppState>,
+    state: LocalCaller,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -42,9 +41,9 @@ async fn by_token(
         return super::not_found(req).await;
     };
     match *req.method() {
-        Method::GET => get(state, req, token).await,
-        Method::PUT => refresh(state, req, token, payload).await,
-        Method::DELETE => delete(state, req, token).await,
+        Method::GET => get(&state, token).await,
+        Method::PUT => refresh(&state, token, payload).await,
+        Method::DELETE => delete(&state, token).await,
         _ => Ok(HttpResponse::MethodNotAllowed().finish()),
     }
 }
@@ -74,12 +73,7 @@ async fn read_object(
     }
 }
 
-async fn create(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+async fn create(state: LocalCaller, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut fields = read_object(&state, payload).await?;
     let account_id = match fields.remove("account_id") {
         Some(v) => v.as_u64().ok_or_else(|| {
@@ -99,13 +93,8 @@ async fn create(
     })))
 }
 
-async fn get(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    token: String,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    match sessions(&state).get(&token).await? {
+async fn get(state: &AppState, token: String) -> Result<HttpResponse, ApiError> {
+    match sessions(state).get(&token).await? {
         // The bytes encoded when the session entered the cache: nothing to serialise here.
         Some(rec) => Ok(HttpResponse::Ok()
             .content_type(actix_web::http::header::ContentType::json())
@@ -116,60 +105,27 @@ async fn get(
 
 /// Extends the session by `websession.maxAge` and merges the body's fields into it.
 async fn refresh(
-    state: web::Data<AppState>,
-    req: HttpRequest,
+    state: &AppState,
     token: String,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let fields = read_object(&state, payload).await?;
+    let fields = read_object(state, payload).await?;
     if fields.contains_key("account_id") {
         return Err(ApiError::BadRequest(
             "`account_id` of a session cannot change".into(),
         ));
     }
-    let Some(rec) = sessions(&state).refresh(&token, fields).await? else {
-        return Err(not_found());
-    };
-    if sessions(&state).synchronize() {
-        if let Some(hash) = shared_fs::sessions::token_hash(&token) {
-            let msg = PeerMessage::Eviction {
-                cache: Cow::Borrowed(SESSIONS_CACHE),
-                keys: vec![Cow::Borrowed(hash.as_str())],
-            };
-            forward(&state, &msg).await?;
-        }
+    match state.local.refresh(&token, fields).await? {
+        Some(rec) => Ok(HttpResponse::Ok().json(&rec)),
+        None => Err(not_found()),
     }
-    Ok(HttpResponse::Ok().json(&rec))
 }
 
-/// Logs out everywhere: removes the file, drops the cached copy here, and forwards the hash
-/// to every peer so they drop theirs at once.
-async fn delete(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    token: String,
-) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let Some((deleted, hash)) = sessions(&state).delete(&token).await? else {
-        return Err(not_found());
-    };
-    if !deleted {
-        return Err(not_found());
+/// Logs out everywhere (see `Local::logout`).
+async fn delete(state: &AppState, token: String) -> Result<HttpResponse, ApiError> {
+    match state.local.logout(&token).await? {
+        Some(Accepted { forwarded, seq }) => Ok(HttpResponse::Accepted()
+            .json(serde_json::json!({ "forwarded": forwarded, "seq": seq }))),
+        None => Err(not_found()),
     }
-    let forwarded = sessions(&state).synchronize();
-    let mut seq = None;
-    if forwarded {
-        let msg = PeerMessage::Eviction {
-            cache: Cow::Borrowed(SESSIONS_CACHE),
-            keys: vec![Cow::Borrowed(hash.as_str())],
-        };
-        seq = forward(&state, &msg).await?;
-    }
-    state
-        .metrics
-        .local_mutations
-        .get_or_create(&Metrics::kind("session_delete"))
-        .inc();
-    Ok(HttpResponse::Accepted().json(serde_json::json!({ "forwarded": forwarded, "seq": seq })))
 }

@@ -13,7 +13,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{bearer, ApiError, AppState};
+use super::caller::StreamCaller;
+use super::ApiError;
 use crate::events::{
     sse_data_lines, Cursor, EventError, EventLog, Page, Recent, StartPoint, TypeFilter,
 };
@@ -83,14 +84,7 @@ fn parse_request(req: &HttpRequest, log: &EventLog) -> Result<(Cursor, TypeFilte
     Ok((cursor, filter))
 }
 
-async fn stream(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    if let Some(token) = &state.config.event.stream_token {
-        if !bearer(&req).is_some_and(|p| token.matches(p)) {
-            return Err(ApiError::Unauthorized(
-                "missing or wrong bearer token (event.streamToken)".into(),
-            ));
-        }
-    }
+async fn stream(state: StreamCaller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let (cursor, filter) = parse_request(&req, &state.events)?;
     let mut wake = state.events.subscribe();
     wake.borrow_and_update();
@@ -310,11 +304,9 @@ impl Tail {
     fn fail(&mut self, e: EventError) -> Bytes {
         self.done = true;
         tracing::warn!(error = %e, "event stream ended by an error");
-        let status = match &e {
-            EventError::CursorExpired(_) => 410,
-            EventError::BadCursor(_) => 400,
-            _ => 500,
-        };
+        // The status the same error gets before the stream opens (`api::error`).
+        let e = ApiError::from(e);
+        let status = actix_web::ResponseError::status_code(&e).as_u16();
         let body = serde_json::json!({ "error": e.to_string(), "status": status });
         Bytes::from(format!("event: error\ndata: {body}\n\n"))
     }

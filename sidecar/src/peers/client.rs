@@ -6,15 +6,60 @@ use crate::auth;
 use crate::config::{HttpConfig, Secret};
 use crate::wire::BatchReply;
 
-/// Why a batch did not go through.
+/// Why a call to a peer (or to the alert webhook) did not go through, with its context.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+    #[error("bad peer url {base}: {source}")]
+    BadUrl {
+        base: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("no auth.secretFile configured")]
+    NoSecret,
+    #[error("cannot encode the request: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// No answer: the connection failed, timed out, or broke (`what` says which, `cause` is the
+    /// innermost error, e.g. "Connection refused").
+    #[error("{url}: {what}: {cause}")]
+    Transport {
+        url: String,
+        what: &'static str,
+        cause: String,
+    },
+    #[error("{url} is this node itself (it answers with our instanceId); fix peerInfo")]
+    Itself { url: String },
+    #[error("{url} answered {status}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("unreadable reply from {url}: {source}")]
+    Reply {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The reply was read but makes no sense (e.g. the wrong number of bucket digests).
+    #[error("{0}")]
+    BadReply(String),
+    /// This node's side of a call failed (a store, a blocking task).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Why a batch (or an anti-entropy call) did not go through.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The peer refused the batch for good (400, 413, 422): retrying cannot help.
     #[error("peer refused the batch with {status}: {message}")]
     Refused { status: u16, message: String },
     /// Anything worth retrying: refused connection, timeout, 5xx, 401, 404, a bad reply.
-    #[error("{0}")]
-    Retry(String),
+    #[error(transparent)]
+    Retry(#[from] ClientError),
 }
 
 #[derive(Clone)]
@@ -30,7 +75,7 @@ impl PeerClient {
         secret: Option<Secret>,
         instance_id: &str,
         tls: Option<rustls::ClientConfig>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connection_timeout)
             .read_timeout(cfg.socket_timeout)
@@ -41,9 +86,7 @@ impl PeerClient {
         if let Some(tls) = tls {
             builder = builder.tls_backend_preconfigured(tls);
         }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = builder.build().map_err(ClientError::Build)?;
         Ok(PeerClient {
             http,
             secret,
@@ -57,22 +100,22 @@ impl PeerClient {
         base: &url::Url,
         body: Vec<u8>,
     ) -> Result<BatchReply, SendError> {
-        let url = join(base, "v1/peer/batch").map_err(SendError::Retry)?;
+        let url = join(base, "v1/peer/batch")?;
         let resp = self
-            .signed_post(&url, body)
-            .map_err(SendError::Retry)?
+            .signed_post(&url, body)?
             .send()
             .await
-            .map_err(|e| SendError::Retry(describe(&e)))?;
+            .map_err(|e| transport(&url, &e))?;
         if resp
             .headers()
             .get("x-ha-instance")
             .and_then(|v| v.to_str().ok())
             == Some(self.instance_id.as_str())
         {
-            return Err(SendError::Retry(format!(
-                "{url} is this node itself (it answers with our instanceId); fix peerInfo"
-            )));
+            return Err(ClientError::Itself {
+                url: url.to_string(),
+            }
+            .into());
         }
         classify(&url, resp).await
     }
@@ -82,11 +125,8 @@ impl PeerClient {
         &self,
         url: &url::Url,
         body: Vec<u8>,
-    ) -> Result<reqwest::RequestBuilder, String> {
-        let secret = self
-            .secret
-            .as_ref()
-            .ok_or_else(|| "no auth.secretFile configured".to_owned())?;
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
+        let secret = self.secret.as_ref().ok_or(ClientError::NoSecret)?;
         let sig = auth::sign(
             secret,
             "POST",
@@ -101,6 +141,7 @@ impl PeerClient {
             .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
             .header(auth::HEADER_NONCE, &sig.nonce)
             .header(auth::HEADER_SIGNATURE, &sig.signature)
+            .header(auth::HEADER_CONTENT_SHA256, auth::content_sha256(&body))
             .body(body))
     }
 }
@@ -139,7 +180,10 @@ impl PeerClient {
                     _ => Probe::NotReady(id),
                 }
             }
-            Err(e) => Probe::Unreachable(describe(&e)),
+            Err(e) => {
+                let (what, cause) = describe(&e);
+                Probe::Unreachable(format!("{what}: {cause}"))
+            }
         }
     }
 
@@ -151,16 +195,16 @@ impl PeerClient {
         path: &str,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<(u16, Vec<u8>), String> {
+    ) -> Result<(u16, Vec<u8>), ClientError> {
         let url = join(base, path.trim_start_matches('/'))?;
         let resp = self
             .signed_post(&url, body)?
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| transport(&url, &e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| describe(&e))?;
+        let bytes = resp.bytes().await.map_err(|e| transport(&url, &e))?;
         Ok((status, bytes.to_vec()))
     }
 
@@ -170,7 +214,7 @@ impl PeerClient {
         url: &url::Url,
         body: &serde_json::Value,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClientError> {
         let r = self
             .http
             .post(url.clone())
@@ -178,11 +222,15 @@ impl PeerClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| transport(url, &e))?;
         if r.status().is_success() {
             Ok(())
         } else {
-            Err(format!("the webhook answered {}", r.status().as_u16()))
+            Err(ClientError::Status {
+                url: url.to_string(),
+                status: r.status().as_u16(),
+                message: "the alert webhook refused the alert".into(),
+            })
         }
     }
 }
@@ -200,22 +248,22 @@ impl PeerClient {
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
     {
-        let url = join(base, path).map_err(SendError::Retry)?;
-        let body = serde_json::to_vec(req)
-            .map_err(|e| SendError::Retry(format!("cannot encode the request: {e}")))?;
+        let url = join(base, path)?;
+        let body = serde_json::to_vec(req).map_err(ClientError::Encode)?;
         let resp = self
-            .signed_post(&url, body)
-            .map_err(SendError::Retry)?
+            .signed_post(&url, body)?
             .send()
             .await
-            .map_err(|e| SendError::Retry(format!("{url}: {}", describe(&e))))?;
+            .map_err(|e| transport(&url, &e))?;
         classify(&url, resp).await
     }
 }
 
-fn join(base: &url::Url, path: &str) -> Result<url::Url, String> {
-    base.join(path)
-        .map_err(|e| format!("bad peer url {base}: {e}"))
+fn join(base: &url::Url, path: &str) -> Result<url::Url, ClientError> {
+    base.join(path).map_err(|source| ClientError::BadUrl {
+        base: base.to_string(),
+        source,
+    })
 }
 
 /// A peer's reply: the decoded body on 2xx; `Refused` for a request it will never accept
@@ -225,13 +273,15 @@ async fn classify<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,
 ) -> Result<T, SendError> {
     let status = resp.status().as_u16();
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| SendError::Retry(format!("reading the reply of {url}: {}", describe(&e))))?;
+    let bytes = resp.bytes().await.map_err(|e| transport(url, &e))?;
     if (200..300).contains(&status) {
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| SendError::Retry(format!("unreadable reply from {url}: {e}")));
+        return serde_json::from_slice(&bytes).map_err(|source| {
+            ClientError::Reply {
+                url: url.to_string(),
+                source,
+            }
+            .into()
+        });
     }
     let message = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
@@ -239,13 +289,26 @@ async fn classify<T: serde::de::DeserializeOwned>(
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
     match status {
         400 | 413 | 422 => Err(SendError::Refused { status, message }),
-        _ => Err(SendError::Retry(format!(
-            "{url} answered {status}: {message}"
-        ))),
+        _ => Err(ClientError::Status {
+            url: url.to_string(),
+            status,
+            message,
+        }
+        .into()),
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+fn transport(url: &url::Url, e: &reqwest::Error) -> ClientError {
+    let (what, cause) = describe(e);
+    ClientError::Transport {
+        url: url.to_string(),
+        what,
+        cause,
+    }
+}
+
+/// What kind of failure, and its innermost cause.
+fn describe(e: &reqwest::Error) -> (&'static str, String) {
     let kind = if e.is_connect() {
         "connection failed"
     } else if e.is_timeout() {
@@ -260,7 +323,7 @@ fn describe(e: &reqwest::Error) -> String {
         root = Some(s);
     }
     match root {
-        Some(r) => format!("{kind}: {r}"),
-        None => format!("{kind}: {e}"),
+        Some(r) => (kind, r.to_string()),
+        None => (kind, e.to_string()),
     }
 }

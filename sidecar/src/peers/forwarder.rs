@@ -127,7 +127,7 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
                 if attempt == 0 || attempt.is_power_of_two() {
                     tracing::warn!(peer = %peer.key, attempt, retry_in_ms = delay.as_millis() as u64, error = %why, "delivery failed; will retry");
                 }
-                peer.record_failure(&why);
+                peer.record_failure(&why.to_string());
                 attempt = attempt.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

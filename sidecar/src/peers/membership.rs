@@ -31,6 +31,15 @@ struct RosterEntry {
     absent_since_ms: Option<u64>,
 }
 
+/// Why a node's membership could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("cannot open the members directory: {0}")]
+    Members(#[from] shared_fs::members::MembersError),
+    #[error("cannot open a peer's queue: {0}")]
+    Queue(#[from] super::outbox::OutboxError),
+}
+
 #[derive(Default)]
 struct Inner {
     /// When probes of a peer started failing without a break.
@@ -63,10 +72,9 @@ impl Membership {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         shared_dir: Arc<SharedDir>,
-    ) -> Result<Membership, String> {
+    ) -> Result<Membership, MembershipError> {
         let heartbeats = if config.advertise_url_is_usable() {
-            let members = shared_fs::Members::open(&config.shared_dir, false)
-                .map_err(|e| format!("cannot open the members directory: {e}"))?;
+            let members = shared_fs::Members::open(&config.shared_dir, false)?;
             Some(Arc::new(Heartbeats::new(
                 members,
                 &config.instance_id,
@@ -79,15 +87,12 @@ impl Membership {
         let source = match &config.peers.discovery {
             Discovery::Static { urls } => {
                 for u in urls {
-                    peers
-                        .add(u.as_str(), u.clone())
-                        .map_err(|e| e.to_string())?;
+                    peers.add(u.as_str(), u.clone())?;
                 }
                 None
             }
             Discovery::SharedFs { ttl, .. } => {
-                let members = shared_fs::Members::open(&config.shared_dir, false)
-                    .map_err(|e| format!("cannot open the members directory: {e}"))?;
+                let members = shared_fs::Members::open(&config.shared_dir, false)?;
                 Some(Arc::new(Source::SharedFs {
                     view: Mutex::new(shared_fs::MembersView::new(members)),
                     ttl: *ttl,

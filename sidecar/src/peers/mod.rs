@@ -56,6 +56,50 @@ pub struct PeerStatus {
     pub absent_since_ms: Option<u64>,
 }
 
+/// A peer's backlog (messages not yet delivered) from which `/v1/status` reports a warning.
+pub const BACKLOG_WARNING: u64 = 1_000;
+/// A peer's backlog from which `/v1/status` reports an error.
+pub const BACKLOG_ERROR: u64 = 100_000;
+/// Age of a peer's oldest undelivered message from which `/v1/status` reports an error.
+pub const OLDEST_UNDELIVERED_ERROR_MS: u64 = 3_600_000;
+
+/// How worrying a peer looks, in `/v1/status` and `ha-sidecar status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warning,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl PeerStatus {
+    /// The level of a peer in this state with `pending` messages queued for it, the oldest
+    /// `oldest_age_ms` old.
+    pub fn level(&self, pending: u64, oldest_age_ms: Option<u64>) -> Level {
+        if pending >= BACKLOG_ERROR
+            || oldest_age_ms.is_some_and(|a| a > OLDEST_UNDELIVERED_ERROR_MS)
+        {
+            Level::Error
+        } else if pending >= BACKLOG_WARNING
+            || self.state == MemberState::Failed
+            || (self.state == MemberState::Up && self.reachable == Some(false))
+        {
+            Level::Warning
+        } else {
+            Level::Ok
+        }
+    }
+}
+
 pub struct Peer {
     /// The peer's identity for queues, metrics and logs: its instanceId when discovery knows it
     /// (shared-fs), else its URL (static, dns).

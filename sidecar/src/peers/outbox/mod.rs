@@ -48,7 +48,7 @@ enum Cmd {
     Append {
         payload: Vec<u8>,
         now_ms: u64,
-        reply: tokio::sync::oneshot::Sender<Result<u64, String>>,
+        reply: Reply,
     },
     AddQueue {
         queue: Arc<Queue>,
@@ -180,7 +180,7 @@ impl Outbox {
             .map_err(|_| OutboxError::Closed)?;
         match rx.await {
             Ok(Ok(seq)) => Ok(Some(seq)),
-            Ok(Err(e)) => Err(OutboxError::Io(self.root.clone(), std::io::Error::other(e))),
+            Ok(Err(e)) => Err(OutboxError::Io(self.root.clone(), e)),
             Err(_) => Err(OutboxError::Closed),
         }
     }
@@ -210,9 +210,7 @@ impl Outbox {
         for rx in replies {
             match rx.await {
                 Ok(Ok(seq)) => last = Some(seq),
-                Ok(Err(e)) => {
-                    return Err(OutboxError::Io(self.root.clone(), std::io::Error::other(e)))
-                }
+                Ok(Err(e)) => return Err(OutboxError::Io(self.root.clone(), e)),
                 Err(_) => return Err(OutboxError::Closed),
             }
         }
@@ -382,7 +380,7 @@ impl Committer {
         for (i, (_, _, reply)) in group.drain(..).enumerate() {
             let r = match &result {
                 Ok(seqs) => Ok(seqs[i]),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
             let _ = reply.send(r);
         }
@@ -431,7 +429,9 @@ impl Committer {
     }
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<u64, String>>;
+/// A request's answer: its seq, or the group's i/o error (its kind kept: a full disk is
+/// `StorageFull`, not "some error").
+type Reply = tokio::sync::oneshot::Sender<std::io::Result<u64>>;
 
 fn sync_writer(w: &mut Writer, queue: &Queue, added: Option<(u64, u64)>) -> std::io::Result<()> {
     if w.dirty {
