@@ -3,8 +3,10 @@
 mod config_fixtures;
 mod durability;
 mod events;
+mod gerrit;
 mod index;
 mod membership;
+mod ops;
 mod process;
 mod receiver;
 mod sessions;

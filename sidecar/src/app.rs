@@ -152,7 +152,14 @@ impl Node {
             disk: health.disk().clone(),
             ..OutboxOptions::default()
         };
-        let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
+        // Opening reads every queue's segments (recovery): off the executor.
+        let outbox = {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || Outbox::open(&dir, outbox_opts))
+                .await
+                .map_err(|e| StartError::Other(format!("opening the outbox: {e}")))??
+        };
+        let outbox = Arc::new(outbox);
         let shared_dir = Arc::new(SharedDir::new(
             config.limits.shared_dir_concurrency,
             config.limits.shared_dir_timeout,
@@ -171,14 +178,22 @@ impl Node {
                 .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
         };
         let sessions = Arc::new(sessions);
-        let events = Arc::new(EventLog::open(
-            config.data_dir.join("events"),
-            EventLogOptions {
+        // Opening scans the log's segments and checkpoints: off the executor.
+        let events = {
+            let dir = config.data_dir.join("events");
+            let opts = EventLogOptions {
                 disk: health.disk().clone(),
                 ..event_log_options(&config)
-            },
-        )?);
+            };
+            tokio::task::spawn_blocking(move || EventLog::open(dir, opts))
+                .await
+                .map_err(|e| StartError::Other(format!("opening the event log: {e}")))??
+        };
+        let events = Arc::new(events);
         let index = Arc::new(open_index(&config, health.disk().clone()).await?);
+        let master = crate::gerrit::Master::open(&config)
+            .map_err(StartError::Other)?
+            .map(Arc::new);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
@@ -186,6 +201,7 @@ impl Node {
                 sessions: sessions.clone(),
                 events: events.clone(),
                 index: index.clone(),
+                master: master.as_ref().map(|m| m.queues.clone()),
             },
             metrics.clone(),
         )
@@ -255,8 +271,12 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
+            master: master.clone(),
             stop: CancellationToken::new(),
         });
+        if let Some(m) = &master {
+            m.start(&config, state.metrics.clone(), health.clone());
+        }
         let peer_addr = listeners
             .peer
             .local_addr()
@@ -364,6 +384,9 @@ impl Node {
             let _ = task.await;
         }
         self.state.peers.shutdown().await;
+        if let Some(m) = &self.state.master {
+            m.shutdown().await;
+        }
         self.stop_background.cancel();
         for task in self.background {
             // A cleanup pass in progress finishes on its blocking thread; don't wait for it.

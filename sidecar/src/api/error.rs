@@ -9,8 +9,14 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// 401 with `WWW-Authenticate: Basic` (the plugin's client sends credentials only when
+    /// challenged).
+    #[error("{0}")]
+    Challenge(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Gone(String),
     #[error("{0}")]
@@ -42,7 +48,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Challenge(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -56,8 +64,11 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(e) = self {
             tracing::error!(error = %e, "request failed inside the sidecar");
         }
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::Challenge(_) = self {
+            res.insert_header(("WWW-Authenticate", "Basic realm=\"ha-sidecar\""));
+        }
+        res.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
@@ -70,17 +81,26 @@ impl From<crate::cache::CacheError> for ApiError {
     }
 }
 
+impl From<crate::gerrit::ingress::IngressError> for ApiError {
+    fn from(e: crate::gerrit::ingress::IngressError) -> Self {
+        use crate::gerrit::ingress::IngressError as E;
+        match e {
+            E::BadRequest(m) => ApiError::BadRequest(m),
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::MethodNotAllowed(m) => ApiError::MethodNotAllowed(m),
+            E::UnsupportedMediaType(m) => ApiError::Unsupported(m),
+        }
+    }
+}
+
 impl From<crate::peers::outbox::OutboxError> for ApiError {
     fn from(e: crate::peers::outbox::OutboxError) -> Self {
         use crate::peers::outbox::OutboxError as E;
-        match &e {
-            // 507 naming the path; passes once space is freed: the master may retry.
-            E::Io(..) => or_disk_full(
-                &e,
-                ApiError::Internal(format!("cannot queue for peers: {e}")),
-            ),
+        let other = match &e {
             E::Closed => ApiError::Unavailable(format!("cannot queue for peers: {e}")),
-        }
+            E::Io(..) => ApiError::Internal(format!("cannot queue for peers: {e}")),
+        };
+        or_disk_full(&e, other)
     }
 }
 
@@ -103,7 +123,8 @@ impl From<crate::receiver::ReceiveError> for ApiError {
         match e {
             crate::receiver::ReceiveError::BadOrigin(_)
             | crate::receiver::ReceiveError::OwnOrigin(_) => ApiError::BadRequest(e.to_string()),
-            crate::receiver::ReceiveError::Store { .. } => ApiError::Unavailable(e.to_string()),
+            crate::receiver::ReceiveError::Store { .. }
+            | crate::receiver::ReceiveError::Master { .. } => ApiError::Unavailable(e.to_string()),
             crate::receiver::ReceiveError::Persist { .. }
             | crate::receiver::ReceiveError::Index(_) => ApiError::Internal(e.to_string()),
         }

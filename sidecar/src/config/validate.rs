@@ -11,6 +11,8 @@ use super::raw::{RawConfig, RawKey};
 use super::urls::{advertise_url, listen_url, peer_urls, webhook_url};
 use super::*;
 
+mod gerrit;
+
 /// The validator's state: the raw values, the report being filled, and the keys read so far
 /// (every key of the file not read by a section is checked by its kind at the end).
 pub(super) struct V<'a> {
@@ -351,6 +353,7 @@ pub(super) fn validate(
         max_age: v.duration("websession", None, "maxAge"),
     };
     let alert_webhook = webhook_url(&mut v);
+    let gerrit = gerrit::gerrit_config(&mut v, &http);
     let mut trusted_proxies = Vec::new();
     for cidr in v.list("sidecar", None, "trustedProxies") {
         match Cidr::parse(cidr.trim()) {
@@ -398,6 +401,7 @@ pub(super) fn validate(
         websession,
         healthcheck_enable: v.boolean("healthcheck", "enable"),
         alert_webhook,
+        gerrit,
         limits,
         embedded_defaults: embedded,
     };
@@ -454,6 +458,14 @@ fn peers_config(v: &mut V<'_>, listen: &ListenUrl) -> PeersConfig {
     }
     let discovery = match strategy.as_str() {
         "shared-fs" => Discovery::SharedFs { heartbeat, ttl },
+        "jgroups" => {
+            v.warn(
+                "peerInfo.strategy",
+                "`jgroups` is the plugin's discovery; ha-sidecar finds its peers by their \
+                 heartbeats in sharedDirectory/members/ instead (shared-fs)",
+            );
+            Discovery::SharedFs { heartbeat, ttl }
+        }
         "dns" => {
             let name = v
                 .string("peerInfo", Some("dns"), "name")
@@ -507,7 +519,7 @@ fn auth_config(v: &mut V<'_>, has_peers: bool) -> AuthConfig {
 }
 
 fn http_config(v: &mut V<'_>) -> HttpConfig {
-    HttpConfig {
+    let http = HttpConfig {
         user: v.string("http", None, "user"),
         password: v
             .string("http", None, "password")
@@ -518,7 +530,21 @@ fn http_config(v: &mut V<'_>) -> HttpConfig {
         max_retry_interval: v.duration("http", None, "maxRetryInterval"),
         max_batch_messages: v.size("http", "maxBatchMessages") as usize,
         max_batch_bytes: v.size("http", "maxBatchBytes") as usize,
+    };
+    // A plugin's file (it has http.maxTries, or the plugin's 10 s delay): the key's meaning
+    // changed, say so.
+    let plugin_file = v.raw.last("http", None, "maxTries").is_some();
+    if v.raw.last("http", None, "retryInterval").is_some()
+        && (plugin_file || http.retry_interval >= Duration::from_secs(10))
+    {
+        v.warn(
+            "http.retryInterval",
+            "here the first delay of an exponential back-off (doubling up to \
+             http.maxRetryInterval, retried forever), not the plugin's fixed delay between \
+             http.maxTries attempts",
+        );
     }
+    http
 }
 
 fn cache_config(v: &mut V<'_>) -> CacheConfig {

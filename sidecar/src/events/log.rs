@@ -14,6 +14,7 @@ use super::cursor::{Cursor, StartPoint, TypeFilter};
 use super::ring::{Recent, RecentEvent, Ring};
 use super::state::State;
 use super::{event, read, segment, EventError, EventId, EventLogOptions, Result};
+use crate::locks::{LockExt, RwLockExt};
 use crate::wire::valid_instance_id;
 
 /// The largest event the format can hold with room to spare.
@@ -79,11 +80,11 @@ impl Shared {
     /// A panic while holding the lock cannot leave the state half-updated in a way readers
     /// would misread (updates are append-only), so poisoning is ignored.
     pub fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.state.read_locked()
     }
 
     pub fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        self.state.write_locked()
     }
 
     pub fn intern(&self, origin: &str) -> Arc<str> {
@@ -91,11 +92,11 @@ impl Shared {
     }
 
     pub fn read_ring(&self) -> RwLockReadGuard<'_, Ring> {
-        self.ring.read().unwrap_or_else(|e| e.into_inner())
+        self.ring.read_locked()
     }
 
     pub fn write_ring(&self) -> RwLockWriteGuard<'_, Ring> {
-        self.ring.write().unwrap_or_else(|e| e.into_inner())
+        self.ring.write_locked()
     }
 }
 
@@ -361,7 +362,7 @@ impl EventLog {
             return Ok(());
         }
         let result = rx.await.unwrap_or(Ok(()));
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self.thread.locked().take();
         if let Some(h) = handle {
             tokio::task::spawn_blocking(move || h.join())
                 .await

@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use dates::parse_timestamp;
 pub use query::QueryError;
 pub use read::MAX_LIMIT;
 pub use store::IndexStore;

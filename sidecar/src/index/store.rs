@@ -26,6 +26,7 @@ use super::{
     BulkOutcome, ExportedDoc, IndexError, IndexOptions, IndexStats, Kind, RawDoc, Result,
     WriteOutcome,
 };
+use crate::locks::{LockExt, RwLockExt};
 
 /// Largest accepted document id, in bytes.
 const MAX_ID_BYTES: usize = 1024;
@@ -199,7 +200,7 @@ impl IndexStore {
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
-        let tx = self.tx.lock().expect("sender lock");
+        let tx = self.tx.locked();
         tx.as_ref()
             .ok_or(IndexError::WriterStopped)?
             .send(cmd)
@@ -478,9 +479,9 @@ impl IndexStore {
     pub async fn shutdown(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Shutdown { reply })?;
-        self.tx.lock().expect("sender lock").take();
+        self.tx.locked().take();
         let r = rx.await.map_err(|_| IndexError::WriterStopped)?;
-        let thread = self.thread.lock().expect("thread lock").take();
+        let thread = self.thread.locked().take();
         if let Some(t) = thread {
             // The thread has answered and is exiting; joining releases the index locks.
             tokio::task::spawn_blocking(move || t.join())
@@ -495,8 +496,8 @@ impl IndexStore {
     /// what was acknowledged must come back from the journal at the next open). Blocking.
     pub fn abort(self) {
         let _ = self.send(Command::Abort);
-        self.tx.lock().expect("sender lock").take();
-        if let Some(t) = self.thread.lock().expect("thread lock").take() {
+        self.tx.locked().take();
+        if let Some(t) = self.thread.locked().take() {
             let _ = t.join();
         }
     }
@@ -508,11 +509,7 @@ impl IndexStore {
                 .map(|k| {
                     (
                         *k,
-                        self.shared.kinds[k.index()]
-                            .versions
-                            .read()
-                            .expect("version map lock")
-                            .stats(),
+                        self.shared.kinds[k.index()].versions.read_locked().stats(),
                     )
                 })
                 .collect(),

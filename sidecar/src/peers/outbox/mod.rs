@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 
+use crate::locks::{LockExt, RwLockExt};
 use queue::Writer;
 pub use queue::{Peeked, Position, Queue, QueueStats};
 
@@ -74,7 +75,12 @@ pub struct Outbox {
 impl Outbox {
     /// Opens `<data>/outbox` and starts the committer. Queues are added with [`Outbox::add_peer`].
     pub fn open(data_dir: &Path, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
-        let root = data_dir.join("outbox");
+        Self::open_at(data_dir.join("outbox"), opts)
+    }
+
+    /// Opens an outbox rooted at `root` (the master's delivery queues use their own, so that a
+    /// peer message never enters them and theirs never reach a peer).
+    pub fn open_at(root: PathBuf, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(&root).map_err(|e| OutboxError::Io(root.clone(), e))?;
         let seq = SeqAllocator::open(&root)?;
         let (tx, rx) = mpsc::channel();
@@ -119,15 +125,14 @@ impl Outbox {
 
     /// Opens (or creates) the queue of a peer, keeping any backlog it had on disk.
     pub fn add_peer(&self, peer: &str) -> Result<Arc<Queue>, OutboxError> {
-        if let Some(q) = self.queues.read().expect("queues lock").get(peer) {
+        if let Some(q) = self.queues.read_locked().get(peer) {
             return Ok(q.clone());
         }
         let dir = self.root.join(Self::queue_dir_name(peer));
         let (queue, writer) = Queue::open(peer, &dir)?;
         let queue = Arc::new(queue);
         self.queues
-            .write()
-            .expect("queues lock")
+            .write_locked()
             .insert(peer.to_owned(), queue.clone());
         self.tx
             .send(Cmd::AddQueue {
@@ -140,7 +145,7 @@ impl Outbox {
 
     /// Stops appending to a peer's queue (its files stay until [`Outbox::delete_peer_files`]).
     pub fn remove_peer(&self, peer: &str) {
-        self.queues.write().expect("queues lock").remove(peer);
+        self.queues.write_locked().remove(peer);
         let _ = self.tx.send(Cmd::RemoveQueue {
             peer: peer.to_owned(),
         });
@@ -156,16 +161,11 @@ impl Outbox {
     }
 
     pub fn queues(&self) -> Vec<Arc<Queue>> {
-        self.queues
-            .read()
-            .expect("queues lock")
-            .values()
-            .cloned()
-            .collect()
+        self.queues.read_locked().values().cloned().collect()
     }
 
     pub fn has_peers(&self) -> bool {
-        !self.queues.read().expect("queues lock").is_empty()
+        !self.queues.read_locked().is_empty()
     }
 
     /// Appends one message body to every peer's queue; resolves once it is durable, with its
@@ -224,7 +224,7 @@ impl Outbox {
     /// Finishes every append already queued, closes the files and stops the committer.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Cmd::Shutdown);
-        if let Some(t) = self.thread.lock().expect("thread lock").take() {
+        if let Some(t) = self.thread.locked().take() {
             let _ = t.join();
         }
     }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use super::segment::{self, Record};
 use super::OutboxError;
+use crate::locks::LockExt;
 
 /// Where delivery stands: the next record to send is at `offset` in segment `segment`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +154,7 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
-        let s = self.state.lock().expect("queue lock");
+        let s = self.state.locked();
         QueueStats {
             pending: s.pending,
             oldest_pending_ms: s.oldest_pending_ms,
@@ -175,7 +176,7 @@ impl Queue {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(ctx)?;
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.locked();
         if let Some(last) = s.segments.back_mut() {
             last.sealed = true;
         }
@@ -199,7 +200,7 @@ impl Queue {
 
     /// Called by the committer after the writer's data is durable.
     pub(super) fn committed(&self, w: &Writer, added: u64, first_ts: u64) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.locked();
         if let Some(seg) = s
             .segments
             .iter_mut()
@@ -220,7 +221,7 @@ impl Queue {
     pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Peeked, OutboxError> {
         loop {
             let (pos, path, limit, sealed, next) = {
-                let s = self.state.lock().expect("queue lock");
+                let s = self.state.locked();
                 let Some(i) = s
                     .segments
                     .iter()
@@ -298,7 +299,7 @@ impl Queue {
 
     fn advance(&self, end: Position, count: u64, last_seq: Option<u64>) -> Result<(), OutboxError> {
         let (acked_seq, next_ts) = {
-            let mut s = self.state.lock().expect("queue lock");
+            let mut s = self.state.locked();
             s.acked = end;
             s.pending = s.pending.saturating_sub(count);
             if let Some(l) = last_seq {
@@ -310,7 +311,7 @@ impl Queue {
             write_acked(&self.dir, acked_seq).map_err(|e| OutboxError::Io(self.dir.clone(), e))?;
         }
         let oldest = if next_ts { self.head_timestamp() } else { None };
-        self.state.lock().expect("queue lock").oldest_pending_ms = oldest;
+        self.state.locked().oldest_pending_ms = oldest;
         self.reclaim()
             .map_err(|e| OutboxError::Io(self.dir.clone(), e))
     }
@@ -324,7 +325,7 @@ impl Queue {
     /// Deletes sealed segments that lie wholly before the delivered position.
     fn reclaim(&self) -> io::Result<()> {
         let doomed: Vec<PathBuf> = {
-            let mut s = self.state.lock().expect("queue lock");
+            let mut s = self.state.locked();
             let mut out = Vec::new();
             while s.segments.len() > 1
                 && s.segments[0].first_seq != s.acked.segment
