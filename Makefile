@@ -15,7 +15,7 @@ NFS_VM_KIT ?= $(TARGET_DIR)/nfs-vm
 export HA_SIDECAR_BIN := $(BIN)
 export HA_NFS_VM_KIT := $(NFS_VM_KIT)
 
-.PHONY: all deps deps-bench build run test lint unit integration bench bench-quick clean
+.PHONY: all deps deps-bench build run test lint unit integration bench bench-quick clean fuzz
 
 all: build
 
@@ -59,6 +59,16 @@ integration: build
 
 clean:
 	$(CARGO) clean
+
+# Fuzzing is not a test (nightly, minutes per target): each target of fuzz/ runs for
+# FUZZ_SECONDS. The same parsers have property tests in `make test` (sidecar/src/parsers.rs).
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := query cursor duration_date config wire_batch segments sse
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
 
 # Benchmarks are not tests: they measure, in release mode, and write bench/results/.
 bench: deps-bench build

@@ -340,6 +340,10 @@ fn run(path: Option<PathBuf>, env: &BTreeMap<String, String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // In-flight requests get `shutdownGrace`; saying goodbye to peers (1 s) and closing the
+    // stores get a few seconds more; past that the process exits anyway (every accepted
+    // mutation is already durable: nothing is lost by not waiting longer).
+    let stop_bound = config.shutdown_grace + std::time::Duration::from_secs(5);
     runtime().block_on(async move {
         let node = match Node::start(config, listeners).await {
             Ok(n) => n,
@@ -350,7 +354,16 @@ fn run(path: Option<PathBuf>, env: &BTreeMap<String, String>) -> ExitCode {
         };
         wait_for_signal().await;
         tracing::info!("shutting down: draining requests and closing the outbox");
-        node.shutdown().await;
+        if tokio::time::timeout(stop_bound, node.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                bound_ms = stop_bound.as_millis() as u64,
+                "graceful stop took too long; exiting anyway"
+            );
+            return ExitCode::FAILURE;
+        }
         ExitCode::SUCCESS
     })
 }

@@ -128,7 +128,7 @@ async fn follow<W: Write>(
         Some(p) => read_cursor(p)?,
         None => None,
     };
-    let mut backoff = opts.min_backoff;
+    let mut backoff = crate::backoff::Backoff::new(opts.min_backoff, opts.max_backoff);
     let mut expired_in_a_row = 0usize;
     let mut i = 0usize;
     loop {
@@ -141,7 +141,7 @@ async fn follow<W: Write>(
             (Ended::Retry(why), delivered) => {
                 expired_in_a_row = 0;
                 if delivered {
-                    backoff = opts.min_backoff;
+                    backoff.reset();
                 }
                 tracing::warn!(url = %url, error = %why, "stream interrupted; failing over");
             }
@@ -159,15 +159,10 @@ async fn follow<W: Write>(
         }
         i += 1;
         tokio::select! {
-            _ = tokio::time::sleep(jitter(backoff)) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = stop.cancelled() => return Ok(()),
         }
-        backoff = (backoff * 2).min(opts.max_backoff);
     }
-}
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 /// One connection: returns why it ended and whether it got through to the stream.
