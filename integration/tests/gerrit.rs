@@ -383,7 +383,14 @@ async fn master_down_and_sidecar_killed_loses_nothing() {
 fn the_plugin_config_loads_with_warnings() {
     use std::collections::BTreeMap;
     let dir = integration::gerrit::fixtures_dir();
-    let secret = dir.join("../config/peer.key");
+    // A checkout gives the fixture key the umask's mode; a group-readable secret is refused.
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("peer.key");
+    std::fs::copy(dir.join("../config/peer.key"), &secret).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let env = BTreeMap::from([
         ("HA_MAIN_INSTANCEID".to_owned(), "gerrit-01".to_owned()),
         (
