@@ -18,6 +18,7 @@ use ha_sidecar::config::{self, Secret};
 pub mod lb;
 pub mod nfs;
 pub mod nfs_vm;
+pub mod tls;
 
 /// How long `eventually` waits unless told otherwise; scaled by `HA_TEST_PATIENCE`.
 pub fn patience(base: Duration) -> Duration {
@@ -80,17 +81,20 @@ pub struct NodeSpec {
     pub shared_dir: PathBuf,
     /// Extra git-config text appended verbatim.
     pub extra: String,
+    /// Scheme of `listenUrl`: `http`, or `https` (then `extra` names the certificate).
+    pub scheme: &'static str,
 }
 
 impl NodeSpec {
     pub fn text(&self) -> String {
         let mut t = format!(
             "[main]\n  instanceId = {}\n  sharedDirectory = {}\n  dataDirectory = {}\n\
-             [sidecar]\n  listenUrl = http://127.0.0.1:{}/\n  localListenUrl = http://127.0.0.1:{}/\n\
+             [sidecar]\n  listenUrl = {}://127.0.0.1:{}/\n  localListenUrl = http://127.0.0.1:{}/\n\
              [http]\n  retryInterval = 50ms\n  maxRetryInterval = 1s\n  socketTimeout = 2s\n",
             self.id,
             self.shared_dir.display(),
             self.data_dir.display(),
+            self.scheme,
             self.listen_port,
             self.local_port
         );
@@ -107,7 +111,7 @@ impl NodeSpec {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.listen_port)
+        format!("{}://127.0.0.1:{}/", self.scheme, self.listen_port)
     }
 
     pub fn local_url(&self) -> String {
@@ -138,6 +142,7 @@ pub fn mesh_specs(dir: &Path, n: usize, extra: &str) -> Vec<NodeSpec> {
                 data_dir: dir.join(&id).join("data"),
                 shared_dir: dir.join("shared"),
                 extra: extra.to_owned(),
+                scheme: "http",
             }
         })
         .collect()
@@ -434,6 +439,10 @@ pub async fn post_signed(
         let now = ha_sidecar::peers::outbox::now_ms() as i64 + ts_offset_ms;
         let h = ha_sidecar::auth::sign(s, "POST", "/v1/peer/batch", &body, now as u64);
         req = req
+            .header(
+                ha_sidecar::auth::HEADER_CONTENT_SHA256,
+                ha_sidecar::auth::content_sha256(&body),
+            )
             .header("x-ha-timestamp", &h.timestamp_ms)
             .header("x-ha-nonce", &h.nonce)
             .header("x-ha-signature", &h.signature);

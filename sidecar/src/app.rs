@@ -27,6 +27,7 @@ use crate::peers::Peers;
 use crate::receiver::{Receiver, Stores};
 use crate::sessions::Sessions;
 use crate::shared_dir::SharedDir;
+use crate::tls::NodeTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -95,6 +96,27 @@ impl Listeners {
             peer: bind("listenUrl", config.listen.addr)?,
             local: bind("localListenUrl", config.local_listen.addr)?,
         })
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit (many peers, tailers and clients at
+/// once; a flood of connections must not starve the outbox and the logs of descriptors).
+/// Process-wide, so the binary calls it at start, not `Node::start`.
+pub fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let from = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::info!(from, to = lim.rlim_max, "raised the open files limit");
+        }
     }
 }
 
@@ -210,10 +232,13 @@ impl Node {
             source,
         })?;
         let verifier = Verifier::new(config.auth.secrets.clone(), config.auth.max_clock_skew);
+        let tls =
+            Arc::new(NodeTls::load(&config.tls).map_err(|e| StartError::Other(e.to_string()))?);
         let client = PeerClient::new(
             &config.http,
             config.auth.secrets.first().cloned(),
             &config.instance_id,
+            tls.client(),
         )?;
         let peers = Arc::new(Peers::new(
             outbox.clone(),
@@ -257,6 +282,11 @@ impl Node {
             outbox: outbox.clone(),
             metrics: metrics.clone(),
         });
+        // Two of the largest peer bodies in flight at once (authenticated or from senders that
+        // do not declare their body's hash); more wait, then 503.
+        let peer_bodies_kib = (config.limits.max_peer_body * 2)
+            .div_ceil(1024)
+            .min(u32::MAX as usize >> 4) as u32;
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
@@ -273,6 +303,9 @@ impl Node {
             events,
             master: master.clone(),
             stop: CancellationToken::new(),
+            tls,
+            peer_bodies: Arc::new(tokio::sync::Semaphore::new(peer_bodies_kib as usize)),
+            peer_bodies_kib,
         });
         if let Some(m) = &master {
             m.start(&config, state.metrics.clone(), health.clone());
@@ -348,14 +381,16 @@ impl Node {
         &self.state
     }
 
-    /// `http://addr/` of the peer/ops listener.
+    /// `http(s)://addr/` of the peer/ops listener.
     pub fn peer_url(&self) -> String {
-        format!("http://{}/", self.peer_addr)
+        let scheme = self.state.config.listen.url.scheme();
+        format!("{scheme}://{}/", self.peer_addr)
     }
 
-    /// `http://addr/` of the local API listener.
+    /// `http(s)://addr/` of the local API listener.
     pub fn local_url(&self) -> String {
-        format!("http://{}/", self.local_addr)
+        let scheme = self.state.config.local_listen.url.scheme();
+        format!("{scheme}://{}/", self.local_addr)
     }
 
     /// Graceful stop: health goes 503, peers are told this node leaves (and its heartbeat is

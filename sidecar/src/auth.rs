@@ -14,6 +14,11 @@ type HmacSha256 = hmac::Hmac<Sha256>;
 pub const HEADER_TIMESTAMP: &str = "x-ha-timestamp";
 pub const HEADER_NONCE: &str = "x-ha-nonce";
 pub const HEADER_SIGNATURE: &str = "x-ha-signature";
+/// The body's SHA-256 (hex), declared by the sender. The signed string already covers the
+/// body's hash, so with this header the signature is checked before one body byte is read;
+/// the body is then hashed as it arrives and must match. Senders without it (before this
+/// header existed) are still verified over the body they send, after reading it.
+pub const HEADER_CONTENT_SHA256: &str = "x-ha-content-sha256";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -41,9 +46,18 @@ pub struct SignatureHeaders {
     pub signature: String,
 }
 
-fn canonical(method: &str, path: &str, ts: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
-    let body_hash = hex::encode(Sha256::digest(body));
+fn canonical(method: &str, path: &str, ts: &str, nonce: &str, body_hash: &str) -> Vec<u8> {
     format!("ha-sidecar-v1\n{method}\n{path}\n{ts}\n{nonce}\n{body_hash}").into_bytes()
+}
+
+/// The body hash as signed and as sent in [`HEADER_CONTENT_SHA256`].
+pub fn content_sha256(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+/// Whether a declared hash has the form of one (64 lowercase hex digits).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn mac(secret: &Secret, msg: &[u8]) -> HmacSha256 {
@@ -62,7 +76,8 @@ pub fn sign(
 ) -> SignatureHeaders {
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     let ts = now_ms.to_string();
-    let sig = mac(secret, &canonical(method, path, &ts, &nonce, body)).finalize();
+    let hash = content_sha256(body);
+    let sig = mac(secret, &canonical(method, path, &ts, &nonce, &hash)).finalize();
     SignatureHeaders {
         timestamp_ms: ts,
         nonce,
@@ -91,14 +106,58 @@ impl Verifier {
         }
     }
 
-    /// Verifies a request. Order matters: the signature is checked before the nonce is
-    /// recorded, so unsigned traffic cannot fill the nonce cache.
+    /// Verifies a request over its body. Order matters: the signature is checked before the
+    /// nonce is recorded, so unsigned traffic cannot fill the nonce cache.
     pub fn verify(
         &self,
         method: &str,
         path: &str,
         headers: Option<&SignatureHeaders>,
         body: &[u8],
+        now_ms: u64,
+    ) -> Result<(), AuthError> {
+        self.verify_hash(method, path, headers, &content_sha256(body), now_ms)
+    }
+
+    /// What can be checked before the body: a secret is configured, the headers are there
+    /// and well-formed, the timestamp is within the window. Records nothing.
+    pub fn precheck(
+        &self,
+        headers: Option<&SignatureHeaders>,
+        now_ms: u64,
+    ) -> Result<(), AuthError> {
+        if self.secrets.is_empty() {
+            return Err(AuthError::NoSecret);
+        }
+        let h = headers.ok_or(AuthError::Missing(HEADER_SIGNATURE))?;
+        let ts: u64 = h
+            .timestamp_ms
+            .parse()
+            .map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
+        if hex::decode(&h.signature).is_err() {
+            return Err(AuthError::Malformed(HEADER_SIGNATURE));
+        }
+        self.in_window(ts, now_ms)
+    }
+
+    fn in_window(&self, ts: u64, now_ms: u64) -> Result<(), AuthError> {
+        let skew = now_ms as i128 - ts as i128;
+        if skew.unsigned_abs() > self.max_skew.as_millis() {
+            return Err(AuthError::Stale {
+                skew_ms: skew as i64,
+                limit_ms: self.max_skew.as_millis(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Verifies a request over the hash of its body (declared by the sender, or computed).
+    pub fn verify_hash(
+        &self,
+        method: &str,
+        path: &str,
+        headers: Option<&SignatureHeaders>,
+        body_sha256: &str,
         now_ms: u64,
     ) -> Result<(), AuthError> {
         if self.secrets.is_empty() {
@@ -116,7 +175,7 @@ impl Verifier {
             return Err(AuthError::Malformed(HEADER_NONCE));
         }
         let sig = hex::decode(&h.signature).map_err(|_| AuthError::Malformed(HEADER_SIGNATURE))?;
-        let msg = canonical(method, path, &h.timestamp_ms, &h.nonce, body);
+        let msg = canonical(method, path, &h.timestamp_ms, &h.nonce, body_sha256);
         let good = self
             .secrets
             .iter()
@@ -124,13 +183,7 @@ impl Verifier {
         if !good {
             return Err(AuthError::BadSignature);
         }
-        let skew = now_ms as i128 - ts as i128;
-        if skew.unsigned_abs() > self.max_skew.as_millis() {
-            return Err(AuthError::Stale {
-                skew_ms: skew as i64,
-                limit_ms: self.max_skew.as_millis(),
-            });
-        }
+        self.in_window(ts, now_ms)?;
         let entry = self.nonces.entry(h.nonce.clone()).or_insert(());
         if !entry.is_fresh() {
             return Err(AuthError::Replayed);

@@ -30,4 +30,5 @@ pub mod sessions;
 pub mod shared_dir;
 pub mod status_cli;
 pub mod stream_client;
+pub mod tls;
 pub mod wire;

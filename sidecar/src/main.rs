@@ -333,6 +333,7 @@ fn run(path: Option<PathBuf>, env: &BTreeMap<String, String>) -> ExitCode {
     for w in &report.warnings {
         tracing::warn!(key = %w.key, "{}", w.message);
     }
+    ha_sidecar::app::raise_open_files_limit();
     let listeners = match Listeners::bind(&config) {
         Ok(l) => l,
         Err(e) => {

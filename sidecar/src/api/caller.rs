@@ -7,7 +7,9 @@
 //! - [`AdminCaller`]: an operator with `sidecar.adminToken` (drain on `listenUrl`).
 //! - [`StreamCaller`]: an event consumer, with `event.streamToken` when one is set.
 //! - [`Signed`]: a peer sidecar: the HMAC signature over the exact body is verified before the
-//!   handler runs; the body comes with it.
+//!   handler runs; the body comes with it. With mutual TLS the connection must carry a verified
+//!   client certificate, and [`Signed::speaks_for`] checks that it names the node a request
+//!   speaks for.
 
 use std::marker::PhantomData;
 use std::ops::Deref;
@@ -21,6 +23,7 @@ use super::{bearer, read_body, ApiError, AppState};
 use crate::auth::{self, SignatureHeaders};
 use crate::config::Secret;
 use crate::metrics::ReasonLabel;
+use crate::tls::PeerNames;
 
 /// The state as registered in the app: read only here.
 pub(super) struct Registered(pub(super) Arc<AppState>);
@@ -157,10 +160,19 @@ impl Policy for PluginToken {
 
 /// A signed peer request: its body (read up to `limits.maxPeerBody`, then 413) and the
 /// node's state, admitted only once the signature over method, path with query and body
-/// checks out; a refused request (401) changes nothing.
+/// checks out; a refused request (401) changes nothing. Authentication before the body: a
+/// missing, malformed or stale signature, and (when the sender declares
+/// `X-HA-Content-SHA256`, as this version does) a wrong one, are refused before one body byte
+/// is read; the body is then read under a budget of bytes in flight and must hash to the
+/// declared value.
 pub struct Signed {
     state: Arc<AppState>,
     pub body: web::Bytes,
+    /// With mutual TLS, the names of the peer's verified client certificate.
+    names: Option<PeerNames>,
+    from: Option<std::net::SocketAddr>,
+    /// This body's share of the peer body bytes in flight, held until the handler is done.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Deref for Signed {
@@ -175,6 +187,58 @@ impl Signed {
     pub fn json<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
         super::error::parse_json(&self.body)
     }
+
+    /// With mutual TLS, refuses (401) a request that speaks for `instance_id` (a batch's
+    /// `origin`, a hello's `instance_id`) when the client certificate does not name it: one
+    /// node cannot speak for another.
+    pub fn speaks_for(&self, instance_id: &str) -> Result<(), ApiError> {
+        match &self.names {
+            Some(names) if !names.names(instance_id) => Err(refuse(
+                &self.state,
+                self.from,
+                "certificate_mismatch",
+                format!("the client certificate does not name `{instance_id}`"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// With mutual TLS (`sidecar.clientCaFile`), the names of the peer's verified client
+/// certificate, attached to the connection at the handshake; 401 without one (before the body
+/// is read). `None` when mutual TLS is off.
+fn client_certificate(state: &AppState, req: &HttpRequest) -> Result<Option<PeerNames>, ApiError> {
+    if !state.tls.mutual {
+        return Ok(None);
+    }
+    match req.conn_data::<PeerNames>() {
+        Some(names) => Ok(Some(names.clone())),
+        None => Err(refuse(
+            state,
+            req.peer_addr(),
+            "no_client_certificate",
+            "a client certificate is required on /v1/peer/* (mutual TLS)".into(),
+        )),
+    }
+}
+
+/// Counts and logs a refused peer request; the 401 it answers.
+fn refuse(
+    state: &AppState,
+    from: Option<std::net::SocketAddr>,
+    reason: &'static str,
+    message: String,
+) -> ApiError {
+    state
+        .metrics
+        .auth_failures
+        .get_or_create(&ReasonLabel {
+            reason: reason.into(),
+        })
+        .inc();
+    let from = from.map(|a| a.to_string()).unwrap_or_default();
+    tracing::warn!(from = %from, reason, "refused an unauthenticated peer request");
+    ApiError::Unauthorized(message)
 }
 
 impl FromRequest for Signed {
@@ -186,9 +250,40 @@ impl FromRequest for Signed {
         let payload = payload.take();
         Box::pin(async move {
             let state = registered(&req)?;
-            let body = read_body(payload, state.config.limits.max_peer_body).await?;
-            authenticate(&state, &req, &body)?;
-            Ok(Signed { state, body })
+            // Everything that can refuse without the body does, before one byte is read.
+            let names = client_certificate(&state, &req)?;
+            let declared = declared_hash(&state, &req)?;
+            let now = crate::peers::outbox::now_ms();
+            let headers = signature_headers(&req);
+            if let Err(e) = state.verifier.precheck(headers.as_ref(), now) {
+                return Err(auth_refusal(&state, &req, e));
+            }
+            if let Some(hash) = &declared {
+                authenticate(&state, &req, Body::Declared(hash))?;
+            }
+            let limit = state.config.limits.max_peer_body;
+            let budget = body_budget(&state, &req, limit).await?;
+            let body = read_body(payload, limit).await?;
+            match &declared {
+                Some(hash) if auth::content_sha256(&body) != *hash => {
+                    return Err(refuse(
+                        &state,
+                        req.peer_addr(),
+                        "body_mismatch",
+                        "the body does not match its signed X-HA-Content-SHA256".into(),
+                    ))
+                }
+                Some(_) => {}
+                // A sender from before the header: verified over the body it sent.
+                None => authenticate(&state, &req, Body::Read(&body))?,
+            }
+            Ok(Signed {
+                state,
+                body,
+                names,
+                from: req.peer_addr(),
+                _budget: budget,
+            })
         })
     }
 }
@@ -207,9 +302,85 @@ fn signature_headers(req: &HttpRequest) -> Option<SignatureHeaders> {
     })
 }
 
-/// Authenticates a peer request over its exact body.
-fn authenticate(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(), ApiError> {
+/// `X-HA-Content-SHA256` if the sender declared it (401 when malformed).
+fn declared_hash(state: &AppState, req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get(auth::HEADER_CONTENT_SHA256) else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(h) if auth::is_sha256_hex(h) => Ok(Some(h.to_owned())),
+        _ => Err(auth_refusal(
+            state,
+            req,
+            auth::AuthError::Malformed(auth::HEADER_CONTENT_SHA256),
+        )),
+    }
+}
+
+/// Waits (at most [`BODY_BUDGET_WAIT`]) for room among the peer body bytes in flight
+/// (`AppState::peer_bodies`, in KiB) for this request's declared length, or `limit`; 503 when
+/// none comes free. Held until the request's body has been read and handled.
+async fn body_budget(
+    state: &AppState,
+    req: &HttpRequest,
+    limit: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let len = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(limit);
+    if len > limit {
+        return Err(ApiError::TooLarge(format!(
+            "request body exceeds the limit of {limit} bytes"
+        )));
+    }
+    let total = state.peer_bodies_kib;
+    let kib = (len.div_ceil(1024) as u32).clamp(1, total);
+    match tokio::time::timeout(
+        BODY_BUDGET_WAIT,
+        state.peer_bodies.clone().acquire_many_owned(kib),
+    )
+    .await
+    {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(ApiError::Unavailable(
+            "too many peer request bodies in flight; retry".into(),
+        )),
+    }
+}
+
+/// Longest wait for room among the peer body bytes in flight.
+const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a signature is checked over.
+enum Body<'a> {
+    /// The hash the sender declared (before the body is read).
+    Declared(&'a str),
+    /// The body as read.
+    Read(&'a [u8]),
+}
+
+fn auth_refusal(state: &AppState, req: &HttpRequest, e: auth::AuthError) -> ApiError {
+    let reason = match &e {
+        auth::AuthError::Missing(_) => "unsigned",
+        auth::AuthError::Malformed(_) => "malformed",
+        auth::AuthError::Stale { .. } => "stale",
+        auth::AuthError::BadSignature => "bad_signature",
+        auth::AuthError::Replayed => "replayed",
+        auth::AuthError::NoSecret => "no_secret",
+    };
+    refuse(state, req.peer_addr(), reason, e.to_string())
+}
+
+/// Authenticates a peer request over its body's hash.
+fn authenticate(state: &AppState, req: &HttpRequest, body: Body<'_>) -> Result<(), ApiError> {
     let headers = signature_headers(req);
+    let hash = match body {
+        Body::Declared(h) => h.to_owned(),
+        Body::Read(b) => auth::content_sha256(b),
+    };
     let path = req
         .uri()
         .path_and_query()
@@ -217,31 +388,12 @@ fn authenticate(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<(), 
         .unwrap_or("/");
     state
         .verifier
-        .verify(
+        .verify_hash(
             req.method().as_str(),
             path,
             headers.as_ref(),
-            body,
+            &hash,
             crate::peers::outbox::now_ms(),
         )
-        .map_err(|e| {
-            let reason = match &e {
-                auth::AuthError::Missing(_) => "unsigned",
-                auth::AuthError::Malformed(_) => "malformed",
-                auth::AuthError::Stale { .. } => "stale",
-                auth::AuthError::BadSignature => "bad_signature",
-                auth::AuthError::Replayed => "replayed",
-                auth::AuthError::NoSecret => "no_secret",
-            };
-            state
-                .metrics
-                .auth_failures
-                .get_or_create(&ReasonLabel {
-                    reason: reason.into(),
-                })
-                .inc();
-            let from = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            tracing::warn!(from = %from, reason, "refused an unauthenticated peer request");
-            ApiError::Unauthorized(e.to_string())
-        })
+        .map_err(|e| auth_refusal(state, req, e))
 }

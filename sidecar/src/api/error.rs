@@ -26,6 +26,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     Internal(String),
     /// The data directory is full (ENOSPC, EDQUOT): `507`, naming the path.
     #[error("{0}")]
@@ -55,6 +57,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         }

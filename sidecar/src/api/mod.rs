@@ -55,16 +55,35 @@ pub struct AppState {
     pub master: Option<Arc<crate::gerrit::Master>>,
     /// Cancelled at shutdown: ends long-lived responses (event streams).
     pub stop: tokio_util::sync::CancellationToken,
+    /// The node's TLS (listeners, peer client, mutual TLS on `/v1/peer/*`).
+    pub tls: Arc<crate::tls::NodeTls>,
+    /// Peer request body bytes in flight, in KiB (`caller::Signed`); `peer_bodies_kib` in all.
+    pub peer_bodies: Arc<tokio::sync::Semaphore>,
+    pub peer_bodies_kib: u32,
 }
 
-/// Reads a request body up to `limit` bytes; past it, 413 without reading the rest.
+/// Longest pause between two chunks of a request body (then 408).
+pub const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a request body up to `limit` bytes; past it, 413 without reading the rest; 408 when
+/// no byte arrives for [`BODY_IDLE_TIMEOUT`].
 pub(crate) async fn read_body<S, E>(mut payload: S, limit: usize) -> Result<web::Bytes, ApiError>
 where
     S: futures_util::Stream<Item = Result<web::Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     let mut buf = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        // A body that stops arriving is dropped: a trickle cannot hold a connection forever.
+        let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, payload.next())
+            .await
+            .map_err(|_| {
+                ApiError::Timeout(format!(
+                    "no request body bytes for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
         let chunk = chunk
             .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -163,12 +182,33 @@ fn serve(
 ) -> std::io::Result<Server> {
     let workers = state.config.workers;
     let grace = state.config.shutdown_grace;
-    Ok(HttpServer::new(move || app(state.clone(), name, routes))
+    let https = match name {
+        "peer" => state.config.listen.is_https(),
+        _ => state.config.local_listen.is_https(),
+    };
+    let tls = state.tls.server().filter(|_| https);
+    let server = HttpServer::new(move || app(state.clone(), name, routes))
+        .on_connect(peer_names)
         .workers(workers)
         .disable_signals()
-        .shutdown_timeout(grace.as_secs().max(1))
-        .listen(listener)?
-        .run())
+        .shutdown_timeout(grace.as_secs().max(1));
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, (*config).clone())?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
+}
+
+/// Attaches the names of a verified client certificate to its TLS connection (mutual TLS:
+/// the `Signed` extractor reads them with `HttpRequest::conn_data`).
+fn peer_names(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
+        let (_, session) = tls.get_ref();
+        if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
+            data.insert(crate::tls::PeerNames::of(leaf));
+        }
+    }
 }
 
 /// Starts the local API server on an already-bound listener.

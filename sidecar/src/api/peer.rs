@@ -14,6 +14,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn batch(req: Signed) -> Result<HttpResponse, ApiError> {
     let batch: Batch = req.json()?;
+    req.speaks_for(&batch.origin)?;
     let reply = req
         .receiver
         .apply_batch(&batch.origin, &batch.messages)
@@ -24,6 +25,7 @@ async fn batch(req: Signed) -> Result<HttpResponse, ApiError> {
 /// A peer stopping gracefully says goodbye: it is reported as left, not failed.
 async fn leave(req: Signed) -> Result<HttpResponse, ApiError> {
     let hello: Hello = req.json()?;
+    req.speaks_for(&hello.instance_id)?;
     let known = req.membership.on_leave(&hello);
     Ok(HttpResponse::Ok().json(LeaveReply { known }))
 }
@@ -31,6 +33,7 @@ async fn leave(req: Signed) -> Result<HttpResponse, ApiError> {
 /// A restarted peer asks how much this node still holds for it (and so wakes its forwarder).
 async fn backlog(req: Signed) -> Result<HttpResponse, ApiError> {
     let hello: Hello = req.json()?;
+    req.speaks_for(&hello.instance_id)?;
     let pending = req.membership.on_backlog(&hello);
     Ok(HttpResponse::Ok().json(BacklogReply {
         known: pending.is_some(),

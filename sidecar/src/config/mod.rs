@@ -50,6 +50,11 @@ impl ListenUrl {
     pub fn is_loopback(&self) -> bool {
         self.addr.ip().is_loopback()
     }
+
+    /// Served over TLS (`https://`).
+    pub fn is_https(&self) -> bool {
+        self.url.scheme() == "https"
+    }
 }
 
 /// How this node finds its peers.
@@ -151,6 +156,22 @@ pub struct HttpConfig {
     pub max_batch_bytes: usize,
     /// Most messages in one batch.
     pub max_batch_messages: usize,
+}
+
+/// TLS files (PEM). Certificates and keys are reloaded when they change (see `tls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// This node's certificate chain (`sidecar.certificateFile`): served on https listeners and
+    /// presented as client certificate to peers.
+    pub certificate: Option<PathBuf>,
+    /// Its private key (`sidecar.privateKeyFile`).
+    pub private_key: Option<PathBuf>,
+    /// Mutual TLS (`sidecar.clientCaFile`): the CAs of peers' client certificates, required
+    /// on `/v1/peer/*`.
+    pub client_ca: Option<PathBuf>,
+    /// Roots that peers' certificates are verified against (`http.caFile`); the system's if
+    /// unset.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,6 +284,7 @@ pub struct Config {
     pub peers: PeersConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    pub tls: TlsConfig,
     pub cache: CacheConfig,
     pub index: IndexConfig,
     pub event: EventConfig,

@@ -1,12 +1,13 @@
-//! The URL-valued keys: listeners (an IP to bind), peers, the advertised URL and the webhook.
-//! Each has its own rules, so they are read here rather than by the generic getters.
+//! The URL-valued keys: listeners (an IP to bind), peers, the advertised URL and the webhook,
+//! and the TLS files an `https://` listener needs. Each has its own rules, so they are read here
+//! rather than by the generic getters.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::validate::V;
-use super::{Discovery, ListenUrl};
+use super::{Discovery, ListenUrl, TlsConfig};
 
-/// `sidecar.<k>`: an `http://` URL whose host is an IP address (or localhost) to bind to.
+/// `sidecar.<k>`: an `http://` or `https://` URL whose host is an IP address (or localhost) to bind to.
 pub(super) fn listen_url(v: &mut V<'_>, k: &str) -> ListenUrl {
     let key = v.path("sidecar", None, k);
     let default = v.spec("sidecar", None, k).default.unwrap_or_default();
@@ -24,11 +25,8 @@ pub(super) fn listen_url(v: &mut V<'_>, k: &str) -> ListenUrl {
             return fallback();
         }
     };
-    if url.scheme() != "http" {
-        v.err(
-            &key,
-            format!("`{text}`: only http:// listeners are served; terminate TLS in front of the sidecar"),
-        );
+    if !matches!(url.scheme(), "http" | "https") {
+        v.err(&key, format!("`{text}`: listeners are http:// or https://"));
         return fallback();
     }
     let ip = match url.host() {
@@ -43,7 +41,7 @@ pub(super) fn listen_url(v: &mut V<'_>, k: &str) -> ListenUrl {
             return fallback();
         }
     };
-    let port = url.port().unwrap_or(80);
+    let port = url.port_or_known_default().unwrap_or(80);
     ListenUrl {
         url,
         addr: SocketAddr::new(ip, port),
@@ -149,5 +147,52 @@ pub(super) fn webhook_url(v: &mut V<'_>) -> Option<url::Url> {
             v.err(&key, format!("`{t}` is not an http(s) URL"));
             None
         }
+    }
+}
+
+/// `[sidecar] certificateFile, privateKeyFile, clientCaFile` and `[http] caFile`: the files must
+/// exist; their contents are parsed when the node starts (`tls`).
+pub(super) fn tls_config(v: &mut V<'_>, listen: &ListenUrl, local_listen: &ListenUrl) -> TlsConfig {
+    let mut file = |s: &str, k: &str| {
+        let p = v.string(s, None, k).map(|p| v.file_path(&p))?;
+        if let Err(e) = std::fs::metadata(&p) {
+            let key = v.path(s, None, k);
+            v.err(&key, format!("{}: {e}", p.display()));
+        }
+        Some(p)
+    };
+    let certificate = file("sidecar", "certificateFile");
+    let private_key = file("sidecar", "privateKeyFile");
+    let client_ca = file("sidecar", "clientCaFile");
+    let ca = file("http", "caFile");
+    let https = listen.is_https() || local_listen.is_https();
+    for (key, given) in [
+        ("sidecar.certificateFile", certificate.is_some()),
+        ("sidecar.privateKeyFile", private_key.is_some()),
+    ] {
+        if https && !given {
+            v.err(
+                key,
+                "required when sidecar.listenUrl or sidecar.localListenUrl is https://",
+            );
+        }
+    }
+    if certificate.is_some() != private_key.is_some() {
+        v.err(
+            "sidecar.privateKeyFile",
+            "sidecar.certificateFile and sidecar.privateKeyFile go together",
+        );
+    }
+    if client_ca.is_some() && !listen.is_https() {
+        v.err(
+            "sidecar.clientCaFile",
+            "mutual TLS needs sidecar.listenUrl to be https://",
+        );
+    }
+    TlsConfig {
+        certificate,
+        private_key,
+        client_ca,
+        ca,
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::keys::{self, Check, Key, Kind};
 use super::raw::{RawConfig, RawKey};
-use super::urls::{advertise_url, listen_url, peer_urls, webhook_url};
+use super::urls::{advertise_url, listen_url, peer_urls, tls_config, webhook_url};
 use super::*;
 
 mod gerrit;
@@ -196,7 +196,7 @@ impl<'a> V<'a> {
     }
 
     /// A path, relative to the config file's directory.
-    fn file_path(&self, text: &str) -> PathBuf {
+    pub(super) fn file_path(&self, text: &str) -> PathBuf {
         let p = PathBuf::from(text.trim());
         if p.is_absolute() {
             p
@@ -330,6 +330,7 @@ pub(super) fn validate(
     warn_unknown(&mut v);
     let listen = listen_url(&mut v, "listenUrl");
     let local_listen = listen_url(&mut v, "localListenUrl");
+    let tls = tls_config(&mut v, &listen, &local_listen);
     let local_token = v.token("sidecar", "localToken");
     let admin_token = v.token("sidecar", "adminToken");
     if !local_listen.is_loopback() && local_token.is_none() {
@@ -395,6 +396,7 @@ pub(super) fn validate(
         peers,
         auth,
         http,
+        tls,
         cache,
         index,
         event,

@@ -74,15 +74,19 @@ impl PeerClient {
         cfg: &HttpConfig,
         secret: Option<Secret>,
         instance_id: &str,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connection_timeout)
             .read_timeout(cfg.socket_timeout)
             .timeout(cfg.socket_timeout + cfg.connection_timeout + Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("ha-sidecar/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ClientError::Build)?;
+            .user_agent(concat!("ha-sidecar/", env!("CARGO_PKG_VERSION")));
+        // `http.caFile` roots and this node's certificate as client certificate (`tls`).
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder.build().map_err(ClientError::Build)?;
         Ok(PeerClient {
             http,
             secret,
@@ -137,6 +141,7 @@ impl PeerClient {
             .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
             .header(auth::HEADER_NONCE, &sig.nonce)
             .header(auth::HEADER_SIGNATURE, &sig.signature)
+            .header(auth::HEADER_CONTENT_SHA256, auth::content_sha256(&body))
             .body(body))
     }
 }
