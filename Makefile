@@ -4,9 +4,9 @@
 CARGO      ?= cargo
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 BIN        := $(TARGET_DIR)/release/ha-sidecar
-# System packages the tests use (real load balancers, NFS pieces); installed with apt-get when
+# System packages the tests use (real load balancers, NFS pieces, promtool); installed with apt-get when
 # missing and running as root, otherwise the exact command is printed.
-TEST_PACKAGES  ?= haproxy nginx nfs-ganesha nfs-ganesha-vfs rpcbind gvfs-fuse gvfs-backends libglib2.0-bin dbus iproute2 util-linux
+TEST_PACKAGES  ?= haproxy nginx nfs-ganesha nfs-ganesha-vfs rpcbind gvfs-fuse gvfs-backends libglib2.0-bin dbus iproute2 util-linux prometheus
 BENCH_PACKAGES ?= redis-server
 
 # QEMU, Debian's kernel and an initramfs for the kernel-NFS VM test (integration/vm/prepare.sh).
@@ -15,7 +15,7 @@ NFS_VM_KIT ?= $(TARGET_DIR)/nfs-vm
 export HA_SIDECAR_BIN := $(BIN)
 export HA_NFS_VM_KIT := $(NFS_VM_KIT)
 
-.PHONY: all deps deps-bench build run test lint unit integration bench bench-quick clean
+.PHONY: all deps deps-bench build run test lint unit integration bench bench-quick clean fuzz
 
 all: build
 
@@ -56,6 +56,16 @@ integration: build
 
 clean:
 	$(CARGO) clean
+
+# Fuzzing is not a test (nightly, minutes per target): each target of fuzz/ runs for
+# FUZZ_SECONDS. The same parsers have property tests in `make test` (sidecar/src/parsers.rs).
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := query cursor duration_date config wire_batch segments sse
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done
 
 # Benchmarks are not tests: they measure, in release mode, and write bench/results/.
 bench: deps-bench build

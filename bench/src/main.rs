@@ -5,6 +5,7 @@
 
 mod events;
 mod evictions;
+mod gerrit;
 mod index;
 mod limits;
 mod redis;
@@ -111,6 +112,11 @@ fn main() -> anyhow::Result<()> {
             let t = std::time::Instant::now();
             index::run(&mut report, budget, quick).await?;
             timed("index", t);
+        }
+        if wanted("gerrit") {
+            let t = std::time::Instant::now();
+            gerrit::run(&mut report, budget).await?;
+            timed("gerrit", t);
         }
         if wanted("redis") {
             let t = std::time::Instant::now();

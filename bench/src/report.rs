@@ -43,6 +43,8 @@ pub const REQUIRED: &[&str] = &[
     "plugin_baseline_evictions_per_s",
     "rss_idle_mib",
     "rss_after_outage_mib",
+    "gerrit_relay_msgs_per_s",
+    "gerrit_relay_p99_ms_at_100",
 ];
 
 impl Report {

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod events;
+pub mod gerrit;
 
 use ha_sidecar::app::{Listeners, Node};
 use ha_sidecar::config::{self, Secret};

@@ -7,8 +7,19 @@ use std::path::{Path, PathBuf};
 
 use ha_sidecar::config;
 
+/// The fixtures directory, with its secret files given the modes the fixtures mean (git keeps
+/// no file mode but the executable bit): `readable.key` is readable by others, the rest 0600.
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/config")
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/config");
+    for (name, mode) in [
+        ("peer.key", 0o600),
+        ("short.key", 0o600),
+        ("readable.key", 0o644),
+    ] {
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    dir
 }
 
 fn load(
@@ -104,6 +115,19 @@ fn every_valid_fixture_loads() {
         "{:?}",
         report.warnings
     );
+    let (_, report) = load(
+        &fixtures().join("valid/readable-secret-allowed.config"),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.key == "auth.secretFile" && w.message.contains("readable by group")),
+        "{:?}",
+        report.warnings
+    );
 }
 
 #[test]
@@ -160,7 +184,7 @@ fn warnings_keep_the_key_as_written_and_never_repeat() {
         &path,
         format!(
             "[Sidecar]\n  listenURL = http://127.0.0.1:7710/\n  maxSpeed = 3\n\
-             [auth]\n  secretFile = {k}\n  secretFile = {k}\n",
+             [auth]\n  allowReadableSecretFile = true\n  secretFile = {k}\n  secretFile = {k}\n",
             k = key.display()
         ),
     )

@@ -699,3 +699,40 @@ async fn reindex_loads_a_file_and_peers_receive_it() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Issue 14: a no-break space in a query (`a%C2%A0b`) once made the lexer loop until the
+/// process ran out of memory. On a real process: the query answers at once as a space would,
+/// and the node stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_break_space_in_a_query_separates_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = mesh_specs(dir.path(), 1, INDEX_CONFIG);
+    let a = Proc::spawn(&specs[0], dir.path(), &[]);
+    let h = http();
+    a.wait_ready(&h).await;
+    let al = specs[0].local_url();
+    let doc = json!({"subject": "alpha beta", "status": "NEW"});
+    assert_eq!(put_doc(&h, &al, "nbsp", 1, &doc).await, 202);
+    let deadline = integration::patience(Duration::from_secs(5));
+    for q in [
+        "alpha\u{a0}beta",
+        "\u{a0}alpha\u{2003}\u{a0}",
+        "-\u{a0}x",
+        "a\u{3000}(b",
+    ] {
+        let answered = tokio::time::timeout(deadline, search(&h, &al, "changes", q)).await;
+        let (status, body) = answered.unwrap_or_else(|_| panic!("{q:?} did not answer"));
+        assert!(status == 200 || status == 400, "{q:?}: {status} {body}");
+    }
+    eventually(
+        "the no-break-space query finds the document",
+        deadline,
+        || async {
+            let (status, body) = search(&h, &al, "changes", "alpha\u{a0}beta").await;
+            status == 200 && body["total"] == 1
+        },
+    )
+    .await;
+    assert_eq!(health(&h, &specs[0]).await, 204);
+    assert!(a.log().find("panicked").is_none(), "{}", a.log());
+}

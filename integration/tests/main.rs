@@ -1,9 +1,12 @@
 //! One test binary for every multi-node and multi-process test (see STYLE.md).
 
 mod config_fixtures;
+mod durability;
 mod events;
+mod gerrit;
 mod index;
 mod membership;
+mod ops;
 mod peer_flood;
 mod process;
 mod receiver;

@@ -44,6 +44,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Locked(#[from] crate::durable::LockError),
     #[error("cannot open the outbox: {0}")]
     Outbox(#[from] crate::peers::outbox::OutboxError),
     #[error("cannot open the web sessions: {0}")]
@@ -61,12 +63,16 @@ pub enum StartError {
 }
 
 /// Opens `<dataDirectory>/index` off the executor (it replays the journal).
-async fn open_index(config: &Config) -> Result<IndexStore, StartError> {
+async fn open_index(
+    config: &Config,
+    disk: Arc<crate::durable::DiskWatch>,
+) -> Result<IndexStore, StartError> {
     let dir = config.data_dir.join("index");
     let opts = IndexOptions {
         refresh_interval: config.index.refresh_interval,
         tombstone_ttl: config.index.tombstone_ttl,
         max_doc_bytes: config.index.max_doc_bytes,
+        disk,
     };
     tokio::task::spawn_blocking(move || IndexStore::open(&dir, opts))
         .await
@@ -145,25 +151,37 @@ pub struct Node {
     local_addr: SocketAddr,
     membership_stop: CancellationToken,
     membership_task: tokio::task::JoinHandle<()>,
+    /// Held until the stores are closed; released last.
+    lock: crate::durable::DirLock,
 }
 
 impl Node {
     pub async fn start(config: Config, listeners: Listeners) -> Result<Node, StartError> {
-        for dir in [&config.data_dir, &config.shared_dir] {
-            std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+        let dir_err = |dir: &std::path::Path| {
+            let path = dir.display().to_string();
+            move |source| StartError::Dir { path, source }
+        };
+        std::fs::create_dir_all(&config.data_dir).map_err(dir_err(&config.data_dir))?;
+        // Before anything in the data directory is opened: one process per directory.
+        let lock = crate::durable::DirLock::acquire(&config.data_dir)?;
+        std::fs::create_dir_all(&config.shared_dir).map_err(dir_err(&config.shared_dir))?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let caches = Arc::new(Caches::new(config.cache.clone()));
         let health = Arc::new(Health::new(&config.data_dir));
         let outbox_opts = OutboxOptions {
             segment_bytes: config.limits.outbox_segment_bytes,
+            disk: health.disk().clone(),
             ..OutboxOptions::default()
         };
-        let outbox = Arc::new(Outbox::open(&config.data_dir, outbox_opts)?);
+        // Opening reads every queue's segments (recovery): off the executor.
+        let outbox = {
+            let dir = config.data_dir.clone();
+            tokio::task::spawn_blocking(move || Outbox::open(&dir, outbox_opts))
+                .await
+                .map_err(|e| StartError::Other(format!("opening the outbox: {e}")))??
+        };
+        let outbox = Arc::new(outbox);
         let shared_dir = Arc::new(SharedDir::new(
             config.limits.shared_dir_concurrency,
             config.limits.shared_dir_timeout,
@@ -182,11 +200,22 @@ impl Node {
                 .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
         };
         let sessions = Arc::new(sessions);
-        let events = Arc::new(EventLog::open(
-            config.data_dir.join("events"),
-            event_log_options(&config),
-        )?);
-        let index = Arc::new(open_index(&config).await?);
+        // Opening scans the log's segments and checkpoints: off the executor.
+        let events = {
+            let dir = config.data_dir.join("events");
+            let opts = EventLogOptions {
+                disk: health.disk().clone(),
+                ..event_log_options(&config)
+            };
+            tokio::task::spawn_blocking(move || EventLog::open(dir, opts))
+                .await
+                .map_err(|e| StartError::Other(format!("opening the event log: {e}")))??
+        };
+        let events = Arc::new(events);
+        let index = Arc::new(open_index(&config, health.disk().clone()).await?);
+        let master = crate::gerrit::Master::open(&config)
+            .map_err(StartError::Other)?
+            .map(Arc::new);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
@@ -194,6 +223,7 @@ impl Node {
                 sessions: sessions.clone(),
                 events: events.clone(),
                 index: index.clone(),
+                master: master.as_ref().map(|m| m.queues.clone()),
             },
             metrics.clone(),
         )
@@ -271,11 +301,15 @@ impl Node {
             sessions: sessions.clone(),
             membership: membership.clone(),
             events,
+            master: master.clone(),
             stop: CancellationToken::new(),
             tls,
             peer_bodies: Arc::new(tokio::sync::Semaphore::new(peer_bodies_kib as usize)),
             peer_bodies_kib,
         });
+        if let Some(m) = &master {
+            m.start(&config, state.metrics.clone(), health.clone());
+        }
         let peer_addr = listeners
             .peer
             .local_addr()
@@ -339,6 +373,7 @@ impl Node {
             local_addr,
             membership_stop,
             membership_task,
+            lock,
         })
     }
 
@@ -384,6 +419,9 @@ impl Node {
             let _ = task.await;
         }
         self.state.peers.shutdown().await;
+        if let Some(m) = &self.state.master {
+            m.shutdown().await;
+        }
         self.stop_background.cancel();
         for task in self.background {
             // A cleanup pass in progress finishes on its blocking thread; don't wait for it.
@@ -399,6 +437,7 @@ impl Node {
         if let Err(e) = self.state.index.shutdown().await {
             tracing::error!(error = %e, "index did not close cleanly; its journal replays at the next start");
         }
+        drop(self.lock);
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");
     }
 }

@@ -6,6 +6,7 @@ use std::sync::RwLock;
 use bytes::Bytes;
 
 use crate::config::{CacheConfig, CacheLimits};
+use crate::locks::RwLockExt;
 
 /// Caches Gerrit's plugin always forwards (`CachePatternMatcher`'s defaults).
 pub const BUILTIN_FORWARDED: &[&str] = &[
@@ -68,7 +69,7 @@ impl Caches {
     }
 
     fn existing(&self, name: &str) -> Option<Store> {
-        self.caches.read().expect("caches lock").get(name).cloned()
+        self.caches.read_locked().get(name).cloned()
     }
 
     fn get_or_create(&self, name: &str) -> Result<Store, CacheError> {
@@ -78,7 +79,7 @@ impl Caches {
         if !crate::wire::valid_cache_name(name) {
             return Err(CacheError::BadName(name.to_owned()));
         }
-        let mut all = self.caches.write().expect("caches lock");
+        let mut all = self.caches.write_locked();
         if let Some(c) = all.get(name) {
             return Ok(c.clone());
         }
@@ -122,7 +123,7 @@ impl Caches {
 
     /// Entries per cache (approximate, as moka counts them).
     pub fn sizes(&self) -> Vec<(String, u64)> {
-        let all = self.caches.read().expect("caches lock");
+        let all = self.caches.read_locked();
         let mut v: Vec<_> = all
             .iter()
             .map(|(n, c)| (n.clone(), c.entry_count()))
@@ -132,10 +133,31 @@ impl Caches {
     }
 }
 
+/// The cache key of a JSON key, one rule for the native API and the plugin's calls: a string is
+/// itself (`"foo/bar"` → `foo/bar`), a number its decimal form, anything else (Gerrit's
+/// `{"id":1000001}`, `{"uuid":"…"}`) its compact JSON with sorted fields, which is also how a
+/// master names such a key in `PUT /v1/cache/{cache}/{key}`.
+pub fn key_of_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn gerrit_json_keys_name_cache_keys() {
+        let k = |t: &str| key_of_json(&serde_json::from_str(t).unwrap());
+        assert_eq!(k(r#""foo/bar""#), "foo/bar");
+        assert_eq!(k("1000001"), "1000001");
+        assert_eq!(k(r#"{"id":1000001}"#), r#"{"id":1000001}"#);
+        assert_eq!(k(r#"{ "uuid" : "ab12" }"#), r#"{"uuid":"ab12"}"#);
+        assert_eq!(k(r#"{"b":1,"a":2}"#), r#"{"a":2,"b":1}"#);
+    }
 
     fn cfg(patterns: &[&str], sync: bool) -> CacheConfig {
         CacheConfig {

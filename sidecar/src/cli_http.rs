@@ -64,7 +64,16 @@ pub fn explain(e: &reqwest::Error, url: &url::Url) -> String {
     {
         return format!("cannot resolve `{host}` (DNS): check the host name");
     }
-    if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake") {
+    if [
+        "certificate",
+        "tls",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|w| chain.contains(w))
+    {
         let hint = if url.scheme() == "https" {
             "the node serves plain http:// unless TLS is terminated in front of it; otherwise check the certificate and its CA"
         } else {
@@ -84,7 +93,8 @@ pub fn explain(e: &reqwest::Error, url: &url::Url) -> String {
 }
 
 /// Explains an unexpected HTTP status from a node: the wrong listener, or not an ha-sidecar.
-/// `wanted` is the listener the command needs: `"listen"` or `"local"`.
+/// `wanted` is the listener the command needs: `"listen"` or `"local"`; `"listen, not local"`
+/// when the caller found the node's local API there.
 pub fn explain_status(
     url: &url::Url,
     status: reqwest::StatusCode,
@@ -100,7 +110,7 @@ pub fn explain_status(
             let port = url.port_or_known_default().unwrap_or(0);
             let hint = if wanted == "local" {
                 format!("this looks like ha-sidecar {id}'s listenUrl; this command needs its local API (localListenUrl, {LOCAL_PORT} by default)")
-            } else if port == LOCAL_PORT {
+            } else if port == LOCAL_PORT || wanted == "listen, not local" {
                 format!("this port is ha-sidecar {id}'s local API (localListenUrl); use its listenUrl ({LISTEN_PORT} by default)")
             } else {
                 format!("ha-sidecar {id} does not serve this here: is it its listenUrl ({LISTEN_PORT} by default), not the local API?")

@@ -38,7 +38,18 @@ fn node_config(
 
 async fn start_pair(dir: &std::path::Path) -> Result<(Node, Node), String> {
     let secret: [u8; 32] = rand::random();
-    std::fs::write(dir.join("peer.key"), hex::encode(secret)).map_err(|e| e.to_string())?;
+    {
+        // Only the owner may read a secret file (the config refuses it otherwise).
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join("peer.key"))
+            .and_then(|mut f| f.write_all(hex::encode(secret).as_bytes()))
+            .map_err(|e| e.to_string())?;
+    }
     let ls: Vec<TcpListener> = (0..4)
         .map(|_| bind())
         .collect::<Result<_, _>>()

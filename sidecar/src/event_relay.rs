@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::events::EventLog;
 use crate::peers::outbox::Outbox;
 use crate::wire::PeerMessage;
@@ -88,7 +89,7 @@ async fn run(
 ) {
     let origin = log.instance_id().to_owned();
     let mut wake = log.subscribe();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut written = relay.queued();
     if written > 0 {
         tracing::info!(
@@ -156,16 +157,15 @@ async fn run(
         };
         match result {
             Ok(last) => {
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 relay.queued.send_replace(last);
             }
             Err(e) => {
                 tracing::error!(error = %e, after, "cannot queue local events for peers; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                     _ = stop.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
         if stop.is_cancelled() {

@@ -1,6 +1,7 @@
 //! Whether this node should receive traffic: a start-up latch, a persisted drain flag, and the
 //! shutting-down state. `/health` is 204 only when started, not drained and not stopping.
 
+use crate::locks::LockExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -13,8 +14,12 @@ pub struct Health {
     phase: AtomicU8,
     drained: AtomicBool,
     drain_file: PathBuf,
+    /// Set while this node's Gerrit master fails its health check (`[gerrit] url`).
+    master_down: AtomicBool,
     /// What this node is still catching up on (peers' backlogs, the index): ready when empty.
     catching_up: std::sync::Mutex<Vec<&'static str>>,
+    /// The data directory's full-disk mark, shared with the stores.
+    disk: std::sync::Arc<crate::durable::DiskWatch>,
 }
 
 impl Health {
@@ -25,8 +30,15 @@ impl Health {
             phase: AtomicU8::new(STARTING),
             drained: AtomicBool::new(drain_file.exists()),
             drain_file,
+            master_down: AtomicBool::new(false),
             catching_up: std::sync::Mutex::new(Vec::new()),
+            disk: std::sync::Arc::new(crate::durable::DiskWatch::new(data_dir)),
         }
+    }
+
+    /// The full-disk mark the stores report to; `/health` is `503 disk full` while it is set.
+    pub fn disk(&self) -> &std::sync::Arc<crate::durable::DiskWatch> {
+        &self.disk
     }
 
     pub fn set_ready(&self) {
@@ -35,7 +47,7 @@ impl Health {
 
     /// Starts catching up on `what`: 503 "catching up" until every such `what` has ended.
     pub fn begin_catch_up(&self, what: &'static str) {
-        let mut pending = self.catching_up.lock().expect("health lock");
+        let mut pending = self.catching_up.locked();
         if !pending.contains(&what) {
             pending.push(what);
         }
@@ -50,7 +62,7 @@ impl Health {
     /// Catching up on `what` is over; when nothing else is pending the node is healthy, unless a
     /// stop began meanwhile.
     pub fn end_catch_up(&self, what: &'static str) {
-        let mut pending = self.catching_up.lock().expect("health lock");
+        let mut pending = self.catching_up.locked();
         pending.retain(|w| *w != what);
         if pending.is_empty() {
             let _ =
@@ -79,8 +91,14 @@ impl Health {
             CATCHING_UP => Some("catching up"),
             STOPPING => Some("shutting down"),
             _ if self.is_drained() => Some("drained"),
+            _ if self.master_down.load(Ordering::SeqCst) => Some("master unhealthy"),
             _ => None,
         }
+    }
+
+    /// Records the master's health (the probe in `gerrit::probe`); returns whether it changed.
+    pub fn set_master_healthy(&self, healthy: bool) -> bool {
+        self.master_down.swap(!healthy, Ordering::SeqCst) == healthy
     }
 
     /// Drains (true) or restores (false), persisting the choice.
@@ -120,6 +138,18 @@ mod tests {
         h.set_stopping();
         h.end_catch_up("index");
         assert_eq!(h.unhealthy_reason(), Some("shutting down"));
+    }
+
+    #[test]
+    fn an_unhealthy_master_makes_the_node_unhealthy() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Health::new(d.path());
+        h.set_ready();
+        assert!(h.set_master_healthy(false));
+        assert!(!h.set_master_healthy(false));
+        assert_eq!(h.unhealthy_reason(), Some("master unhealthy"));
+        assert!(h.set_master_healthy(true));
+        assert_eq!(h.unhealthy_reason(), None);
     }
 
     #[test]

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff;
 use crate::health::Health;
 use crate::index::{ExportedDoc, IndexStore, Kind, WriteOutcome, BUCKETS};
 use crate::metrics::Metrics;
 use crate::peers::client::{ClientError, PeerClient, SendError};
-use crate::peers::forwarder::backoff;
 use crate::peers::{Peer, Peers};
 use crate::wire::index_sync::{
     ApplyReply, ApplyRequest, DigestRequest, EntriesReply, EntriesRequest, ExportReply,
@@ -132,9 +132,12 @@ impl IndexSync {
                     }
                     Err(why) => {
                         self.metrics.index_sync_failures.get_or_create(&label).inc();
-                        let delay =
-                            backoff(st.failures, self.retry_interval, self.max_retry_interval)
-                                .min(self.interval);
+                        let delay = backoff::delay(
+                            st.failures,
+                            self.retry_interval,
+                            self.max_retry_interval,
+                        )
+                        .min(self.interval);
                         if st.failures == 0 || st.failures.is_power_of_two() {
                             tracing::warn!(peer = %p.key, attempt = st.failures, retry_in_ms = delay.as_millis() as u64, error = %why, "index anti-entropy round failed");
                         }

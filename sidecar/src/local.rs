@@ -13,7 +13,7 @@ use crate::index::{ExportedDoc, IndexError, IndexStore, Kind, WriteOutcome};
 use crate::metrics::Metrics;
 use crate::peers::outbox::{Outbox, OutboxError};
 use crate::sessions::{Sessions, SessionsError, SESSIONS_CACHE};
-use crate::wire::{Doc, PeerMessage};
+use crate::wire::{Doc, Family, PeerMessage, PluginCall};
 
 /// A mutation applied here and, when `forwarded`, durable in every peer's queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +217,31 @@ impl Local {
     }
 
     /// Durably queues a message for every peer (group-committed with concurrent requests).
+    /// A call of the high-availability plugin from this node's master (read by
+    /// `gerrit::ingress`): an eviction also evicts this node's own entry of that key, an event
+    /// also goes to this node's log (first: the log checks what it needs), then the call is
+    /// queued for every peer, which replays it into its own master.
+    pub async fn plugin_call(&self, call: PluginCall) -> Result<Accepted, LocalError> {
+        if let Some((cache, key)) = crate::gerrit::ingress::cache_eviction(&call) {
+            self.caches.evict(cache, &[key]);
+        }
+        if call.family() == Family::Event {
+            let body = call.body.as_deref().unwrap_or_default();
+            self.publish_event(body.as_bytes()).await?;
+        }
+        let family = call.family();
+        let seq = self.queue(&PeerMessage::Plugin(call)).await?;
+        self.metrics
+            .gerrit
+            .calls_received
+            .get_or_create(&Metrics::kind(family.as_str()))
+            .inc();
+        Ok(Accepted {
+            forwarded: true,
+            seq,
+        })
+    }
+
     async fn queue(&self, msg: &PeerMessage<'_>) -> Result<Option<u64>, LocalError> {
         Ok(self.outbox.append(msg.encode()).await?)
     }

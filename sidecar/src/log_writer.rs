@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::locks::LockExt;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Longest time an access line waits in the buffer.
@@ -28,7 +29,7 @@ struct Buffer {
 
 impl Buffer {
     fn append(&self, line: &[u8]) {
-        let mut b = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut b = self.bytes.locked();
         b.extend_from_slice(line);
         if b.len() >= FLUSH_BYTES {
             write_out(&mut b);
@@ -36,7 +37,7 @@ impl Buffer {
     }
 
     fn flush(&self) {
-        write_out(&mut self.bytes.lock().unwrap_or_else(PoisonError::into_inner));
+        write_out(&mut self.bytes.locked());
     }
 }
 
@@ -74,7 +75,7 @@ impl LogWriter {
             .name("log-flush".into())
             .spawn(move || {
                 let (lock, cv) = &*s;
-                let mut stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut stopped = lock.locked();
                 while !*stopped {
                     stopped = cv
                         .wait_timeout(stopped, FLUSH_EVERY)
@@ -100,7 +101,7 @@ impl LogWriter {
 impl Drop for FlushGuard {
     fn drop(&mut self) {
         let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *lock.locked() = true;
         cv.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -45,9 +45,9 @@ enum Command {
     Demo,
     /// The cluster as one node sees it, as a table (exit 0 ok, 1 warning, 2 error, 3 no answer).
     Status {
-        /// The node's listenUrl, e.g. http://master-1:7710/
-        #[arg(long)]
-        url: String,
+        /// The node's listenUrl, e.g. http://master-1:7710/ (not the local API).
+        #[arg(long, value_parser = base_url)]
+        url: url::Url,
         /// Print the raw JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -56,13 +56,14 @@ enum Command {
     /// URLs and resumes without loss or repeats.
     StreamEvents {
         /// A sidecar's listenUrl (or a load balancer in front of several); repeatable.
-        #[arg(long = "url", required = true)]
+        #[arg(long = "url", required = true, value_parser = base_url)]
         urls: Vec<url::Url>,
         /// Only events of this type; repeatable.
         #[arg(short = 's', long = "subscribe")]
         types: Vec<String>,
-        /// Where to start without a cursor: `beginning`, epoch seconds, or a cursor.
-        #[arg(long)]
+        /// Where to start without a cursor: `beginning`, `now`, epoch seconds, a date
+        /// (`2026-12-04`, `2026-12-04T10:00:00Z`) or a cursor.
+        #[arg(long, value_parser = since_arg)]
         since: Option<String>,
         /// Keeps the cursor here across runs (read at start, written after each chunk).
         #[arg(long)]
@@ -83,15 +84,29 @@ enum Command {
         /// changes, accounts, groups or projects.
         #[arg(long)]
         kind: String,
+        /// The JSON-lines file to load: one {"id", "version", "doc"} (or {"id", "version",
+        /// "deleted": true}) per line.
         #[arg(long)]
         from: PathBuf,
         /// The node's config: its localListenUrl, localToken and maxLocalBody are used.
         #[arg(short, long, conflicts_with = "url")]
         config: Option<PathBuf>,
         /// The node's local API (default http://127.0.0.1:7711/).
-        #[arg(long)]
+        #[arg(long, value_parser = base_url)]
         url: Option<url::Url>,
+        /// Bearer token of the local API (`sidecar.localToken`); with `-c` it is read from the
+        /// config.
+        #[arg(long, env = "HA_SIDECAR_LOCALTOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
+}
+
+fn base_url(s: &str) -> Result<url::Url, String> {
+    ha_sidecar::cli_http::parse_base_url(s)
+}
+
+fn since_arg(s: &str) -> Result<String, String> {
+    ha_sidecar::stream_client::since_arg(s)
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -139,7 +154,8 @@ fn main() -> ExitCode {
             from,
             config,
             url,
-        } => reindex(&kind, &from, config, url, &env),
+            token,
+        } => reindex(&kind, &from, config, url, token, &env),
     }
 }
 
@@ -148,6 +164,7 @@ fn reindex(
     from: &std::path::Path,
     config: Option<PathBuf>,
     url: Option<url::Url>,
+    token: Option<String>,
     env: &BTreeMap<String, String>,
 ) -> ExitCode {
     let kind = match kind.parse() {
@@ -161,7 +178,7 @@ fn reindex(
         (Some(path), _) => match config::load_path(Some(&path), env) {
             Ok((c, _)) => (
                 c.local_listen.url,
-                c.local_token.map(|t| t.0),
+                c.local_token.map(|t| t.0).or(token.map(String::into_bytes)),
                 c.limits.max_local_body,
             ),
             Err(report) => {
@@ -169,15 +186,9 @@ fn reindex(
                 return ExitCode::from(EXIT_CONFIG);
             }
         },
-        (None, Some(u)) => (
-            u,
-            env.get("HA_SIDECAR_LOCALTOKEN")
-                .map(|t| t.clone().into_bytes()),
-            4 << 20,
-        ),
-        (None, None) => (
-            url::Url::parse("http://127.0.0.1:7711/").expect("a valid url"),
-            None,
+        (None, url) => (
+            url.unwrap_or_else(|| url::Url::parse("http://127.0.0.1:7711/").expect("a valid url")),
+            token.map(String::into_bytes),
             4 << 20,
         ),
     };
@@ -277,7 +288,7 @@ fn check_config(path: &std::path::Path, print: bool, env: &BTreeMap<String, Stri
     }
 }
 
-fn status(url: &str, json: bool) -> ExitCode {
+fn status(url: &url::Url, json: bool) -> ExitCode {
     use ha_sidecar::status_cli;
     let fetched = runtime().block_on(status_cli::fetch(url, std::time::Duration::from_secs(10)));
     match fetched {
@@ -325,6 +336,10 @@ fn run(path: Option<PathBuf>, env: &BTreeMap<String, String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // In-flight requests get `shutdownGrace`; saying goodbye to peers (1 s) and closing the
+    // stores get a few seconds more; past that the process exits anyway (every accepted
+    // mutation is already durable: nothing is lost by not waiting longer).
+    let stop_bound = config.shutdown_grace + std::time::Duration::from_secs(5);
     runtime().block_on(async move {
         let node = match Node::start(config, listeners).await {
             Ok(n) => n,
@@ -335,7 +350,16 @@ fn run(path: Option<PathBuf>, env: &BTreeMap<String, String>) -> ExitCode {
         };
         wait_for_signal().await;
         tracing::info!("shutting down: draining requests and closing the outbox");
-        node.shutdown().await;
+        if tokio::time::timeout(stop_bound, node.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                bound_ms = stop_bound.as_millis() as u64,
+                "graceful stop took too long; exiting anyway"
+            );
+            return ExitCode::FAILURE;
+        }
         ExitCode::SUCCESS
     })
 }

@@ -148,6 +148,52 @@ impl SessionMetrics {
     }
 }
 
+/// The Gerrit integration (SPEC §8), labelled by endpoint family (`kind`).
+#[derive(Default)]
+pub struct GerritMetrics {
+    pub calls_received: Family<KindLabel, Counter>,
+    pub delivered: Family<KindLabel, Counter>,
+    pub dead_lettered: Family<KindLabel, Counter>,
+    pub delivery_failures: Family<KindLabel, Counter>,
+    pub pending: Family<KindLabel, Gauge>,
+    pub master_up: Gauge,
+}
+
+impl GerritMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "gerrit_calls_received",
+            "Plugin calls accepted from this node's master, per endpoint family",
+            self.calls_received.clone(),
+        );
+        r.register(
+            "gerrit_delivered",
+            "Plugin calls replayed into this node's master, per endpoint family",
+            self.delivered.clone(),
+        );
+        r.register(
+            "gerrit_dead_lettered",
+            "Plugin calls the master refused for good (400, 405, 415), set aside",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "gerrit_delivery_failures",
+            "Attempts to replay a call into the master that will be retried (409, 5xx, down)",
+            self.delivery_failures.clone(),
+        );
+        r.register(
+            "gerrit_pending",
+            "Plugin calls queued for this node's master, per endpoint family",
+            self.pending.clone(),
+        );
+        r.register(
+            "gerrit_master_up",
+            "1 while this node's master answers its health check",
+            self.master_up.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub outbox_depth: Family<PeerLabel, Gauge>,
@@ -161,6 +207,8 @@ pub struct Metrics {
     pub messages_applied: Family<KindLabel, Counter>,
     pub messages_duplicate: Family<KindLabel, Counter>,
     pub messages_rejected: Family<KindLabel, Counter>,
+    /// Peer batches or messages refused as forged, by reason (`own_origin`, `seq_ahead`).
+    pub forged_messages: Family<ReasonLabel, Counter>,
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
@@ -183,6 +231,7 @@ pub struct Metrics {
     pub index_sync_failures: Family<PeerLabel, Counter>,
     pub index_docs_pulled: Family<PeerLabel, Counter>,
     pub index_docs_pushed: Family<PeerLabel, Counter>,
+    pub gerrit: GerritMetrics,
 }
 
 impl Default for Metrics {
@@ -208,6 +257,7 @@ impl Metrics {
             messages_applied: Family::default(),
             messages_duplicate: Family::default(),
             messages_rejected: Family::default(),
+            forged_messages: Family::default(),
             auth_failures: Family::default(),
             http_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -229,6 +279,7 @@ impl Metrics {
             index_sync_failures: Family::default(),
             index_docs_pulled: Family::default(),
             index_docs_pushed: Family::default(),
+            gerrit: GerritMetrics::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -285,6 +336,11 @@ impl Metrics {
             "messages_rejected",
             "Peer messages refused, by kind",
             m.messages_rejected.clone(),
+        );
+        r.register(
+            "forged_messages",
+            "Peer batches or messages refused as forged (own origin, seq implausibly far ahead), by reason",
+            m.forged_messages.clone(),
         );
         r.register(
             "auth_failures",
@@ -377,6 +433,7 @@ impl Metrics {
             "Index documents and tombstones pushed to a peer by anti-entropy",
             m.index_docs_pushed.clone(),
         );
+        m.gerrit.register(&mut r);
         let m = Metrics { registry: r, ..m };
         m.create_fixed_series();
         m
@@ -410,6 +467,15 @@ impl Metrics {
         }
         for kind in ["local", "remote"] {
             let _ = self.events_appended.get_or_create(&Self::kind(kind));
+        }
+        for family in crate::wire::Family::ALL {
+            let l = Self::kind(family.as_str());
+            let g = &self.gerrit;
+            let _ = g.calls_received.get_or_create(&l);
+            let _ = g.delivered.get_or_create(&l);
+            let _ = g.dead_lettered.get_or_create(&l);
+            let _ = g.delivery_failures.get_or_create(&l);
+            let _ = g.pending.get_or_create(&l);
         }
         for kind in crate::index::Kind::ALL {
             let _ = self.index_docs.get_or_create(&Self::kind(kind.as_str()));
@@ -509,7 +575,7 @@ impl Metrics {
 }
 
 /// Message kinds on the peer path (`messages_*_total{kind}`).
-pub const MESSAGE_KINDS: [&str; 4] = ["eviction", "flush", "index", "event"];
+pub const MESSAGE_KINDS: [&str; 5] = ["eviction", "flush", "index", "event", "plugin"];
 /// Why a peer request was refused (`auth_failures_total{reason}`), as `api/peer` names them.
 pub const AUTH_FAILURE_REASONS: [&str; 6] = [
     "unsigned",

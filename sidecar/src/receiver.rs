@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use crate::cache::Caches;
 use crate::events::{AppendOutcome, EventError, EventLog};
 use crate::index::{IndexError, IndexStore, Kind, RawDoc};
+use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::wire::{decode_message, BatchReply, Envelope, MessageError, PeerMessage, Rejection};
 
@@ -19,6 +20,9 @@ use crate::wire::{decode_message, BatchReply, Envelope, MessageError, PeerMessag
 pub enum ReceiveError {
     #[error("`{0}` is not a valid origin instanceId")]
     BadOrigin(String),
+    /// A peer cannot speak for this node: a batch naming it is forged or misrouted.
+    #[error("a batch from origin `{0}` cannot come from a peer: that is this node's own id")]
+    OwnOrigin(String),
     #[error("cannot persist the high-water mark of {origin}: {source}")]
     Persist {
         origin: String,
@@ -35,6 +39,14 @@ pub enum ReceiveError {
     },
     #[error("cannot apply index documents: {0}")]
     Index(#[source] IndexError),
+    /// The master's queue failed (i/o): the sender retries.
+    #[error("cannot queue message {seq} of {origin} for the master: {source}")]
+    Master {
+        origin: String,
+        seq: u64,
+        #[source]
+        source: crate::peers::outbox::OutboxError,
+    },
 }
 
 /// Why a message was not applied.
@@ -52,6 +64,8 @@ pub struct Stores {
     pub sessions: Arc<crate::sessions::Sessions>,
     pub events: Arc<EventLog>,
     pub index: Arc<IndexStore>,
+    /// This node's master's queues (`[gerrit] url`); plugin calls are dropped without one.
+    pub master: Option<Arc<crate::gerrit::delivery::MasterQueues>>,
 }
 
 /// An index message of a batch, held back so the batch's documents are applied together.
@@ -97,8 +111,7 @@ impl Receiver {
 
     fn slot(&self, origin: &str) -> Arc<tokio::sync::Mutex<Option<u64>>> {
         self.origins
-            .lock()
-            .expect("origins lock")
+            .locked()
             .entry(origin.to_owned())
             .or_default()
             .clone()
@@ -128,6 +141,11 @@ impl Receiver {
         if !crate::wire::valid_instance_id(origin) {
             return Err(ReceiveError::BadOrigin(origin.to_owned()));
         }
+        if origin == self.stores.events.instance_id() {
+            self.forged("own_origin");
+            tracing::error!(origin, "refused a batch naming this node as its origin");
+            return Err(ReceiveError::OwnOrigin(origin.to_owned()));
+        }
         let decoded: Vec<Result<Envelope, MessageError>> = messages
             .iter()
             .map(|raw| decode_message(raw.get()))
@@ -137,9 +155,11 @@ impl Receiver {
         let mut g = slot.lock().await;
         let mut hwm = self.load(origin, &mut g).await?;
         let start = hwm;
+        let now_us = crate::plausible::now_us();
         let mut reply = BatchReply::default();
-        let mut appended = self.append_events(origin, hwm, &decoded).await;
+        let mut appended = self.append_events(origin, hwm, now_us, &decoded).await;
         let mut index_writes = Vec::new();
+        let mut plugin_calls = PluginCalls::default();
         for env in decoded {
             let env = match env {
                 Ok(env) => env,
@@ -151,6 +171,15 @@ impl Receiver {
                 }
             };
             let (seq, kind) = (env.seq, env.kind.as_str());
+            if !crate::plausible::seq_ok(seq, hwm, now_us) {
+                // Not applied and no mark moved: one forged seq must not silence the origin.
+                let why = implausible(seq, hwm, now_us);
+                self.forged("seq_ahead");
+                tracing::error!(origin, seq, mark = hwm, "refused a peer message: {why}");
+                self.refused(origin, seq, kind, &why);
+                reply.rejected.push(reject(seq, why));
+                continue;
+            }
             if seq <= hwm {
                 reply.duplicates += 1;
                 self.metrics
@@ -166,6 +195,15 @@ impl Receiver {
                     if let Some((kind, doc)) = msg.into_raw_doc() {
                         index_writes.push(IndexWrite { seq, kind, doc });
                     }
+                    hwm = seq;
+                    continue;
+                }
+                Ok(PeerMessage::Plugin(call)) => {
+                    // Held back: made durable in the master's queues together, before the reply.
+                    if let Some((cache, key)) = crate::gerrit::ingress::cache_eviction(&call) {
+                        self.stores.caches.evict(cache, &[key]);
+                    }
+                    plugin_calls.push(seq, call);
                     hwm = seq;
                     continue;
                 }
@@ -197,6 +235,8 @@ impl Receiver {
                 }
                 Err(ApplyError::Retry(source)) => {
                     // Keep what was applied before it; the sender retries from here.
+                    self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
+                        .await?;
                     if !index_writes.is_empty() {
                         let held = std::mem::take(&mut index_writes);
                         self.apply_index(origin, held, &mut reply).await?;
@@ -218,11 +258,22 @@ impl Receiver {
         if !index_writes.is_empty() {
             self.apply_index(origin, index_writes, &mut reply).await?;
         }
+        self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
+            .await?;
         if hwm != start {
             self.persist(origin, hwm).await?;
             *g = Some(hwm);
         }
         Ok(reply)
+    }
+
+    fn forged(&self, reason: &str) {
+        self.metrics
+            .forged_messages
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     fn refused(&self, origin: &str, seq: u64, kind: &str, why: &str) {
@@ -259,7 +310,7 @@ impl Receiver {
                 }
                 Ok("flush")
             }
-            PeerMessage::Index { .. } | PeerMessage::Event { .. } => {
+            PeerMessage::Index { .. } | PeerMessage::Event { .. } | PeerMessage::Plugin(_) => {
                 Err(ApplyError::Refuse(format!(
                     "a {} message is applied with its batch",
                     msg.kind().as_str()
@@ -274,6 +325,7 @@ impl Receiver {
         &self,
         origin: &str,
         hwm: u64,
+        now_us: u64,
         decoded: &[Result<Envelope<'_>, MessageError>],
     ) -> HashMap<u64, Result<AppendOutcome, EventError>> {
         let (seqs, events): (Vec<u64>, Vec<(u64, &[u8])>) = decoded
@@ -283,7 +335,9 @@ impl Receiver {
                     seq,
                     body: Ok(PeerMessage::Event { event_seq, event }),
                     ..
-                }) if *seq > hwm => Some((*seq, (*event_seq, *event))),
+                }) if *seq > hwm && crate::plausible::seq_ok(*seq, hwm, now_us) => {
+                    Some((*seq, (*event_seq, *event)))
+                }
                 _ => None,
             })
             .unzip();
@@ -339,6 +393,40 @@ impl Receiver {
         Ok(())
     }
 
+    /// Makes the batch's plugin calls durable in the master's queues, per family in seq order,
+    /// before the batch is acknowledged (so a master that is down loses nothing). Never
+    /// forwarded to peers: these queues lead only to this node's master.
+    async fn queue_plugin_calls(
+        &self,
+        origin: &str,
+        calls: &mut PluginCalls,
+        reply: &mut BatchReply,
+    ) -> Result<(), ReceiveError> {
+        let held = std::mem::take(calls);
+        let n = held.count;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(master) = &self.stores.master {
+            for f in held.by_family {
+                master
+                    .enqueue(f.family, f.payloads)
+                    .await
+                    .map_err(|source| ReceiveError::Master {
+                        origin: origin.to_owned(),
+                        seq: f.last_seq,
+                        source,
+                    })?;
+            }
+        }
+        reply.applied += n;
+        self.metrics
+            .messages_applied
+            .get_or_create(&Metrics::kind("plugin"))
+            .inc_by(n);
+        Ok(())
+    }
+
     async fn persist(&self, origin: &str, hwm: u64) -> Result<(), ReceiveError> {
         let path = self.dir.join(format!("{origin}.hwm"));
         let res = tokio::task::spawn_blocking(move || write_durably(&path, hwm))
@@ -348,6 +436,46 @@ impl Receiver {
             origin: origin.to_owned(),
             source,
         })
+    }
+}
+
+fn implausible(seq: u64, mark: u64, now_us: u64) -> String {
+    format!(
+        "seq {seq} is implausibly far ahead of the origin's mark {mark} (at most {} now)",
+        crate::plausible::max_seq(mark, now_us)
+    )
+}
+
+/// A batch's plugin calls, per family in seq order, as master-queue payloads.
+#[derive(Default)]
+struct PluginCalls {
+    count: u64,
+    by_family: Vec<FamilyCalls>,
+}
+
+struct FamilyCalls {
+    family: crate::gerrit::Family,
+    last_seq: u64,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl PluginCalls {
+    /// The wire decoder has checked the call's endpoint family.
+    fn push(&mut self, seq: u64, call: crate::wire::PluginCall) {
+        let family = call.family();
+        let payload = call.encode();
+        self.count += 1;
+        match self.by_family.iter_mut().find(|f| f.family == family) {
+            Some(f) => {
+                f.last_seq = seq;
+                f.payloads.push(payload);
+            }
+            None => self.by_family.push(FamilyCalls {
+                family,
+                last_seq: seq,
+                payloads: vec![payload],
+            }),
+        }
     }
 }
 
@@ -366,6 +494,16 @@ fn event_outcome(
         }
         // Already held (a re-queue after a crash, or a catch-up got it first).
         Ok(AppendOutcome::Duplicate) => Ok("event"),
+        Err(e @ EventError::ImplausibleSeq(_)) => {
+            metrics
+                .forged_messages
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: "event_seq_ahead".into(),
+                })
+                .inc();
+            tracing::error!(error = %e, "refused a peer event");
+            Err(ApplyError::Refuse(e.to_string()))
+        }
         Err(
             e @ (EventError::BadEvent(_) | EventError::TooLarge { .. } | EventError::BadOrigin(_)),
         ) => Err(ApplyError::Refuse(e.to_string())),

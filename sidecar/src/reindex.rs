@@ -210,11 +210,32 @@ async fn send(
     }
     let http_err = |e: reqwest::Error| ReindexError::Http {
         url: endpoint.to_string(),
-        reason: e.to_string(),
+        reason: crate::cli_http::explain(&e, &endpoint),
     };
     let resp = req.send().await.map_err(http_err)?;
     let status = resp.status().as_u16();
+    if status == 404 || resp.headers().get("x-ha-instance").is_none() {
+        return Err(ReindexError::Http {
+            url: endpoint.to_string(),
+            reason: crate::cli_http::explain_status(
+                &endpoint,
+                resp.status(),
+                resp.headers(),
+                "local",
+            ),
+        });
+    }
     let reply: serde_json::Value = resp.json().await.map_err(http_err)?;
+    if status == 401 {
+        return Err(ReindexError::Refused {
+            line,
+            status,
+            message: format!(
+                "{} (give the local API's token with --token, HA_SIDECAR_LOCALTOKEN or -c CONFIG)",
+                reply["error"].as_str().unwrap_or_default()
+            ),
+        });
+    }
     if status != 202 {
         return Err(ReindexError::Refused {
             line,

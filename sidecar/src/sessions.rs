@@ -22,7 +22,7 @@
 //!   the cleanup runs on its own schedule and never holds a request.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared_fs::sessions::{token_hash, SessionError};
@@ -30,6 +30,7 @@ use shared_fs::{CleanupReport, KeyHash, SessionFiles, SessionOptions, SessionRec
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WebSessionConfig;
+use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::peers::outbox::now_ms;
 use crate::shared_dir::{SharedDir, SharedDirError};
@@ -149,7 +150,7 @@ impl ReadCache {
     /// Drops the entry and makes every read in flight for its stripe skip its insert.
     fn invalidate(&self, hash: &KeyHash) {
         let s = Self::stripe(hash);
-        let _g = self.locks[s].lock().unwrap_or_else(PoisonError::into_inner);
+        let _g = self.locks[s].locked();
         self.generations[s].fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(hash);
     }
@@ -157,7 +158,7 @@ impl ReadCache {
     /// Replaces the entry with a record this node just wrote.
     fn store_written(&self, hash: &KeyHash, record: SessionJson) {
         let s = Self::stripe(hash);
-        let _g = self.locks[s].lock().unwrap_or_else(PoisonError::into_inner);
+        let _g = self.locks[s].locked();
         self.generations[s].fetch_add(1, Ordering::SeqCst);
         self.cache.insert(hash.clone(), record);
     }
@@ -165,7 +166,7 @@ impl ReadCache {
     /// Inserts a record read from the file if nothing invalidated its stripe since `seen`.
     fn store_read(&self, hash: &KeyHash, seen: u64, record: SessionJson) {
         let s = Self::stripe(hash);
-        let _g = self.locks[s].lock().unwrap_or_else(PoisonError::into_inner);
+        let _g = self.locks[s].locked();
         if self.generations[s].load(Ordering::SeqCst) == seen {
             self.cache.insert(hash.clone(), record);
         }
@@ -173,7 +174,7 @@ impl ReadCache {
 
     fn invalidate_all(&self) {
         for (s, lock) in self.locks.iter().enumerate() {
-            let _g = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _g = lock.locked();
             self.generations[s].fetch_add(1, Ordering::SeqCst);
         }
         self.cache.invalidate_all();
@@ -487,11 +488,7 @@ impl Sessions {
 
     /// Stops the watcher (joins its thread).
     pub fn stop_watching(&self) {
-        let w = self
-            .watcher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let w = self.watcher.locked().take();
         drop(w);
     }
 

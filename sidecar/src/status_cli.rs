@@ -47,24 +47,32 @@ pub struct PeerRow {
     pub level: String,
 }
 
-/// Fetches `<url>v1/status`.
-pub async fn fetch(base: &str, timeout: Duration) -> Result<Status, String> {
-    let mut base = base.to_owned();
-    if !base.ends_with('/') {
-        base.push('/');
-    }
-    let url = format!("{base}v1/status");
+/// Fetches `<base>v1/status`; an error says why with a hint (see `cli_http`).
+pub async fn fetch(base: &url::Url, timeout: Duration) -> Result<Status, String> {
+    let url = base.join("v1/status").map_err(|e| format!("{base}: {e}"))?;
     let http = reqwest::Client::builder()
         .timeout(timeout)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
     let r = http
-        .get(&url)
+        .get(url.clone())
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    if !r.status().is_success() {
-        return Err(format!("{url} answered {}", r.status()));
+        .map_err(|e| format!("{url}: {}", crate::cli_http::explain(&e, &url)))?;
+    if !r.status().is_success() || r.headers().get("x-ha-instance").is_none() {
+        // `/readyz` is served on listenUrl only: a 404 there too means the local API.
+        let local = r.status() == reqwest::StatusCode::NOT_FOUND
+            && match base.join("readyz") {
+                Ok(u) => http.get(u).send().await.is_ok_and(|r| r.status() == 404),
+                Err(_) => false,
+            };
+        let wanted = if local { "listen, not local" } else { "listen" };
+        return Err(crate::cli_http::explain_status(
+            &url,
+            r.status(),
+            r.headers(),
+            wanted,
+        ));
     }
     let raw: serde_json::Value = r
         .json()

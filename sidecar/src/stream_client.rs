@@ -68,6 +68,22 @@ pub enum StreamError {
     Setup(String),
 }
 
+/// Reads a `--since` argument: what the server takes (`beginning`, `now`, epoch seconds, a
+/// cursor) as it is, a date or time (`2026-12-04`, `2026-12-04T10:00:00Z`, UTC unless a zone
+/// is given) as epoch seconds.
+pub fn since_arg(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if crate::events::StartPoint::parse_since(text).is_ok() {
+        return Ok(text.to_owned());
+    }
+    match crate::index::parse_timestamp(text) {
+        Some(secs) if secs >= 0 => Ok(secs.to_string()),
+        _ => Err(format!(
+            "`{text}`: use beginning, now, epoch seconds, a date (2026-12-04, 2026-12-04T10:00:00Z) or a cursor"
+        )),
+    }
+}
+
 /// What ended one connection.
 enum Ended {
     /// Worth trying again (here or elsewhere).
@@ -94,24 +110,38 @@ pub async fn run<W: Write>(
         ))
         .build()
         .map_err(|e| StreamError::Setup(format!("cannot build the HTTP client: {e}")))?;
+    match follow(opts, &http, out, stop).await {
+        // The reader went away (`stream-events | head`): nothing left to do.
+        Err(StreamError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// The reconnect loop of [`run`].
+async fn follow<W: Write>(
+    opts: &Options,
+    http: &reqwest::Client,
+    out: &mut W,
+    stop: CancellationToken,
+) -> Result<(), StreamError> {
     let mut cursor = match &opts.cursor_file {
         Some(p) => read_cursor(p)?,
         None => None,
     };
-    let mut backoff = opts.min_backoff;
+    let mut backoff = crate::backoff::Backoff::new(opts.min_backoff, opts.max_backoff);
     let mut expired_in_a_row = 0usize;
     let mut i = 0usize;
     loop {
         let url = &opts.urls[i % opts.urls.len()];
         let ended = tokio::select! {
-            r = tail_once(&http, opts, url, &mut cursor, out) => r?,
+            r = tail_once(http, opts, url, &mut cursor, out) => r?,
             _ = stop.cancelled() => return Ok(()),
         };
         match ended {
             (Ended::Retry(why), delivered) => {
                 expired_in_a_row = 0;
                 if delivered {
-                    backoff = opts.min_backoff;
+                    backoff.reset();
                 }
                 tracing::warn!(url = %url, error = %why, "stream interrupted; failing over");
             }
@@ -129,15 +159,10 @@ pub async fn run<W: Write>(
         }
         i += 1;
         tokio::select! {
-            _ = tokio::time::sleep(jitter(backoff)) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = stop.cancelled() => return Ok(()),
         }
-        backoff = (backoff * 2).min(opts.max_backoff);
     }
-}
-
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 /// One connection: returns why it ended and whether it got through to the stream.
@@ -172,9 +197,16 @@ async fn tail_once<W: Write>(
     }
     let mut resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return Ok((Ended::Retry(format!("connection failed: {e}")), false)),
+        Err(e) => {
+            let why = crate::cli_http::explain(&e, base);
+            return Ok((Ended::Retry(format!("connection failed: {why}")), false));
+        }
     };
     let status = resp.status().as_u16();
+    if status == 404 || resp.headers().get("x-ha-instance").is_none() {
+        let why = crate::cli_http::explain_status(base, resp.status(), resp.headers(), "listen");
+        return Err(StreamError::Setup(why));
+    }
     if status != 200 {
         let text = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<serde_json::Value>(&text)

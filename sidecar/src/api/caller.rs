@@ -70,6 +70,10 @@ pub type Public = Caller<Anyone>;
 pub type LocalCaller = Caller<LocalToken>;
 pub type AdminCaller = Caller<AdminToken>;
 pub type StreamCaller = Caller<StreamToken>;
+/// The high-availability plugin of this node's master (`/plugins/<pluginName>/…`).
+pub type PluginCaller = Caller<PluginToken>;
+
+pub struct PluginToken;
 
 impl Policy for Anyone {
     fn check(_: &AppState, _: &HttpRequest) -> Result<(), ApiError> {
@@ -114,6 +118,42 @@ impl Policy for StreamToken {
                 "missing or wrong bearer token (event.streamToken)".into(),
             )),
             _ => Ok(()),
+        }
+    }
+}
+
+impl Policy for PluginToken {
+    /// With `localToken` set: Basic credentials whose password is the token (or the token as
+    /// a bearer). Without any, a Basic challenge: the plugin's HTTP client sends its
+    /// credentials only when challenged.
+    fn check(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+        use base64::Engine;
+        let Some(token) = &state.config.local_token else {
+            return Ok(());
+        };
+        let header = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let ok = match header.strip_prefix("Basic ") {
+            Some(b) => base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+                .and_then(|d| {
+                    let i = d.iter().position(|c| *c == b':')?;
+                    Some(token.matches(&d[i + 1..]))
+                })
+                .unwrap_or(false),
+            None => bearer_matches(req, token),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::Challenge(
+                "the plugin must authenticate: Basic credentials whose password is sidecar.localToken"
+                    .into(),
+            ))
         }
     }
 }

@@ -9,8 +9,14 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// 401 with `WWW-Authenticate: Basic` (the plugin's client sends credentials only when
+    /// challenged).
+    #[error("{0}")]
+    Challenge(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Gone(String),
     #[error("{0}")]
@@ -23,6 +29,20 @@ pub enum ApiError {
     Timeout(String),
     #[error("{0}")]
     Internal(String),
+    /// The data directory is full (ENOSPC, EDQUOT): `507`, naming the path.
+    #[error("{0}")]
+    InsufficientStorage(String),
+}
+
+/// `507` when anything in the error's chain is a full disk, else `other`.
+fn or_disk_full(e: &(dyn std::error::Error + 'static), other: ApiError) -> ApiError {
+    if crate::durable::chain_is_disk_full(e) {
+        ApiError::InsufficientStorage(format!(
+            "no space left in the data directory (retry once space is freed): {e}"
+        ))
+    } else {
+        other
+    }
 }
 
 impl ResponseError for ApiError {
@@ -30,13 +50,16 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Challenge(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -44,8 +67,11 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(e) = self {
             tracing::error!(error = %e, "request failed inside the sidecar");
         }
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::Challenge(_) = self {
+            res.insert_header(("WWW-Authenticate", "Basic realm=\"ha-sidecar\""));
+        }
+        res.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
@@ -58,17 +84,26 @@ impl From<crate::cache::CacheError> for ApiError {
     }
 }
 
+impl From<crate::gerrit::ingress::IngressError> for ApiError {
+    fn from(e: crate::gerrit::ingress::IngressError) -> Self {
+        use crate::gerrit::ingress::IngressError as E;
+        match e {
+            E::BadRequest(m) => ApiError::BadRequest(m),
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::MethodNotAllowed(m) => ApiError::MethodNotAllowed(m),
+            E::UnsupportedMediaType(m) => ApiError::Unsupported(m),
+        }
+    }
+}
+
 impl From<crate::peers::outbox::OutboxError> for ApiError {
     fn from(e: crate::peers::outbox::OutboxError) -> Self {
         use crate::peers::outbox::OutboxError as E;
-        match &e {
-            // Passes once space is freed: the master may retry.
-            E::Io(_, io) if io.kind() == std::io::ErrorKind::StorageFull => {
-                ApiError::Unavailable(format!("cannot queue for peers: {e}"))
-            }
+        let other = match &e {
             E::Closed => ApiError::Unavailable(format!("cannot queue for peers: {e}")),
             E::Io(..) => ApiError::Internal(format!("cannot queue for peers: {e}")),
-        }
+        };
+        or_disk_full(&e, other)
     }
 }
 
@@ -89,8 +124,10 @@ impl From<crate::local::LocalError> for ApiError {
 impl From<crate::receiver::ReceiveError> for ApiError {
     fn from(e: crate::receiver::ReceiveError) -> Self {
         match e {
-            crate::receiver::ReceiveError::BadOrigin(_) => ApiError::BadRequest(e.to_string()),
-            crate::receiver::ReceiveError::Store { .. } => ApiError::Unavailable(e.to_string()),
+            crate::receiver::ReceiveError::BadOrigin(_)
+            | crate::receiver::ReceiveError::OwnOrigin(_) => ApiError::BadRequest(e.to_string()),
+            crate::receiver::ReceiveError::Store { .. }
+            | crate::receiver::ReceiveError::Master { .. } => ApiError::Unavailable(e.to_string()),
             crate::receiver::ReceiveError::Persist { .. }
             | crate::receiver::ReceiveError::Index(_) => ApiError::Internal(e.to_string()),
         }
@@ -106,7 +143,8 @@ impl From<crate::index::IndexError> for ApiError {
             }
             E::UnknownKind(_) => ApiError::NotFound(e.to_string()),
             E::DocumentTooLarge { .. } => ApiError::TooLarge(e.to_string()),
-            E::Internal { .. } | E::WriterStopped => ApiError::Internal(e.to_string()),
+            E::Internal { .. } => or_disk_full(&e, ApiError::Internal(e.to_string())),
+            E::WriterStopped => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -115,13 +153,14 @@ impl From<crate::events::EventError> for ApiError {
     fn from(e: crate::events::EventError) -> Self {
         use crate::events::EventError as E;
         match e {
-            E::BadEvent(_) | E::BadCursor(_) | E::BadOrigin(_) => {
+            E::BadEvent(_) | E::BadCursor(_) | E::BadOrigin(_) | E::ImplausibleSeq(_) => {
                 ApiError::BadRequest(e.to_string())
             }
             E::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
             E::CursorExpired(_) => ApiError::Gone(e.to_string()),
             E::Closed => ApiError::Unavailable(e.to_string()),
-            E::Io { .. } | E::Corrupt { .. } | E::Internal(_) => ApiError::Internal(e.to_string()),
+            E::Io { .. } => or_disk_full(&e, ApiError::Internal(e.to_string())),
+            E::Corrupt { .. } | E::Internal(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -66,15 +66,9 @@ async fn get(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EvictBody {
-    keys: Vec<KeyValue>,
-}
-
-/// Keys are strings; numbers are accepted and used in their decimal form.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum KeyValue {
-    S(String),
-    N(serde_json::Number),
+    /// Any JSON value: strings, numbers, and Gerrit's keys as its plugin sends them
+    /// (`{"id":1000001}`, `{"uuid":"…"}`); see [`crate::cache::key_of_json`].
+    keys: Vec<serde_json::Value>,
 }
 
 async fn evict(
@@ -96,14 +90,7 @@ async fn evict(
             limits.max_keys_per_request
         )));
     }
-    let keys: Vec<String> = parsed
-        .keys
-        .into_iter()
-        .map(|k| match k {
-            KeyValue::S(s) => s,
-            KeyValue::N(n) => n.to_string(),
-        })
-        .collect();
+    let keys: Vec<String> = parsed.keys.iter().map(crate::cache::key_of_json).collect();
     for k in &keys {
         check_key(&state, k)?;
     }
@@ -119,9 +106,9 @@ async fn flush(state: LocalCaller, path: web::Path<String>) -> Result<HttpRespon
 }
 
 async fn health_post(state: LocalCaller) -> Result<HttpResponse, ApiError> {
-    super::ops::set_drained(&state, false)
+    super::ops::set_drained(&state, false).await
 }
 
 async fn health_delete(state: LocalCaller) -> Result<HttpResponse, ApiError> {
-    super::ops::set_drained(&state, true)
+    super::ops::set_drained(&state, true).await
 }

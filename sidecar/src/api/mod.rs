@@ -10,6 +10,7 @@ mod local;
 mod ops;
 mod peer;
 mod peer_index;
+mod plugin;
 mod sessions;
 mod stream;
 
@@ -50,6 +51,8 @@ pub struct AppState {
     pub events: Arc<EventLog>,
     /// The master's mutations: apply here, queue for every peer, answer.
     pub local: Arc<crate::local::Local>,
+    /// This node's own Gerrit master (`[gerrit] url`), when configured.
+    pub master: Option<Arc<crate::gerrit::Master>>,
     /// Cancelled at shutdown: ends long-lived responses (event streams).
     pub stop: tokio_util::sync::CancellationToken,
     /// The node's TLS (listeners, peer client, mutual TLS on `/v1/peer/*`).
@@ -215,6 +218,7 @@ pub fn serve_local(
     serve(state, listener, "local", |cfg| {
         local::configure(cfg);
         events::configure_local(cfg);
+        plugin::configure(cfg);
     })
 }
 
@@ -226,6 +230,7 @@ pub fn serve_peer(
     serve(state, listener, "peer", |cfg| {
         peer::configure(cfg);
         peer_index::configure(cfg);
+        plugin::configure_peer(cfg);
         ops::configure(cfg);
         events::configure_peer(cfg);
         stream::configure(cfg);

@@ -40,33 +40,44 @@ pub async fn health_get(state: Public) -> Result<HttpResponse, ApiError> {
             "the health check is disabled (healthcheck.enable = false)".into(),
         ));
     }
+    // Writes fail while the data directory is full: no traffic until a probe finds space.
+    let disk = state.health.disk().clone();
+    if let Ok(Some(full)) = web::block(move || disk.full()).await {
+        return Ok(HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "disk full", "detail": full})));
+    }
     Ok(match state.health.unhealthy_reason() {
         None => HttpResponse::NoContent().finish(),
         Some(why) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": why})),
     })
 }
 
-pub(crate) fn set_drained(state: &AppState, drained: bool) -> Result<HttpResponse, ApiError> {
-    state
-        .health
-        .set_drained(drained)
+/// Sets the drain flag (persisted: a file write and its fsync, on a blocking thread).
+pub(crate) async fn set_drained(state: &AppState, drained: bool) -> Result<HttpResponse, ApiError> {
+    let health = state.health.clone();
+    web::block(move || health.set_drained(drained))
+        .await
+        .map_err(|e| ApiError::Internal(format!("drain task failed: {e}")))?
         .map_err(|e| ApiError::Internal(format!("cannot persist the drain flag: {e}")))?;
     tracing::info!(drained, "health changed by an operator");
     Ok(HttpResponse::NoContent().finish())
 }
 
 async fn health_post(state: AdminCaller) -> Result<HttpResponse, ApiError> {
-    set_drained(&state, false)
+    set_drained(&state, false).await
 }
 
 async fn health_delete(state: AdminCaller) -> Result<HttpResponse, ApiError> {
-    set_drained(&state, true)
+    set_drained(&state, true).await
 }
 
 /// OpenMetrics, or the classic text format for a scraper that asks for `text/plain` and not
 /// for OpenMetrics (`promtool`, old Prometheus servers).
 async fn metrics(state: Public, req: HttpRequest) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
+    if let Some(m) = &state.master {
+        m.status(&state.metrics);
+    }
     for (kind, k) in state.index.stats().kinds {
         let label = crate::metrics::Metrics::kind(kind.as_str());
         state
@@ -121,6 +132,7 @@ struct PeerView {
 fn peer_views(state: &AppState) -> Vec<PeerView> {
     let now = now_ms();
     let retain = state.config.peers.retain_absent.as_millis() as u64;
+    let ttl = state.config.peers.ttl.as_millis() as u64;
     state
         .peers
         .list()
@@ -132,7 +144,7 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
                 .oldest_pending_ms
                 .filter(|_| q.pending > 0)
                 .map(|t| now.saturating_sub(t));
-            let level = s.level(q.pending, age).as_str();
+            let level = s.level(q.pending, age, now, ttl).as_str();
             PeerView {
                 key: p.key.clone(),
                 url: p.url().to_string(),
@@ -189,5 +201,6 @@ async fn status(state: Public) -> HttpResponse {
         "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
         "index": state.index.stats().kinds.into_iter().map(|(kind, k)| (kind.as_str().to_owned(), k)).collect::<std::collections::BTreeMap<_, _>>(),
         "peers": peers,
+        "master": state.master.as_ref().map(|m| m.status(&state.metrics)),
     }))
 }

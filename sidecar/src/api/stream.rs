@@ -62,10 +62,12 @@ fn parse_request(req: &HttpRequest, log: &EventLog) -> Result<(Cursor, TypeFilte
     let start = match header.filter(|h| !h.trim().is_empty()).or(cursor) {
         Some(c) => StartPoint::Cursor(Cursor::parse(c.trim())?),
         None => match since {
+            // The parser's message already says what is accepted: no second prefix.
             Some(s) => StartPoint::parse_since(&s).map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "bad since: {e} (use since=beginning, since=<epoch seconds> or a cursor)"
-                ))
+                ApiError::BadRequest(match e {
+                    crate::events::EventError::BadCursor(m) => m,
+                    other => other.to_string(),
+                })
             })?,
             None => StartPoint::Now,
         },

@@ -145,7 +145,8 @@ impl Key {
 use Check::*;
 use Kind::*;
 
-const STRATEGIES: &[&str] = &["static", "shared-fs", "dns"];
+/// `jgroups` (the plugin's) is accepted with a warning and means `shared-fs`.
+const STRATEGIES: &[&str] = &["static", "shared-fs", "dns", "jgroups"];
 const REFRESH_BOUNDS: &str =
     "must be above 0 and at most 500ms (writes must be searchable within half a second)";
 
@@ -158,7 +159,7 @@ pub const KEYS: &[Key] = &[
     Key::new("main", None, "sharedDirectory", Text, Some("./var/shared"),
         "shared by all nodes (NFS): web sessions, membership heartbeats").example("/mnt/ha"),
     Key::new("main", None, "dataDirectory", Text, Some("./var/data"),
-        "node-local, never shared: outbox, event log, index, dead letters").example("/var/lib/ha"),
+        "node-local, never shared: outbox, event log, index, dead letters; one process per directory (<dataDirectory>/lock)").example("/var/lib/ha"),
     Key::new("main", None, "sharedDirectoryTimeout", Duration, Some("5s"),
         "a call on the shared directory not done by then answers 503").checks(&[MinMs(1, "must be above zero")]),
     Key::new("main", None, "sharedDirectoryConcurrency", Size, Some("16"),
@@ -199,7 +200,7 @@ pub const KEYS: &[Key] = &[
     Key::new("sidecar", None, "clientCaFile", Text, None,
         "mutual TLS: /v1/peer/* requires a client certificate from these CAs naming the peer's instanceId (DNS SAN or CN)"),
     Key::new("peerInfo", None, "strategy", Choice(STRATEGIES), Some("static"),
-        "where peers come from: static | shared-fs | dns"),
+        "where peers come from: static | shared-fs | dns (the plugin's jgroups: shared-fs, with a warning)"),
     Key::new("peerInfo", None, "retainAbsent", Duration, Some("24 hours"),
         "how long the queue of a vanished peer is kept (and filled)"),
     Key::new("peerInfo", Some("static"), "url", Url, None,
@@ -224,6 +225,8 @@ pub const KEYS: &[Key] = &[
         .example("/etc/ha/peer.key"),
     Key::new("auth", None, "maxClockSkew", Duration, Some("2 min"),
         "signed requests further off in time are refused"),
+    Key::new("auth", None, "allowReadableSecretFile", Bool, Some("false"),
+        "true: a secretFile readable by group or others is only warned about (e.g. a mounted secret volume); false: refused"),
     Key::new("http", None, "user", Text, None,
         "HTTP basic user (Gerrit plugin interoperability only)"),
     Key::new("http", None, "password", Secret, None,
@@ -296,6 +299,24 @@ pub const KEYS: &[Key] = &[
         "false: /health answers 404"),
     Key::new("alert", None, "webhookUrl", Url, None,
         "optional: JSON POSTed when a peer fails or recovers").example("https://chat.example/hook"),
+    Key::new("gerrit", None, "url", Url, None,
+        "this node's own Gerrit master, where peers' plugin calls are replayed; unset: no master")
+        .example("http://127.0.0.1:8080/"),
+    Key::new("gerrit", None, "pluginName", Text, Some("high-availability"),
+        "the plugin's installed name: ingress under /plugins/<pluginName>/, egress likewise"),
+    Key::new("gerrit", None, "user", Text, None,
+        "Basic user for the master").default_doc("http.user"),
+    Key::new("gerrit", None, "password", Secret, None,
+        "Basic password for the master").default_doc("http.password"),
+    Key::new("gerrit", None, "passwordFile", Text, None,
+        "the password in a file instead (not with gerrit.password)"),
+    Key::new("gerrit", None, "caFile", Text, None,
+        "extra roots (PEM) for an https:// master; TLS is always verified"),
+    Key::new("gerrit", None, "healthInterval", Duration, Some("5s"),
+        "how often the master's health is probed for /health")
+        .checks(&[MinMs(1, "must be above zero")]),
+    Key::new("gerrit", None, "timeout", Duration, Some("30s"),
+        "longest wait for one call to the master").checks(&[MinMs(1, "must be above zero")]),
 ];
 
 /// Keys of Gerrit's plugin that mean nothing here: accepted with a warning so an existing
@@ -309,6 +330,11 @@ pub const PLUGIN_ONLY_KEYS: &[(&str, &str)] = &[
     ("index", "maxTries"),
     ("index", "retryInterval"),
     ("index", "initialDelay"),
+    ("index", "batchThreadPoolSize"),
+    ("index", "synchronizeForced"),
+    ("index", "numStripedLocks"),
+    ("index", "waitTimeout"),
+    ("peerInfo", "myUrl"),
     ("cache", "threadPoolSize"),
     ("event", "allowedListeners"),
     ("jgroups", "*"),

@@ -228,6 +228,25 @@ pub struct WebSessionConfig {
     pub max_age: Duration,
 }
 
+/// `[gerrit]`: this node's own Gerrit master, into which the plugin calls that peers received
+/// from their masters are replayed (SPEC §8).
+#[derive(Debug, Clone)]
+pub struct GerritConfig {
+    /// The master's base URL (`http://127.0.0.1:8080/`); `None`: no master to deliver to.
+    pub url: Option<url::Url>,
+    /// The plugin's installed name: ingress under `/plugins/<pluginName>/`, egress likewise.
+    pub plugin_name: String,
+    /// Basic credentials for the master (default: `http.user` / `http.password`).
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// Extra roots (PEM) the master's certificate is verified against (always verified).
+    pub ca_file: Option<PathBuf>,
+    /// How often the master's health is probed (for `/health`).
+    pub health_interval: Duration,
+    /// Longest wait for one call to the master.
+    pub timeout: Duration,
+}
+
 /// Request size limits (SPEC §6 "Bounded").
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -274,6 +293,7 @@ pub struct Config {
     pub event: EventConfig,
     pub websession: WebSessionConfig,
     pub healthcheck_enable: bool,
+    pub gerrit: GerritConfig,
     pub alert_webhook: Option<url::Url>,
     pub limits: Limits,
     /// True when no file was given and the embedded defaults are in force.

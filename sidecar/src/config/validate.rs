@@ -11,6 +11,8 @@ use super::raw::{RawConfig, RawKey};
 use super::urls::{advertise_url, listen_url, peer_urls, tls_config, webhook_url};
 use super::*;
 
+mod gerrit;
+
 /// The validator's state: the raw values, the report being filled, and the keys read so far
 /// (every key of the file not read by a section is checked by its kind at the end).
 pub(super) struct V<'a> {
@@ -204,7 +206,10 @@ impl<'a> V<'a> {
     }
 }
 
-fn read_secret(v: &mut V<'_>, text: &str) -> Option<Secret> {
+/// Reads one `secretFile`. A file readable by group or others is refused (anyone who can read
+/// it can speak for any node) unless `auth.allowReadableSecretFile` says so, e.g. for a mount
+/// whose mode the operator cannot set; then it is a warning.
+fn read_secret(v: &mut V<'_>, text: &str, allow_readable: bool) -> Option<Secret> {
     let key = "auth.secretFile";
     let path = v.file_path(text);
     match std::fs::read(&path) {
@@ -221,13 +226,17 @@ fn read_secret(v: &mut V<'_>, text: &str) -> Option<Secret> {
             if let Ok(meta) = std::fs::metadata(&path) {
                 use std::os::unix::fs::PermissionsExt;
                 if meta.permissions().mode() & 0o077 != 0 {
-                    v.warn(
-                        key,
-                        format!(
-                            "{} is readable by group or others; chmod 600 it",
-                            path.display()
-                        ),
-                    );
+                    let what = format!("{} is readable by group or others", path.display());
+                    if !allow_readable {
+                        v.err(
+                            key,
+                            format!(
+                                "{what}: chmod 600 it (or set auth.allowReadableSecretFile = true)"
+                            ),
+                        );
+                        return None;
+                    }
+                    v.warn(key, format!("{what}; chmod 600 it"));
                 }
             }
             Some(Secret(trimmed))
@@ -345,6 +354,7 @@ pub(super) fn validate(
         max_age: v.duration("websession", None, "maxAge"),
     };
     let alert_webhook = webhook_url(&mut v);
+    let gerrit = gerrit::gerrit_config(&mut v, &http);
     let mut trusted_proxies = Vec::new();
     for cidr in v.list("sidecar", None, "trustedProxies") {
         match Cidr::parse(cidr.trim()) {
@@ -393,6 +403,7 @@ pub(super) fn validate(
         websession,
         healthcheck_enable: v.boolean("healthcheck", "enable"),
         alert_webhook,
+        gerrit,
         limits,
         embedded_defaults: embedded,
     };
@@ -449,6 +460,14 @@ fn peers_config(v: &mut V<'_>, listen: &ListenUrl) -> PeersConfig {
     }
     let discovery = match strategy.as_str() {
         "shared-fs" => Discovery::SharedFs { heartbeat, ttl },
+        "jgroups" => {
+            v.warn(
+                "peerInfo.strategy",
+                "`jgroups` is the plugin's discovery; ha-sidecar finds its peers by their \
+                 heartbeats in sharedDirectory/members/ instead (shared-fs)",
+            );
+            Discovery::SharedFs { heartbeat, ttl }
+        }
         "dns" => {
             let name = v
                 .string("peerInfo", Some("dns"), "name")
@@ -484,7 +503,11 @@ fn peers_config(v: &mut V<'_>, listen: &ListenUrl) -> PeersConfig {
 
 fn auth_config(v: &mut V<'_>, has_peers: bool) -> AuthConfig {
     let files = v.list("auth", None, "secretFile");
-    let secrets = files.iter().filter_map(|t| read_secret(v, t)).collect();
+    let allow_readable = v.boolean("auth", "allowReadableSecretFile");
+    let secrets = files
+        .iter()
+        .filter_map(|t| read_secret(v, t, allow_readable))
+        .collect();
     if has_peers && files.is_empty() {
         v.err(
             "auth.secretFile",
@@ -498,7 +521,7 @@ fn auth_config(v: &mut V<'_>, has_peers: bool) -> AuthConfig {
 }
 
 fn http_config(v: &mut V<'_>) -> HttpConfig {
-    HttpConfig {
+    let http = HttpConfig {
         user: v.string("http", None, "user"),
         password: v
             .string("http", None, "password")
@@ -509,7 +532,21 @@ fn http_config(v: &mut V<'_>) -> HttpConfig {
         max_retry_interval: v.duration("http", None, "maxRetryInterval"),
         max_batch_messages: v.size("http", "maxBatchMessages") as usize,
         max_batch_bytes: v.size("http", "maxBatchBytes") as usize,
+    };
+    // A plugin's file (it has http.maxTries, or the plugin's 10 s delay): the key's meaning
+    // changed, say so.
+    let plugin_file = v.raw.last("http", None, "maxTries").is_some();
+    if v.raw.last("http", None, "retryInterval").is_some()
+        && (plugin_file || http.retry_interval >= Duration::from_secs(10))
+    {
+        v.warn(
+            "http.retryInterval",
+            "here the first delay of an exponential back-off (doubling up to \
+             http.maxRetryInterval, retried forever), not the plugin's fixed delay between \
+             http.maxTries attempts",
+        );
     }
+    http
 }
 
 fn cache_config(v: &mut V<'_>) -> CacheConfig {

@@ -192,12 +192,19 @@ impl Appender {
             return;
         }
         let origin = self.shared.local.clone();
-        let seq = self
+        let Some(seq) = self
             .hw
             .get(&origin)
             .map_or(0, |m| m.last_seq)
             .max(self.local_floor)
-            + 1;
+            .checked_add(1)
+        else {
+            // Never wraps to 0: the log would hide every later event behind the old ones.
+            let _ = reply.send(Err(EventError::Internal(
+                "the local event seq is exhausted (u64::MAX)".into(),
+            )));
+            return;
+        };
         match self.stage(&origin, seq, &body, &head) {
             Ok(()) => {
                 let id = EventId { origin, seq };
@@ -233,7 +240,7 @@ impl Appender {
                 .push(Reply::Remote(reply, AppendOutcome::Duplicate));
             return;
         }
-        if seq > last + 1 {
+        if seq > last.saturating_add(1) {
             warn!(origin = %origin, seq, last, "gap in an origin's events: the missing ones were dropped by the origin");
         }
         match self.stage(&origin, seq, &body, &head) {
@@ -301,9 +308,11 @@ impl Appender {
                 .write_all(&self.buf)
                 .and_then(|_| self.active.file.sync_data());
             if let Err(e) = written {
-                self.fail_batch(EventError::Io { path, source: e });
+                self.shared.opts.disk.failed(&path, &e);
+                self.fail_batch(path, e);
                 return;
             }
+            self.shared.opts.disk.succeeded();
             let mut st = self.shared.write_state();
             for p in &self.pending {
                 st.note_record(&p.origin, p.seq, p.pos, p.size, p.received_ms, p.created_on);
@@ -338,8 +347,8 @@ impl Appender {
     }
 
     /// Undoes a batch whose write or fsync failed, so no reader or later seq ever sees it.
-    fn fail_batch(&mut self, err: EventError) {
-        error!(error = %err, "event log write failed; failing the batch");
+    fn fail_batch(&mut self, path: std::path::PathBuf, source: std::io::Error) {
+        error!(path = %path.display(), error = %source, "event log write failed; failing the batch");
         self.active_records -= self.pending.len() as u64;
         for p in self.pending.drain(..).rev() {
             self.hw.insert(p.origin, p.prev);
@@ -355,11 +364,15 @@ impl Appender {
                 "event log is unusable after a failed write that could not be undone: {e}"
             ));
         }
-        let msg = err.to_string();
+        // Every request gets the error with its kind, so a full disk answers 507, not 500.
+        let err = || EventError::Io {
+            path: path.clone(),
+            source: crate::durable::copy_io(&source),
+        };
         for reply in self.replies.drain(..) {
             match reply {
-                Reply::Local(tx, _) => drop(tx.send(Err(EventError::Internal(msg.clone())))),
-                Reply::Remote(tx, _) => drop(tx.send(Err(EventError::Internal(msg.clone())))),
+                Reply::Local(tx, _) => drop(tx.send(Err(err()))),
+                Reply::Remote(tx, _) => drop(tx.send(Err(err()))),
             }
         }
     }

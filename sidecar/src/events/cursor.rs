@@ -71,6 +71,14 @@ impl Cursor {
         }
     }
 
+    /// Every seq the cursor holds, read or skipped, with its origin.
+    pub(crate) fn all_seqs(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.seqs
+            .iter()
+            .chain(&self.skipped)
+            .map(|(o, s)| (o.as_str(), *s))
+    }
+
     /// For an origin not started yet: the last seq passed over as created before `since`.
     pub(crate) fn skipped(&self, origin: &str) -> Option<u64> {
         self.skipped.get(origin).copied()

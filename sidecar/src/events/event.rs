@@ -8,6 +8,40 @@ use super::{EventError, Result};
 /// `type` is stored in each record header with a one-byte length.
 pub(crate) const MAX_TYPE_LEN: usize = 255;
 
+/// Deepest nesting of arrays and objects an event may have: serde_json's own limit, which every
+/// other JSON endpoint applies when it parses a body. An event's body is kept as bytes and
+/// only its head is parsed, so the limit is checked here, by a scan.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Whether `body` nests arrays and objects deeper than `max` (strings skipped). One pass, no
+/// allocation; on invalid JSON the answer does not matter (parsing refuses it).
+fn nested_deeper_than(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The fields of an event the log needs; the rest of the JSON is kept as bytes and never parsed again.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EventHead {
@@ -48,6 +82,11 @@ pub(crate) fn validate(body: &[u8], max_bytes: usize) -> Result<EventHead> {
                 },
             );
         }
+    }
+    if nested_deeper_than(body, MAX_DEPTH) {
+        return Err(EventError::BadEvent(format!(
+            "event JSON is nested deeper than {MAX_DEPTH} levels"
+        )));
     }
     let raw: RawHead = serde_json::from_slice(body)
         .map_err(|e| EventError::BadEvent(format!("not valid JSON: {e}")))?;
@@ -132,6 +171,27 @@ mod tests {
             Err(EventError::BadEvent(m)) => m,
             other => panic!("expected BadEvent for {body:?}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn nesting_is_limited_like_other_json_endpoints() {
+        let nest = |n: usize| {
+            format!(
+                r#"{{"type":"x","eventCreatedOn":1,"a":{}1{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        // The event object itself is one level.
+        assert!(validate(nest(MAX_DEPTH - 1).as_bytes(), 1 << 20).is_ok());
+        assert!(bad(&nest(MAX_DEPTH)).contains("nested deeper than 128"));
+        assert!(bad(&nest(100_000)).contains("nested deeper"));
+        // Brackets inside strings (escaped quotes too) are text, not nesting.
+        let text = format!(
+            r#"{{"type":"x","eventCreatedOn":1,"s":"\"{}"}}"#,
+            "[{".repeat(1000)
+        );
+        assert!(validate(text.as_bytes(), 1 << 20).is_ok());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::cursor::{Cursor, StartPoint, TypeFilter};
 use super::ring::{Recent, RecentEvent, Ring};
 use super::state::State;
 use super::{event, read, segment, EventError, EventId, EventLogOptions, Result};
+use crate::locks::{LockExt, RwLockExt};
 use crate::wire::valid_instance_id;
 
 /// The largest event the format can hold with room to spare.
@@ -79,11 +80,11 @@ impl Shared {
     /// A panic while holding the lock cannot leave the state half-updated in a way readers
     /// would misread (updates are append-only), so poisoning is ignored.
     pub fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.state.read_locked()
     }
 
     pub fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+        self.state.write_locked()
     }
 
     pub fn intern(&self, origin: &str) -> Arc<str> {
@@ -91,11 +92,11 @@ impl Shared {
     }
 
     pub fn read_ring(&self) -> RwLockReadGuard<'_, Ring> {
-        self.ring.read().unwrap_or_else(|e| e.into_inner())
+        self.ring.read_locked()
     }
 
     pub fn write_ring(&self) -> RwLockWriteGuard<'_, Ring> {
-        self.ring.write().unwrap_or_else(|e| e.into_inner())
+        self.ring.write_locked()
     }
 }
 
@@ -181,16 +182,7 @@ impl EventLog {
         seq: u64,
         bytes: &[u8],
     ) -> Result<AppendOutcome> {
-        if !valid_instance_id(origin) {
-            return Err(EventError::BadOrigin(format!(
-                "invalid origin instanceId {origin:?}"
-            )));
-        }
-        if seq == 0 {
-            return Err(EventError::BadOrigin(format!(
-                "event seq of {origin} must start at 1"
-            )));
-        }
+        self.check_remote(origin, seq)?;
         let head = event::validate(bytes, self.shared.opts.max_event_bytes)?;
         let (reply, rx) = oneshot::channel();
         let body = Bytes::copy_from_slice(bytes);
@@ -216,15 +208,7 @@ impl EventLog {
     ) -> Vec<Result<AppendOutcome>> {
         let mut waiting = Vec::with_capacity(events.len());
         for (seq, bytes) in events {
-            let sent = if !valid_instance_id(origin) {
-                Err(EventError::BadOrigin(format!(
-                    "invalid origin instanceId {origin:?}"
-                )))
-            } else if seq == 0 {
-                Err(EventError::BadOrigin(format!(
-                    "event seq of {origin} must start at 1"
-                )))
-            } else {
+            let sent = self.check_remote(origin, seq).and_then(|()| {
                 event::validate(bytes, self.shared.opts.max_event_bytes).and_then(|head| {
                     let (reply, rx) = oneshot::channel();
                     self.send(Request::Remote {
@@ -236,7 +220,7 @@ impl EventLog {
                     })
                     .map(|_| rx)
                 })
-            };
+            });
             waiting.push(sent);
         }
         let mut out = Vec::with_capacity(waiting.len());
@@ -247,6 +231,37 @@ impl EventLog {
             });
         }
         out
+    }
+
+    /// What may be appended for an origin: a seq from 1 up to the plausible bound (see
+    /// [`crate::plausible`]), so a forged seq cannot push the origin's mark out of reach of
+    /// its real events. (This node's own origin is allowed: its history restored from a peer.
+    /// The receiver refuses batches that claim to come from this node.)
+    fn check_remote(&self, origin: &str, seq: u64) -> Result<()> {
+        if !valid_instance_id(origin) {
+            return Err(EventError::BadOrigin(format!(
+                "invalid origin instanceId {origin:?}"
+            )));
+        }
+        if seq == 0 {
+            return Err(EventError::BadOrigin(format!(
+                "event seq of {origin} must start at 1"
+            )));
+        }
+        let mark = self
+            .shared
+            .read_state()
+            .origins
+            .get(origin)
+            .map_or(0, |idx| idx.last_seq);
+        let now_us = self.shared.opts.clock.now_ms().saturating_mul(1000);
+        if !crate::plausible::seq_ok(seq, mark, now_us) {
+            return Err(EventError::ImplausibleSeq(format!(
+                "event seq {seq} of {origin} is implausibly far ahead of its last {mark} (at most {})",
+                crate::plausible::max_seq(mark, now_us)
+            )));
+        }
+        Ok(())
     }
 
     fn send(&self, req: Request) -> Result<()> {
@@ -347,7 +362,7 @@ impl EventLog {
             return Ok(());
         }
         let result = rx.await.unwrap_or(Ok(()));
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self.thread.locked().take();
         if let Some(h) = handle {
             tokio::task::spawn_blocking(move || h.join())
                 .await

@@ -79,7 +79,7 @@
 //! filter to every record it is fed, exactly as a read of the log would.
 //!
 //! # Errors
-//! [`EventError`] maps to HTTP as: `BadEvent`, `BadCursor`, `BadOrigin` → 400; `TooLarge` → 413;
+//! [`EventError`] maps to HTTP as: `BadEvent`, `BadCursor`, `BadOrigin`, `ImplausibleSeq` → 400; `TooLarge` → 413;
 //! `CursorExpired` → 410; `Io`, `Corrupt`, `Closed`, `Internal` → 500 (503 for `Closed`).
 
 mod appender;
@@ -87,7 +87,7 @@ mod cursor;
 mod event;
 mod log;
 mod read;
-mod record;
+pub(crate) mod record;
 mod ring;
 mod segment;
 mod state;
@@ -123,6 +123,9 @@ pub enum EventError {
     /// An origin instanceId or seq that cannot be right.
     #[error("bad origin: {0}")]
     BadOrigin(String),
+    /// A seq implausibly far beyond the origin's last (see [`crate::plausible`]): forged.
+    #[error("implausible seq: {0}")]
+    ImplausibleSeq(String),
     /// Events the cursor still has to deliver were removed by retention.
     #[error("cursor expired: {0}")]
     CursorExpired(String),
@@ -213,6 +216,8 @@ pub struct EventLogOptions {
     /// (see the module docs). Off by default: library users and unit tests get seqs from 1.
     pub seq_from_clock: bool,
     pub clock: Clock,
+    /// Where a full disk is reported (the node's, shared with the other stores).
+    pub disk: std::sync::Arc<crate::durable::DiskWatch>,
 }
 
 impl EventLogOptions {
@@ -226,6 +231,7 @@ impl EventLogOptions {
             retention_interval: Duration::from_secs(10),
             seq_from_clock: false,
             clock: Clock::system(),
+            disk: std::sync::Arc::default(),
         }
     }
 }

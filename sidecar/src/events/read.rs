@@ -47,6 +47,27 @@ const WHAT_TO_DO: &str =
     "resume with since=beginning (everything still retained) or since=<epoch seconds>, \
      or from a node that still holds them";
 
+/// Refuses (400) a cursor that claims to have read an origin implausibly far beyond what this
+/// node knows of it (the bound of [`crate::plausible`]): it would silently skip every event of
+/// that origin until its seqs caught up. A cursor a little ahead (taken on a node that has
+/// received more of an origin than this one) is fine: the reader waits for the rest.
+fn check_plausible(state: &State, local: &str, cursor: &Cursor, now_ms: u64) -> Result<()> {
+    let now_us = now_ms.saturating_mul(1000);
+    for (origin, seq) in cursor.all_seqs() {
+        let mut known = state.origins.get(origin).map_or(0, |idx| idx.last_seq);
+        if origin == local {
+            known = known.max(state.local_floor);
+        }
+        if !crate::plausible::seq_ok(seq, known, now_us) {
+            return Err(EventError::BadCursor(format!(
+                "the cursor has read {origin} up to seq {seq}, implausibly far beyond what this \
+                 node knows of it ({known}); take the cursor from an event's `id:`"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a cursor that still has to deliver events this node no longer holds.
 fn check_expired(state: &State, cursor: &Cursor) -> Result<()> {
     for (origin, &last) in cursor.seqs() {
@@ -100,7 +121,7 @@ fn start_pos(state: &State, cursor: &Cursor) -> Option<Pos> {
             Some(last) => idx.lookup(last + 1),
             None => {
                 let passed = cursor.skipped(origin).unwrap_or(0);
-                match (idx.lookup(passed + 1), time_start) {
+                match (idx.lookup(passed.saturating_add(1)), time_start) {
                     (Some(first), Some(t)) if passed < idx.last_seq => Some(first.max(t)),
                     _ => None,
                 }
@@ -122,6 +143,7 @@ fn plan(
     origin_only: Option<&str>,
 ) -> Result<(Option<Vec<SegView>>, u64)> {
     let st = shared.read_state();
+    check_plausible(&st, &shared.local, cursor, shared.opts.clock.now_ms())?;
     check_expired(&st, cursor)?;
     let appended = st.appended;
     let start = match origin_only {

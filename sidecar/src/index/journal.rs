@@ -117,10 +117,23 @@ impl Journal {
             .file
             .write_all(&self.buf)
             .and_then(|()| self.file.sync_data());
-        self.len += self.buf.len() as u64;
+        let added = self.buf.len() as u64;
         self.buf.clear();
         self.buf.shrink_to(1 << 20);
-        r.map_err(|e| io_err("append to journal", &self.path, e))
+        match r {
+            Ok(()) => {
+                self.len += added;
+                Ok(())
+            }
+            Err(e) => {
+                // No partial record may stay: later records would land behind it and the
+                // replay would stop there. Cut back to the durable length, durably.
+                if let Err(cut) = crate::durable::truncate_durably(&self.file, self.len) {
+                    tracing::error!(path = %self.path.display(), error = %cut, "cannot cut a failed journal append");
+                }
+                Err(io_err("append to journal", &self.path, e))
+            }
+        }
     }
 
     /// Empties the journal once every record in it is in a tantivy commit.
@@ -136,13 +149,17 @@ impl Journal {
         Ok(())
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }
 }
 
 /// The intact records of `bytes`, and the length of the intact prefix.
-fn decode(bytes: &[u8]) -> (Vec<Record>, usize) {
+pub(crate) fn decode(bytes: &[u8]) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
     while let Some(rec) = decode_one(bytes, at) {

@@ -27,9 +27,9 @@
 //!   reopening the same directory before it is done fails on tantivy's writer lock.
 
 mod compile;
-mod dates;
-mod journal;
-mod query;
+pub(crate) mod dates;
+pub(crate) mod journal;
+pub(crate) mod query;
 mod read;
 mod schema;
 mod store;
@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use dates::parse_timestamp;
 pub use query::QueryError;
 pub use read::MAX_LIMIT;
 pub use store::IndexStore;
@@ -162,6 +163,8 @@ pub struct IndexOptions {
     pub tombstone_ttl: Duration,
     /// Largest accepted document, in bytes of its JSON serialization.
     pub max_doc_bytes: usize,
+    /// Where a full disk is reported (the node's, shared with the other stores).
+    pub disk: std::sync::Arc<crate::durable::DiskWatch>,
 }
 
 impl Default for IndexOptions {
@@ -170,6 +173,7 @@ impl Default for IndexOptions {
             refresh_interval: Duration::from_millis(200),
             tombstone_ttl: Duration::from_secs(7 * 24 * 3600),
             max_doc_bytes: 1024 * 1024,
+            disk: std::sync::Arc::default(),
         }
     }
 }

@@ -53,6 +53,17 @@ pub(crate) enum Expr {
     },
 }
 
+impl Expr {
+    /// How many nodes the tree has.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Expr::All | Expr::Term { .. } => 1,
+            Expr::Not(e) => 1 + e.size(),
+            Expr::And(v) | Expr::Or(v) => 1 + v.iter().map(Expr::size).sum::<usize>(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
     LParen,
@@ -94,34 +105,45 @@ fn quoted(q: &str, start: usize) -> Result<(String, usize), QueryError> {
     err(start, "unterminated quote")
 }
 
+/// The one whitespace rule of the lexer: Unicode whitespace (a no-break space separates words
+/// like a space does). The lexer advances by `char`, so every step consumes at least one.
+fn is_space(c: char) -> bool {
+    c.is_whitespace()
+}
+
+/// Where a bare word starting at `start` ends: at whitespace, a parenthesis or a quote.
+fn word_end(q: &str, start: usize) -> usize {
+    q[start..]
+        .find(|c: char| is_space(c) || c == '(' || c == ')' || c == '"')
+        .map_or(q.len(), |n| start + n)
+}
+
 fn lex(q: &str) -> Result<Vec<(usize, Tok)>, QueryError> {
-    let bytes = q.as_bytes();
     let mut toks = Vec::new();
     let mut i = 0;
-    while i < q.len() {
-        let c = bytes[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
+    while let Some(c) = q[i..].chars().next() {
+        if is_space(c) {
+            i += c.len_utf8();
             continue;
         }
         match c {
-            b'(' => {
+            '(' => {
                 toks.push((i, Tok::LParen));
                 i += 1;
             }
-            b')' => {
+            ')' => {
                 toks.push((i, Tok::RParen));
                 i += 1;
             }
-            b'-' => {
-                match bytes.get(i + 1) {
-                    Some(n) if !n.is_ascii_whitespace() && *n != b')' => {}
+            '-' => {
+                match q[i + 1..].chars().next() {
+                    Some(n) if !is_space(n) && n != ')' => {}
                     _ => return err(i, "'-' must be followed by a term"),
                 }
                 toks.push((i, Tok::Minus));
                 i += 1;
             }
-            b'"' => {
+            '"' => {
                 let (value, end) = quoted(q, i)?;
                 toks.push((
                     i,
@@ -135,46 +157,54 @@ fn lex(q: &str) -> Result<Vec<(usize, Tok)>, QueryError> {
             }
             _ => {
                 let start = i;
-                let end = q[i..]
-                    .find(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == '"')
-                    .map_or(q.len(), |n| i + n);
-                let word = &q[start..end];
-                i = end;
-                let tok = match word {
-                    "AND" => Tok::And,
-                    "OR" => Tok::Or,
-                    "NOT" => Tok::Not,
-                    _ => match word.split_once(':') {
-                        Some((field, value)) if is_field_name(field) => {
-                            let (value, quoted_value) =
-                                if value.is_empty() && bytes.get(end) == Some(&b'"') {
-                                    let (v, after) = quoted(q, end)?;
-                                    i = after;
-                                    (v, true)
-                                } else {
-                                    (value.to_string(), false)
-                                };
-                            if value.is_empty() && !quoted_value {
-                                return err(start, format!("missing value after '{field}:'"));
-                            }
-                            Tok::Term {
-                                field: Some(field.to_string()),
-                                value,
-                                quoted: quoted_value,
-                            }
-                        }
-                        _ => Tok::Term {
-                            field: None,
-                            value: word.to_string(),
-                            quoted: false,
-                        },
-                    },
-                };
+                let end = word_end(q, i);
+                // `c` is none of the word's terminators, so the word holds at least `c`.
+                debug_assert!(end > start);
+                let (tok, after) = word(q, start, end)?;
+                i = after;
                 toks.push((start, tok));
             }
         }
     }
     Ok(toks)
+}
+
+/// The token for the bare word `q[start..end]` and the offset after it (past a quoted value
+/// that follows `field:`).
+fn word(q: &str, start: usize, end: usize) -> Result<(Tok, usize), QueryError> {
+    let word = &q[start..end];
+    let tok = match word {
+        "AND" => Tok::And,
+        "OR" => Tok::Or,
+        "NOT" => Tok::Not,
+        _ => match word.split_once(':') {
+            Some((field, value)) if is_field_name(field) => {
+                if value.is_empty() && q[end..].starts_with('"') {
+                    let (v, after) = quoted(q, end)?;
+                    let tok = Tok::Term {
+                        field: Some(field.to_string()),
+                        value: v,
+                        quoted: true,
+                    };
+                    return Ok((tok, after));
+                }
+                if value.is_empty() {
+                    return err(start, format!("missing value after '{field}:'"));
+                }
+                Tok::Term {
+                    field: Some(field.to_string()),
+                    value: value.to_string(),
+                    quoted: false,
+                }
+            }
+            _ => Tok::Term {
+                field: None,
+                value: word.to_string(),
+                quoted: false,
+            },
+        },
+    };
+    Ok((tok, end))
 }
 
 fn describe(t: Option<&(usize, Tok)>) -> String {

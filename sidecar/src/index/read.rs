@@ -16,6 +16,7 @@ use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
 use super::compile::Compiler;
 use super::store::{IndexStore, KindShared};
 use super::{query, ExportedDoc, IndexError, Kind, RangeDigest, Result, SearchResult, StoredDoc};
+use crate::locks::RwLockExt;
 
 /// Most results one search returns.
 pub const MAX_LIMIT: usize = 10_000;
@@ -56,7 +57,7 @@ impl IndexStore {
     pub fn get(&self, kind: Kind, id: &str) -> Result<Option<StoredDoc>> {
         let ks = self.kind(kind);
         {
-            let vm = ks.versions.read().expect("version map lock");
+            let vm = ks.versions.read_locked();
             match vm.get(id) {
                 None => return Ok(None),
                 Some(e) if e.deleted() => return Ok(None),
@@ -150,20 +151,12 @@ impl IndexStore {
 
     /// Digest of the buckets in `range` (bucket = first byte of SHA-256(id)); O(buckets).
     pub fn digest(&self, kind: Kind, range: RangeInclusive<u8>) -> RangeDigest {
-        self.kind(kind)
-            .versions
-            .read()
-            .expect("version map lock")
-            .digest(range)
+        self.kind(kind).versions.read_locked().digest(range)
     }
 
     /// (id, version, deleted) of every document and tombstone of one bucket, sorted by id.
     pub fn entries(&self, kind: Kind, bucket: u8) -> Vec<(String, u64, bool)> {
-        self.kind(kind)
-            .versions
-            .read()
-            .expect("version map lock")
-            .entries(bucket)
+        self.kind(kind).versions.read_locked().entries(bucket)
     }
 
     /// The current state of `ids` for a peer: documents with their JSON, tombstones without;
@@ -171,12 +164,7 @@ impl IndexStore {
     pub fn export(&self, kind: Kind, ids: &[String]) -> Result<Vec<ExportedDoc>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let entry = self
-                .kind(kind)
-                .versions
-                .read()
-                .expect("version map lock")
-                .get(id);
+            let entry = self.kind(kind).versions.read_locked().get(id);
             match entry {
                 None => {}
                 Some(e) if e.deleted() => out.push(ExportedDoc {

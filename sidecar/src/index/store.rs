@@ -26,6 +26,7 @@ use super::{
     BulkOutcome, ExportedDoc, IndexError, IndexOptions, IndexStats, Kind, RawDoc, Result,
     WriteOutcome,
 };
+use crate::locks::{LockExt, RwLockExt};
 
 /// Largest accepted document id, in bytes.
 const MAX_ID_BYTES: usize = 1024;
@@ -199,7 +200,7 @@ impl IndexStore {
     }
 
     fn send(&self, cmd: Command) -> Result<()> {
-        let tx = self.tx.lock().expect("sender lock");
+        let tx = self.tx.locked();
         tx.as_ref()
             .ok_or(IndexError::WriterStopped)?
             .send(cmd)
@@ -213,7 +214,7 @@ impl IndexStore {
         version: u64,
         doc: &Value,
     ) -> Result<PreparedOp> {
-        check_id(kind, id)?;
+        check_write(kind, id, version)?;
         if !doc.is_object() {
             return Err(not_an_object(kind, id));
         }
@@ -230,7 +231,7 @@ impl IndexStore {
         version: u64,
         source: String,
     ) -> Result<PreparedOp> {
-        check_id(kind, id)?;
+        check_write(kind, id, version)?;
         if source.len() > self.opts.max_doc_bytes {
             return Err(IndexError::DocumentTooLarge {
                 kind,
@@ -306,7 +307,7 @@ impl IndexStore {
 
     /// Deletes `kind`/`id`, leaving a tombstone with `version`, unless a version ≥ `version` is stored.
     pub async fn delete(&self, kind: Kind, id: &str, version: u64) -> Result<WriteOutcome> {
-        check_id(kind, id)?;
+        check_write(kind, id, version)?;
         let op = PreparedOp {
             kind,
             id: id.into(),
@@ -407,7 +408,7 @@ impl IndexStore {
     fn prepare(&self, kind: Kind, d: ExportedDoc, now: u64) -> Result<PreparedOp> {
         match (d.deleted, d.doc) {
             (true, _) => {
-                check_id(kind, &d.id)?;
+                check_write(kind, &d.id, d.version)?;
                 Ok(PreparedOp {
                     kind,
                     id: d.id,
@@ -478,9 +479,9 @@ impl IndexStore {
     pub async fn shutdown(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Shutdown { reply })?;
-        self.tx.lock().expect("sender lock").take();
+        self.tx.locked().take();
         let r = rx.await.map_err(|_| IndexError::WriterStopped)?;
-        let thread = self.thread.lock().expect("thread lock").take();
+        let thread = self.thread.locked().take();
         if let Some(t) = thread {
             // The thread has answered and is exiting; joining releases the index locks.
             tokio::task::spawn_blocking(move || t.join())
@@ -495,8 +496,8 @@ impl IndexStore {
     /// what was acknowledged must come back from the journal at the next open). Blocking.
     pub fn abort(self) {
         let _ = self.send(Command::Abort);
-        self.tx.lock().expect("sender lock").take();
-        if let Some(t) = self.thread.lock().expect("thread lock").take() {
+        self.tx.locked().take();
+        if let Some(t) = self.thread.locked().take() {
             let _ = t.join();
         }
     }
@@ -508,11 +509,7 @@ impl IndexStore {
                 .map(|k| {
                     (
                         *k,
-                        self.shared.kinds[k.index()]
-                            .versions
-                            .read()
-                            .expect("version map lock")
-                            .stats(),
+                        self.shared.kinds[k.index()].versions.read_locked().stats(),
                     )
                 })
                 .collect(),
@@ -531,13 +528,25 @@ fn not_an_object(kind: Kind, id: &str) -> IndexError {
     }
 }
 
-fn check_id(kind: Kind, id: &str) -> Result<()> {
+/// The largest version a write may carry: the largest integer every JSON reader holds exactly
+/// (2^53 − 1). A larger one could never be superseded by a master writing through JavaScript
+/// or a double, so the document could no longer be updated or deleted.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
+
+/// Checks what every write path shares: the id's size and the version's range.
+fn check_write(kind: Kind, id: &str, version: u64) -> Result<()> {
+    let bad = |reason: String| IndexError::BadDocument {
+        kind,
+        id: id.chars().take(64).collect(),
+        reason,
+    };
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(IndexError::BadDocument {
-            kind,
-            id: id.chars().take(64).collect(),
-            reason: format!("the id must have 1 to {MAX_ID_BYTES} bytes"),
-        });
+        return Err(bad(format!("the id must have 1 to {MAX_ID_BYTES} bytes")));
+    }
+    if version > MAX_VERSION {
+        return Err(bad(format!(
+            "version {version} is above {MAX_VERSION} (2^53 - 1, the largest JSON-safe integer)"
+        )));
     }
     Ok(())
 }

@@ -430,3 +430,31 @@ async fn apply_each_raw_stores_the_text_given_and_refuses_bad_documents_alone() 
     assert_eq!(store.search(C, "hello", 10).expect("search").total, 1);
     assert_eq!(store.get(C, "e").expect("get"), None);
 }
+
+/// Issue 13: a version above 2^53 − 1 is refused on every write path (it could never be
+/// superseded by a master using JSON numbers); 2^53 − 1 itself is fine.
+#[tokio::test]
+async fn versions_above_the_json_safe_range_are_refused_on_every_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), fast_opts());
+    let max = super::store::MAX_VERSION;
+    assert_eq!(max, (1 << 53) - 1);
+    assert_eq!(
+        store.upsert(C, "a", max, doc(1)).await.ok(),
+        Some(WriteOutcome::Applied)
+    );
+    let too_big = |r: super::Result<WriteOutcome>| matches!(r, Err(IndexError::BadDocument { ref reason, .. }) if reason.contains("2^53"));
+    assert!(too_big(store.upsert(C, "b", max + 1, doc(1)).await));
+    assert!(too_big(store.delete(C, "a", u64::MAX).await));
+    let exported = |deleted| ExportedDoc {
+        id: "c".into(),
+        version: u64::MAX,
+        deleted,
+        doc: (!deleted).then(|| doc(1)),
+        deleted_at: None,
+    };
+    assert!(store.apply(C, vec![exported(false)]).await.is_err());
+    assert!(store.apply(C, vec![exported(true)]).await.is_err());
+    assert!(store.get(C, "b").expect("get").is_none());
+    assert_eq!(store.get(C, "a").expect("get").expect("live").version, max);
+}

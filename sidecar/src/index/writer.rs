@@ -20,6 +20,7 @@ use super::journal::Journal;
 use super::store::Shared;
 use super::versions::Entry;
 use super::{IndexError, IndexOptions, Kind, Result, WriteOutcome};
+use crate::locks::RwLockExt;
 
 /// Commit at once when this many writes wait for a commit (bounds `pending` memory).
 const MAX_PENDING: u64 = 50_000;
@@ -144,7 +145,7 @@ impl Writer {
         self.shared
             .kinds
             .iter()
-            .map(|k| k.versions.read().expect("version map lock").pending_ops())
+            .map(|k| k.versions.read_locked().pending_ops())
             .sum()
     }
 
@@ -202,12 +203,27 @@ impl Writer {
     /// Makes the batch durable (one fsync), then answers its writers.
     fn flush(&mut self, replies: &mut Replies) {
         let synced = self.journal.sync();
+        match &synced {
+            Ok(()) => self.opts.disk.succeeded(),
+            Err(e) => {
+                if let Some(io) = crate::durable::disk::io_source(e) {
+                    self.opts.disk.failed(self.journal.path(), io);
+                }
+            }
+        }
         self.shared
             .journal_bytes
             .store(self.journal.len(), Ordering::Relaxed);
         for (reply, outcome) in replies.drain(..) {
             let outcome = match (&synced, outcome) {
-                (Err(e), Ok(_)) => Err(IndexError::internal("journal", e.to_string())),
+                // The i/o error keeps its kind, so a full disk answers 507.
+                (Err(e), Ok(_)) => Err(match crate::durable::disk::io_source(e) {
+                    Some(io) => IndexError::internal(
+                        format!("append to journal {}", self.journal.path().display()),
+                        crate::durable::copy_io(io),
+                    ),
+                    None => IndexError::internal("journal", e.to_string()),
+                }),
                 (_, o) => o,
             };
             let _ = reply.send(outcome);
@@ -226,7 +242,7 @@ impl Writer {
     fn apply_one(&mut self, op: PreparedOp, durable: bool) -> Result<WriteOutcome> {
         let k = op.kind.index();
         let ks = &self.shared.kinds[k];
-        let mut vm = ks.versions.write().expect("version map lock");
+        let mut vm = ks.versions.write_locked();
         let stored = vm.get(&op.id);
         if let Some(stored) = stored {
             if stored.version >= op.version {
@@ -296,10 +312,7 @@ impl Writer {
             ks.reader
                 .reload()
                 .map_err(|e| IndexError::internal(format!("reload {kind}"), e))?;
-            ks.versions
-                .write()
-                .expect("version map lock")
-                .clear_pending();
+            ks.versions.write_locked().clear_pending();
             self.dirty[k] = false;
         }
         self.journal.reset()?;
@@ -324,15 +337,11 @@ impl Writer {
             let ks = &self.shared.kinds[k];
             // Scan under the read lock (gets go on); only this thread mutates the map, so the
             // expired set cannot change before the write lock is taken.
-            let expired = ks
-                .versions
-                .read()
-                .expect("version map lock")
-                .expired_tombstones(cutoff);
+            let expired = ks.versions.read_locked().expired_tombstones(cutoff);
             if expired.is_empty() {
                 continue;
             }
-            let mut vm = ks.versions.write().expect("version map lock");
+            let mut vm = ks.versions.write_locked();
             for id in &expired {
                 self.writers[k].delete_term(Term::from_field_text(ks.schema.id, id));
                 vm.remove(id);

@@ -280,3 +280,62 @@ async fn a_logout_queues_the_token_hash_never_the_token() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_plugin_call_is_queued_as_sent_and_also_applied_here() {
+    let (f, _stop) = fixture(true, false).await;
+    let json = Some("application/json; charset=utf-8".to_owned());
+    f.local
+        .caches
+        .put("tokens", r#"{"id":1000001}"#, Bytes::from_static(b"1"))
+        .unwrap();
+    let eviction = PluginCall {
+        method: "POST".into(),
+        path: "cache/tokens".into(),
+        content_type: json.clone(),
+        created_on: Some(1_700_000_000_123),
+        body: Some(r#"{ "id" : 1000001 }"#.into()),
+    };
+    let a = f.local.plugin_call(eviction.clone()).await.unwrap();
+    assert!(a.forwarded && a.seq.is_some());
+    assert!(
+        f.local.caches.get("tokens", r#"{"id":1000001}"#).is_none(),
+        "Gerrit's JSON key evicts this node's entry too"
+    );
+    let event = PluginCall {
+        method: "POST".into(),
+        path: "event/ref-updated".into(),
+        content_type: json,
+        created_on: None,
+        body: Some(r#"{"type":"ref-updated","eventCreatedOn":1700000000}"#.into()),
+    };
+    f.local.plugin_call(event.clone()).await.unwrap();
+    assert_eq!(
+        f.local.events.last_seq_by_origin().len(),
+        1,
+        "in this node's log"
+    );
+    let q = queued(&f.queue);
+    let calls: Vec<PluginCall> = q
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            PeerMessage::Plugin(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec![eviction, event],
+        "queued exactly as sent, in order"
+    );
+    // An event the log refuses is not queued either.
+    let bad = PluginCall {
+        method: "POST".into(),
+        path: "event/x".into(),
+        content_type: None,
+        created_on: None,
+        body: Some(r#"{"type":"x"}"#.into()),
+    };
+    assert!(f.local.plugin_call(bad).await.is_err());
+    assert_eq!(f.queue.stats().pending, 2);
+}

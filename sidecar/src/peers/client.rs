@@ -308,7 +308,7 @@ fn transport(url: &url::Url, e: &reqwest::Error) -> ClientError {
 }
 
 /// What kind of failure, and its innermost cause.
-fn describe(e: &reqwest::Error) -> (&'static str, String) {
+pub(crate) fn describe(e: &reqwest::Error) -> (&'static str, String) {
     let kind = if e.is_connect() {
         "connection failed"
     } else if e.is_timeout() {

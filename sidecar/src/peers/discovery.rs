@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::locks::LockExt;
 use shared_fs::members::{Heartbeat, MemberState as HbState, Members, MembersError, MembersView};
 
 /// What a source says about one peer.
@@ -126,7 +127,7 @@ impl Source {
                 own_id,
                 own_routable,
             } => {
-                let members = view.lock().expect("members view lock").refresh(*ttl)?;
+                let members = view.locked().refresh(*ttl)?;
                 Ok(members
                     .into_iter()
                     .filter(|m| &m.heartbeat.instance_id != own_id)

@@ -12,6 +12,7 @@ use super::client::{PeerClient, SendError};
 use super::deadletter::DeadLetters;
 use super::outbox::{now_ms, Outbox, Peeked};
 use super::Peer;
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 
 pub struct ForwarderCtx {
@@ -25,16 +26,9 @@ pub struct ForwarderCtx {
     pub max_retry_interval: Duration,
 }
 
-/// Exponential back-off with equal jitter: half the delay fixed, half random.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(20)).min(cap);
-    let half = exp / 2;
-    half + half.mul_f64(rand::random::<f64>())
-}
-
 pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: CancellationToken) {
     let label = Metrics::peer(&peer.key);
-    let mut attempt: u32 = 0;
+    let mut backoff = Backoff::new(ctx.retry_interval, ctx.max_retry_interval);
     let mut limit = ctx.max_messages;
     loop {
         if shutdown.is_cancelled() {
@@ -74,7 +68,7 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
             &ctx.origin,
             batch.records.iter().map(|r| (r.seq, r.payload.as_slice())),
         );
-        if attempt > 0 {
+        if backoff.attempt() > 0 {
             ctx.metrics.batches_retried.get_or_create(&label).inc();
         }
         let url = peer.url();
@@ -86,7 +80,7 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
             Ok(reply) => {
                 for rej in &reply.rejected {
                     if let Some(r) = batch.records.iter().find(|r| r.seq == rej.seq) {
-                        dead_letter(&peer, &ctx, r.seq, 200, &rej.error, &r.payload);
+                        dead_letter(&peer, &ctx, r.seq, 200, &rej.error, &r.payload).await;
                     }
                 }
                 {
@@ -104,10 +98,10 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
                     .inc_by(batch.records.len() as u64);
                 ack(&peer, &batch, &ctx).await;
                 peer.record_success();
-                if attempt > 0 {
-                    tracing::info!(peer = %peer.key, after_attempts = attempt, "peer reachable again; delivering");
+                if backoff.attempt() > 0 {
+                    tracing::info!(peer = %peer.key, after_attempts = backoff.attempt(), "peer reachable again; delivering");
                 }
-                attempt = 0;
+                backoff.reset();
                 limit = ctx.max_messages;
             }
             Err(SendError::Refused { status, message }) => {
@@ -118,17 +112,17 @@ pub async fn run(peer: Arc<Peer>, ctx: Arc<ForwarderCtx>, shutdown: Cancellation
                     continue;
                 }
                 let r = &batch.records[0];
-                dead_letter(&peer, &ctx, r.seq, status, &message, &r.payload);
+                dead_letter(&peer, &ctx, r.seq, status, &message, &r.payload).await;
                 ack(&peer, &batch, &ctx).await;
             }
             Err(SendError::Retry(why)) => {
                 ctx.metrics.batches_failed.get_or_create(&label).inc();
-                let delay = backoff(attempt, ctx.retry_interval, ctx.max_retry_interval);
+                let attempt = backoff.attempt();
+                let delay = backoff.next_delay();
                 if attempt == 0 || attempt.is_power_of_two() {
                     tracing::warn!(peer = %peer.key, attempt, retry_in_ms = delay.as_millis() as u64, error = %why, "delivery failed; will retry");
                 }
                 peer.record_failure(&why.to_string());
-                attempt = attempt.saturating_add(1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = peer.wake.notified() => {
@@ -155,7 +149,8 @@ async fn ack(peer: &Arc<Peer>, batch: &Peeked, _ctx: &ForwarderCtx) {
     }
 }
 
-fn dead_letter(
+/// Sets a refused message aside in `<data>/deadletter/` (a file append, on a blocking thread).
+async fn dead_letter(
     peer: &Peer,
     ctx: &ForwarderCtx,
     seq: u64,
@@ -169,10 +164,18 @@ fn dead_letter(
         .inc();
     let file = Outbox::queue_dir_name(&peer.key);
     tracing::warn!(peer = %peer.key, seq, status, error, file = %ctx.dead.path_for(&file).display(), "peer refused a message for good; set aside as a dead letter");
-    if let Err(e) = ctx
-        .dead
-        .record(&peer.key, &file, seq, status, error, payload)
-    {
+    let (dead, key, error, payload) = (
+        ctx.dead.clone(),
+        peer.key.clone(),
+        error.to_owned(),
+        payload.to_vec(),
+    );
+    let written = tokio::task::spawn_blocking(move || {
+        dead.record(&key, &file, seq, status, &error, &payload)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Err(e) = written {
         tracing::error!(peer = %peer.key, seq, error = %e, "cannot write the dead-letter file; the message is dropped");
     }
 }
@@ -181,21 +184,5 @@ async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = shutdown.cancelled() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(5);
-        for attempt in 0..30 {
-            let d = backoff(attempt, base, cap);
-            let exp = base.saturating_mul(1 << attempt.min(20)).min(cap);
-            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
-        }
     }
 }

@@ -17,6 +17,7 @@ use super::outbox::now_ms;
 use super::{MemberState, Peer, Peers};
 use crate::config::{Config, Discovery};
 use crate::health::Health;
+use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::shared_dir::{SharedDir, SharedDirError};
 use crate::wire::{BacklogReply, Hello};
@@ -175,7 +176,11 @@ impl Membership {
     }
 
     fn forget(&self, key: &str) {
-        match self.peers.forget(key) {
+        Self::forgotten(key, self.peers.forget(key));
+    }
+
+    fn forgotten(key: &str, result: Result<(), super::outbox::OutboxError>) {
+        match result {
             Ok(()) => {
                 tracing::info!(peer = %key, "absent longer than peerInfo.retainAbsent: its queue is deleted")
             }
@@ -222,7 +227,7 @@ impl Membership {
             self.discover().await;
         }
         self.probe_all().await;
-        self.expire();
+        self.expire().await;
         self.save_roster().await;
     }
 
@@ -260,7 +265,7 @@ impl Membership {
     }
 
     fn reconcile(&self, found: Vec<Found>) {
-        let selves = self.inner.lock().expect("membership lock").selves.clone();
+        let selves = self.inner.locked().selves.clone();
         let mut listed = HashSet::new();
         for f in found {
             if selves.contains(&f.key) {
@@ -317,11 +322,7 @@ impl Membership {
 
     fn became_up(&self, peer: &Arc<Peer>) {
         let old = peer.set_state(MemberState::Up);
-        self.inner
-            .lock()
-            .expect("membership lock")
-            .unreachable_since
-            .remove(&peer.key);
+        self.inner.locked().unreachable_since.remove(&peer.key);
         match old {
             MemberState::Up => return,
             MemberState::Failed => {
@@ -423,11 +424,7 @@ impl Membership {
         match probe {
             Probe::Ready(Some(id)) | Probe::NotReady(Some(id)) if id == self.config.instance_id => {
                 tracing::warn!(peer = %peer.key, "this peer address is this node itself; not a peer");
-                self.inner
-                    .lock()
-                    .expect("membership lock")
-                    .selves
-                    .insert(peer.key.clone());
+                self.inner.locked().selves.insert(peer.key.clone());
                 self.forget(&peer.key);
             }
             Probe::Ready(id) => {
@@ -437,17 +434,12 @@ impl Membership {
                 self.became_up(peer);
             }
             Probe::NotReady(_) => {
-                self.inner
-                    .lock()
-                    .expect("membership lock")
-                    .unreachable_since
-                    .remove(&peer.key);
+                self.inner.locked().unreachable_since.remove(&peer.key);
             }
             Probe::Unreachable(why) => {
                 let since = *self
                     .inner
-                    .lock()
-                    .expect("membership lock")
+                    .locked()
                     .unreachable_since
                     .entry(peer.key.clone())
                     .or_insert_with(Instant::now);
@@ -461,13 +453,25 @@ impl Membership {
         }
     }
 
-    fn expire(&self) {
+    /// Deletes the queues of peers absent beyond `retainAbsent` (file deletions, on a
+    /// blocking thread).
+    async fn expire(&self) {
         let now = now_ms();
         for p in self.peers.list() {
-            if let Some(since) = p.status().absent_since_ms {
-                if self.expired(since, now) {
-                    self.forget(&p.key);
-                }
+            if p.status()
+                .absent_since_ms
+                .is_some_and(|since| self.expired(since, now))
+            {
+                let (peers, key) = (self.peers.clone(), p.key.clone());
+                let r = tokio::task::spawn_blocking(move || peers.forget(&key))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(super::outbox::OutboxError::Io(
+                            "outbox".into(),
+                            std::io::Error::other(e),
+                        ))
+                    });
+                Self::forgotten(&p.key, r);
             }
         }
     }
@@ -492,7 +496,7 @@ impl Membership {
             })
             .collect();
         {
-            let mut inner = self.inner.lock().expect("membership lock");
+            let mut inner = self.inner.locked();
             if inner.last_roster.as_ref() == Some(&entries) {
                 return;
             }

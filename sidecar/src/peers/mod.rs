@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::locks::LockExt;
 use outbox::{Outbox, OutboxError, Queue};
 
 /// What this node believes about a peer's membership.
@@ -83,8 +84,15 @@ impl Level {
 
 impl PeerStatus {
     /// The level of a peer in this state with `pending` messages queued for it, the oldest
-    /// `oldest_age_ms` old.
-    pub fn level(&self, pending: u64, oldest_age_ms: Option<u64>) -> Level {
+    /// `oldest_age_ms` old. A peer that left is fine for `ttl_ms`; gone longer (at `now_ms`) it
+    /// is a warning: it may never come back.
+    pub fn level(
+        &self,
+        pending: u64,
+        oldest_age_ms: Option<u64>,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Level {
         if pending >= BACKLOG_ERROR
             || oldest_age_ms.is_some_and(|a| a > OLDEST_UNDELIVERED_ERROR_MS)
         {
@@ -92,6 +100,8 @@ impl PeerStatus {
         } else if pending >= BACKLOG_WARNING
             || self.state == MemberState::Failed
             || (self.state == MemberState::Up && self.reachable == Some(false))
+            || (self.state == MemberState::Left
+                && now_ms.saturating_sub(self.state_since_ms) > ttl_ms)
         {
             Level::Warning
         } else {
@@ -118,20 +128,20 @@ pub struct Peer {
 
 impl Peer {
     pub fn status(&self) -> PeerStatus {
-        self.status.lock().expect("status lock").clone()
+        self.status.locked().clone()
     }
 
     pub fn url(&self) -> url::Url {
-        self.url.lock().expect("url lock").clone()
+        self.url.locked().clone()
     }
 
     pub fn is_forwarding(&self) -> bool {
-        self.forwarder.lock().expect("forwarder lock").is_some()
+        self.forwarder.locked().is_some()
     }
 
     /// Changes the membership state; returns the previous one.
     pub fn set_state(&self, state: MemberState) -> MemberState {
-        let mut s = self.status.lock().expect("status lock");
+        let mut s = self.status.locked();
         let old = s.state;
         if old != state {
             s.state = state;
@@ -141,7 +151,7 @@ impl Peer {
     }
 
     pub fn set_instance_id(&self, id: &str) {
-        let mut s = self.status.lock().expect("status lock");
+        let mut s = self.status.locked();
         if s.instance_id.as_deref() != Some(id) {
             s.instance_id = Some(id.to_owned());
         }
@@ -153,14 +163,14 @@ impl Peer {
     }
 
     fn record_success(&self) {
-        let mut s = self.status.lock().expect("status lock");
+        let mut s = self.status.locked();
         s.reachable = Some(true);
         s.last_success_ms = Some(outbox::now_ms());
         s.consecutive_failures = 0;
     }
 
     fn record_failure(&self, why: &str) {
-        let mut s = self.status.lock().expect("status lock");
+        let mut s = self.status.locked();
         s.reachable = Some(false);
         s.last_error = Some(why.to_owned());
         s.last_error_ms = Some(outbox::now_ms());
@@ -222,7 +232,7 @@ impl Peers {
         }
         let peer = self.open(key, url)?;
         {
-            let mut s = peer.status.lock().expect("status lock");
+            let mut s = peer.status.locked();
             s.absent_since_ms = Some(absent_since_ms);
             s.state = state;
         }
@@ -243,10 +253,7 @@ impl Peers {
             forwarder: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
         });
-        self.peers
-            .lock()
-            .expect("peers lock")
-            .insert(key.to_owned(), peer.clone());
+        self.peers.locked().insert(key.to_owned(), peer.clone());
         Ok(peer)
     }
 
@@ -258,13 +265,13 @@ impl Peers {
             None => (self.open(key, url.clone())?, true),
         };
         let moved = {
-            let mut u = peer.url.lock().expect("url lock");
+            let mut u = peer.url.locked();
             let moved = *u != url;
             *u = url;
             moved
         };
-        peer.status.lock().expect("status lock").absent_since_ms = None;
-        let mut fwd = peer.forwarder.lock().expect("forwarder lock");
+        peer.status.locked().absent_since_ms = None;
+        let mut fwd = peer.forwarder.locked();
         if moved {
             // The forwarder holds no URL across batches, but a send in flight to the old
             // address is abandoned quickly by restarting it.
@@ -282,7 +289,7 @@ impl Peers {
                     forwarder::run(p.clone(), ctx, stop).await;
                 }
             });
-            let mut tasks = self.tasks.lock().expect("tasks lock");
+            let mut tasks = self.tasks.locked();
             tasks.retain(|t| !t.is_finished());
             tasks.push(task);
             tracing::info!(peer = %key, url = %peer.url(), pending = peer.queue.stats().pending, "forwarding to peer");
@@ -295,10 +302,10 @@ impl Peers {
     /// messages (so nothing is lost if it returns) until [`Peers::forget`].
     pub fn set_absent(&self, key: &str) {
         if let Some(p) = self.get(key) {
-            if let Some(t) = p.forwarder.lock().expect("forwarder lock").take() {
+            if let Some(t) = p.forwarder.locked().take() {
                 t.cancel();
             }
-            let mut s = p.status.lock().expect("status lock");
+            let mut s = p.status.locked();
             if s.absent_since_ms.is_none() {
                 s.absent_since_ms = Some(outbox::now_ms());
             }
@@ -307,8 +314,8 @@ impl Peers {
 
     /// Stops forwarding to a peer; its queue files stay on disk.
     pub fn remove(&self, key: &str) {
-        if let Some(p) = self.peers.lock().expect("peers lock").remove(key) {
-            if let Some(t) = p.forwarder.lock().expect("forwarder lock").take() {
+        if let Some(p) = self.peers.locked().remove(key) {
+            if let Some(t) = p.forwarder.locked().take() {
                 t.cancel();
             }
             self.outbox.remove_peer(key);
@@ -322,7 +329,7 @@ impl Peers {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Peer>> {
-        self.peers.lock().expect("peers lock").get(key).cloned()
+        self.peers.locked().get(key).cloned()
     }
 
     /// The peer a request from `instance_id` at `url` comes from, by key, known instance id or URL.
@@ -339,12 +346,7 @@ impl Peers {
     }
 
     pub fn list(&self) -> Vec<Arc<Peer>> {
-        self.peers
-            .lock()
-            .expect("peers lock")
-            .values()
-            .cloned()
-            .collect()
+        self.peers.locked().values().cloned().collect()
     }
 
     /// Refreshes the per-peer gauges before a scrape.
@@ -375,7 +377,7 @@ impl Peers {
     /// re-sent after restart and dropped by the receiver as duplicates).
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();
+        let tasks: Vec<_> = self.tasks.locked().drain(..).collect();
         for t in tasks {
             let _ = t.await;
         }

@@ -8,6 +8,7 @@ use std::io::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::PluginCall;
 use crate::index::{Kind, RawDoc};
 
 /// Which kind of message: the `kind` field, and the metric label.
@@ -17,6 +18,7 @@ pub enum MessageKind {
     Flush,
     Index,
     Event,
+    Plugin,
     /// A kind this version does not know (a newer sender) or no kind at all.
     Unknown,
 }
@@ -28,6 +30,7 @@ impl MessageKind {
             MessageKind::Flush => "flush",
             MessageKind::Index => "index",
             MessageKind::Event => "event",
+            MessageKind::Plugin => "plugin",
             MessageKind::Unknown => "unknown",
         }
     }
@@ -38,6 +41,7 @@ impl MessageKind {
             Some("flush") => MessageKind::Flush,
             Some("index") => MessageKind::Index,
             Some("event") => MessageKind::Event,
+            Some("plugin") => MessageKind::Plugin,
             _ => MessageKind::Unknown,
         }
     }
@@ -84,6 +88,9 @@ pub enum PeerMessage<'a> {
     /// `event` is Gerrit's event JSON (an object), kept byte for byte: validated by the event
     /// log when it was appended (sending) or by the decoder (receiving).
     Event { event_seq: u64, event: &'a [u8] },
+    /// A call of Gerrit's high-availability plugin from the origin's master, to replay into
+    /// the receiver's own master.
+    Plugin(PluginCall),
 }
 
 /// Why a message of a batch cannot be read. Every variant but [`MessageError::NoSeq`] names a
@@ -95,7 +102,9 @@ pub enum MessageError {
     NoSeq(#[source] serde_json::Error),
     #[error("cannot read message: {0}")]
     Malformed(#[source] serde_json::Error),
-    #[error("cannot read message: unknown kind {0:?} (known: eviction, flush, index, event)")]
+    #[error(
+        "cannot read message: unknown kind {0:?} (known: eviction, flush, index, event, plugin)"
+    )]
     UnknownKind(Option<String>),
     #[error("cannot read message: {kind} message without `{field}`")]
     Missing {
@@ -104,6 +113,8 @@ pub enum MessageError {
     },
     #[error("{0}")]
     BadIndex(#[source] crate::index::IndexError),
+    #[error("cannot read message: {0}")]
+    BadPlugin(String),
     #[error("index message {kind}/{id} must carry either a doc or deleted: true")]
     DocOrDeleted { kind: Kind, id: String },
 }
@@ -142,6 +153,15 @@ struct Fields<'a> {
     event_seq: Option<u64>,
     #[serde(borrow, default)]
     event: Option<&'a RawValue>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+    created_on: Option<u64>,
+    #[serde(default)]
+    body: Option<String>,
 }
 
 /// Decodes one message of a batch (`raw` is one element of its `messages`). A message whose
@@ -220,6 +240,17 @@ fn body(kind: MessageKind, f: Fields<'_>) -> Result<PeerMessage<'_>, MessageErro
             event_seq: f.event_seq.ok_or_else(|| missing("event_seq"))?,
             event: f.event.ok_or_else(|| missing("event"))?.get().as_bytes(),
         }),
+        MessageKind::Plugin => {
+            let call = PluginCall {
+                method: f.method.ok_or_else(|| missing("method"))?,
+                path: f.path.ok_or_else(|| missing("path"))?,
+                content_type: f.content_type,
+                created_on: f.created_on,
+                body: f.body,
+            };
+            call.check().map_err(MessageError::BadPlugin)?;
+            Ok(PeerMessage::Plugin(call))
+        }
         MessageKind::Unknown => Err(MessageError::UnknownKind(f.kind.map(Cow::into_owned))),
     }
 }
@@ -231,6 +262,7 @@ impl<'a> PeerMessage<'a> {
             PeerMessage::Flush { .. } => MessageKind::Flush,
             PeerMessage::Index { .. } => MessageKind::Index,
             PeerMessage::Event { .. } => MessageKind::Event,
+            PeerMessage::Plugin(_) => MessageKind::Plugin,
         }
     }
 
@@ -257,6 +289,7 @@ impl<'a> PeerMessage<'a> {
                 #[serde(skip_serializing_if = "Option::is_none")]
                 doc: Option<Doc<'b>>,
             },
+            Plugin(&'b PluginCall),
         }
         let tagged = match self {
             PeerMessage::Eviction { cache, keys } => Tagged::Eviction { cache, keys },
@@ -274,6 +307,7 @@ impl<'a> PeerMessage<'a> {
                 deleted: *deleted,
                 doc: *doc,
             },
+            PeerMessage::Plugin(call) => Tagged::Plugin(call),
             PeerMessage::Event { event_seq, event } => {
                 // The event's bytes are a JSON object already: spliced in unchanged.
                 let mut out = Vec::with_capacity(event.len() + 48);

@@ -13,12 +13,14 @@
 mod events;
 pub mod index_sync;
 mod message;
+mod plugin;
 mod replies;
 
 pub use events::{CatchUpEvent, CatchUpQuery, CatchUpReply, OriginsReply};
 pub use message::{
     decode_message, encode_batch, Batch, Doc, Envelope, MessageError, MessageKind, PeerMessage,
 };
+pub use plugin::{Family, PluginCall};
 pub use replies::{BacklogReply, BatchReply, Hello, LeaveReply, Rejection};
 
 /// Instance ids name directories and metric labels, so they are kept to a safe alphabet.

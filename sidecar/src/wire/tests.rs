@@ -98,6 +98,12 @@ const GOLDEN: &[(&str, RoundTrip)] = &[
     ("message-event.json", |b| {
         message_round_trip(b, MessageKind::Event)
     }),
+    ("message-plugin.json", |b| {
+        message_round_trip(b, MessageKind::Plugin)
+    }),
+    ("message-plugin-delete.json", |b| {
+        message_round_trip(b, MessageKind::Plugin)
+    }),
     ("batch.json", batch_round_trip),
     ("batch-reply.json", serde_round_trip::<BatchReply>),
     ("hello.json", serde_round_trip::<Hello>),
@@ -208,6 +214,21 @@ fn bad_messages_are_named_by_seq_and_kind() {
             r#"{"seq":9,"kind":"event","event_seq":1}"#,
             9,
             MessageKind::Event,
+        ),
+        (
+            r#"{"seq":10,"kind":"plugin","path":"cache/projects"}"#,
+            10,
+            MessageKind::Plugin,
+        ),
+        (
+            r#"{"seq":11,"kind":"plugin","method":"GET","path":"cache/projects"}"#,
+            11,
+            MessageKind::Plugin,
+        ),
+        (
+            r#"{"seq":12,"kind":"plugin","method":"POST","path":"query/x"}"#,
+            12,
+            MessageKind::Plugin,
         ),
     ] {
         let env = decode_message(raw).unwrap();

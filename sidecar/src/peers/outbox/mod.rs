@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 
+use crate::locks::{LockExt, RwLockExt};
 use queue::Writer;
 pub use queue::{Peeked, Position, Queue, QueueStats};
 
@@ -31,6 +32,8 @@ pub struct OutboxOptions {
     pub segment_bytes: u64,
     /// Most appends gathered into one group commit.
     pub max_group: usize,
+    /// Where a full disk is reported (the node's, shared with the other stores).
+    pub disk: Arc<crate::durable::DiskWatch>,
 }
 
 impl Default for OutboxOptions {
@@ -38,6 +41,7 @@ impl Default for OutboxOptions {
         OutboxOptions {
             segment_bytes: 64 << 20,
             max_group: 4096,
+            disk: Arc::default(),
         }
     }
 }
@@ -71,12 +75,18 @@ pub struct Outbox {
 impl Outbox {
     /// Opens `<data>/outbox` and starts the committer. Queues are added with [`Outbox::add_peer`].
     pub fn open(data_dir: &Path, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
-        let root = data_dir.join("outbox");
+        Self::open_at(data_dir.join("outbox"), opts)
+    }
+
+    /// Opens an outbox rooted at `root` (the master's delivery queues use their own, so that a
+    /// peer message never enters them and theirs never reach a peer).
+    pub fn open_at(root: PathBuf, opts: OutboxOptions) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(&root).map_err(|e| OutboxError::Io(root.clone(), e))?;
         let seq = SeqAllocator::open(&root)?;
         let (tx, rx) = mpsc::channel();
         let queues = Arc::new(RwLock::new(BTreeMap::new()));
         let committer = Committer {
+            root: root.clone(),
             rx,
             seq,
             writers: BTreeMap::new(),
@@ -115,15 +125,14 @@ impl Outbox {
 
     /// Opens (or creates) the queue of a peer, keeping any backlog it had on disk.
     pub fn add_peer(&self, peer: &str) -> Result<Arc<Queue>, OutboxError> {
-        if let Some(q) = self.queues.read().expect("queues lock").get(peer) {
+        if let Some(q) = self.queues.read_locked().get(peer) {
             return Ok(q.clone());
         }
         let dir = self.root.join(Self::queue_dir_name(peer));
         let (queue, writer) = Queue::open(peer, &dir)?;
         let queue = Arc::new(queue);
         self.queues
-            .write()
-            .expect("queues lock")
+            .write_locked()
             .insert(peer.to_owned(), queue.clone());
         self.tx
             .send(Cmd::AddQueue {
@@ -136,7 +145,7 @@ impl Outbox {
 
     /// Stops appending to a peer's queue (its files stay until [`Outbox::delete_peer_files`]).
     pub fn remove_peer(&self, peer: &str) {
-        self.queues.write().expect("queues lock").remove(peer);
+        self.queues.write_locked().remove(peer);
         let _ = self.tx.send(Cmd::RemoveQueue {
             peer: peer.to_owned(),
         });
@@ -152,16 +161,11 @@ impl Outbox {
     }
 
     pub fn queues(&self) -> Vec<Arc<Queue>> {
-        self.queues
-            .read()
-            .expect("queues lock")
-            .values()
-            .cloned()
-            .collect()
+        self.queues.read_locked().values().cloned().collect()
     }
 
     pub fn has_peers(&self) -> bool {
-        !self.queues.read().expect("queues lock").is_empty()
+        !self.queues.read_locked().is_empty()
     }
 
     /// Appends one message body to every peer's queue; resolves once it is durable, with its
@@ -220,7 +224,7 @@ impl Outbox {
     /// Finishes every append already queued, closes the files and stops the committer.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Cmd::Shutdown);
-        if let Some(t) = self.thread.lock().expect("thread lock").take() {
+        if let Some(t) = self.thread.locked().take() {
             let _ = t.join();
         }
     }
@@ -279,7 +283,7 @@ impl SeqAllocator {
                 }
             }
         }
-        let next = next.max(max_seen + 1);
+        let next = next.max(max_seen.saturating_add(1));
         Ok(SeqAllocator {
             path,
             next,
@@ -289,7 +293,11 @@ impl SeqAllocator {
 
     fn take(&mut self) -> std::io::Result<u64> {
         if self.next >= self.reserved_until {
-            let until = self.next + SEQ_BLOCK;
+            // Checked: a seq that wrapped to 0 would be dropped by every peer as a duplicate.
+            let until = self
+                .next
+                .checked_add(SEQ_BLOCK)
+                .ok_or_else(|| std::io::Error::other("the outbox seqs are exhausted (u64::MAX)"))?;
             let tmp = self.path.with_extension("tmp");
             {
                 use std::io::Write;
@@ -310,6 +318,8 @@ impl SeqAllocator {
 }
 
 struct Committer {
+    /// `<data>/outbox`, named in errors.
+    root: PathBuf,
     rx: mpsc::Receiver<Cmd>,
     seq: SeqAllocator,
     writers: BTreeMap<String, Writer>,
@@ -361,26 +371,26 @@ impl Committer {
         if group.is_empty() {
             return;
         }
-        let starts: BTreeMap<String, u64> = self
-            .writers
-            .iter()
-            .map(|(p, w)| (p.clone(), w.len))
-            .collect();
         let result = self.write_group(group, buf);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "outbox append failed; the requests get an error");
-            // Cut whatever part of this group reached the files, so readers never meet it.
-            for (peer, w) in self.writers.iter_mut() {
-                let start = starts.get(peer).copied().unwrap_or(0);
-                if w.len > start && w.file.set_len(start).is_ok() {
-                    w.len = start;
+        match &result {
+            Ok(_) => self.opts.disk.succeeded(),
+            Err(e) => {
+                self.opts.disk.failed(&self.root, e);
+                tracing::error!(error = %e, "outbox append failed; the requests get an error");
+                // Cut whatever part of this group reached the files (a short write included),
+                // back to what was last made durable, so readers and later appends never meet
+                // a partial record; the cut is fsync'd.
+                for (peer, w) in self.writers.iter_mut() {
+                    if let Err(e) = w.log.rollback() {
+                        tracing::error!(peer, error = %e, "cannot cut a failed outbox append; the queue's later records may be unreadable");
+                    }
                 }
             }
         }
         for (i, (_, _, reply)) in group.drain(..).enumerate() {
             let r = match &result {
                 Ok(seqs) => Ok(seqs[i]),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                Err(e) => Err(crate::durable::copy_io(e)),
             };
             let _ = reply.send(r);
         }
@@ -402,7 +412,10 @@ impl Committer {
             for (peer, queue) in &self.queues {
                 let roll = match self.writers.get(peer) {
                     None => true,
-                    Some(w) => w.len > 0 && w.len + buf.len() as u64 > self.opts.segment_bytes,
+                    Some(w) => {
+                        !w.log.is_empty()
+                            && w.log.len() + buf.len() as u64 > self.opts.segment_bytes
+                    }
                 };
                 if roll {
                     if let Some(w) = self.writers.get_mut(peer) {
@@ -415,7 +428,7 @@ impl Committer {
                     .writers
                     .get_mut(peer)
                     .expect("writer exists after roll");
-                w.append(buf)?;
+                w.log.append(buf)?;
                 let e = unsynced.entry(peer.clone()).or_insert((0, *ts));
                 e.0 += 1;
             }
@@ -434,10 +447,7 @@ impl Committer {
 type Reply = tokio::sync::oneshot::Sender<std::io::Result<u64>>;
 
 fn sync_writer(w: &mut Writer, queue: &Queue, added: Option<(u64, u64)>) -> std::io::Result<()> {
-    if w.dirty {
-        w.file.sync_data()?;
-        w.dirty = false;
-    }
+    w.log.commit()?;
     if let Some((count, first_ts)) = added {
         queue.committed(w, count, first_ts);
     }

@@ -3,12 +3,13 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::segment::{self, Record};
 use super::OutboxError;
+use crate::locks::LockExt;
 
 /// Where delivery stands: the next record to send is at `offset` in segment `segment`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,10 +47,9 @@ pub struct Peeked {
 
 /// The committer's open file for the active segment.
 pub(super) struct Writer {
-    pub file: File,
+    /// The segment file; a failed append or fsync is cut back to its durable length.
+    pub log: crate::durable::AppendLog<File>,
     pub first_seq: u64,
-    pub len: u64,
-    pub dirty: bool,
 }
 
 pub struct Queue {
@@ -112,10 +112,8 @@ impl Queue {
             if last {
                 let file = OpenOptions::new().append(true).open(&path).map_err(ctx)?;
                 writer = Some(Writer {
-                    file,
+                    log: crate::durable::AppendLog::new(file, scan.valid_len),
                     first_seq: first,
-                    len: scan.valid_len,
-                    dirty: false,
                 });
             }
             segments.push_back(SegmentInfo {
@@ -156,7 +154,7 @@ impl Queue {
     }
 
     pub fn stats(&self) -> QueueStats {
-        let s = self.state.lock().expect("queue lock");
+        let s = self.state.locked();
         QueueStats {
             pending: s.pending,
             oldest_pending_ms: s.oldest_pending_ms,
@@ -178,7 +176,7 @@ impl Queue {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(ctx)?;
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.locked();
         if let Some(last) = s.segments.back_mut() {
             last.sealed = true;
         }
@@ -195,23 +193,21 @@ impl Queue {
             sealed: false,
         });
         Ok(Writer {
-            file,
+            log: crate::durable::AppendLog::new(file, 0),
             first_seq,
-            len: 0,
-            dirty: false,
         })
     }
 
     /// Called by the committer after the writer's data is durable.
     pub(super) fn committed(&self, w: &Writer, added: u64, first_ts: u64) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.state.locked();
         if let Some(seg) = s
             .segments
             .iter_mut()
             .rev()
             .find(|x| x.first_seq == w.first_seq)
         {
-            seg.committed_len = w.len;
+            seg.committed_len = w.log.durable_len();
         }
         if s.pending == 0 {
             s.oldest_pending_ms = Some(first_ts);
@@ -225,7 +221,7 @@ impl Queue {
     pub fn peek(&self, max_records: usize, max_bytes: usize) -> Result<Peeked, OutboxError> {
         loop {
             let (pos, path, limit, sealed, next) = {
-                let s = self.state.lock().expect("queue lock");
+                let s = self.state.locked();
                 let Some(i) = s
                     .segments
                     .iter()
@@ -303,7 +299,7 @@ impl Queue {
 
     fn advance(&self, end: Position, count: u64, last_seq: Option<u64>) -> Result<(), OutboxError> {
         let (acked_seq, next_ts) = {
-            let mut s = self.state.lock().expect("queue lock");
+            let mut s = self.state.locked();
             s.acked = end;
             s.pending = s.pending.saturating_sub(count);
             if let Some(l) = last_seq {
@@ -315,7 +311,7 @@ impl Queue {
             write_acked(&self.dir, acked_seq).map_err(|e| OutboxError::Io(self.dir.clone(), e))?;
         }
         let oldest = if next_ts { self.head_timestamp() } else { None };
-        self.state.lock().expect("queue lock").oldest_pending_ms = oldest;
+        self.state.locked().oldest_pending_ms = oldest;
         self.reclaim()
             .map_err(|e| OutboxError::Io(self.dir.clone(), e))
     }
@@ -329,7 +325,7 @@ impl Queue {
     /// Deletes sealed segments that lie wholly before the delivered position.
     fn reclaim(&self) -> io::Result<()> {
         let doomed: Vec<PathBuf> = {
-            let mut s = self.state.lock().expect("queue lock");
+            let mut s = self.state.locked();
             let mut out = Vec::new();
             while s.segments.len() > 1
                 && s.segments[0].first_seq != s.acked.segment
@@ -354,15 +350,6 @@ impl Queue {
         segment::list_segments(&self.dir)
             .map(|v| v.len())
             .unwrap_or(0)
-    }
-}
-
-impl Writer {
-    pub(super) fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
-        self.dirty = true;
-        Ok(())
     }
 }
 

@@ -36,6 +36,7 @@ fn appends_reach_every_queue_in_order_and_survive_reopen() {
             OutboxOptions {
                 segment_bytes: 4096,
                 max_group: 64,
+                ..OutboxOptions::default()
             },
         )
         .unwrap();
@@ -60,6 +61,7 @@ fn appends_reach_every_queue_in_order_and_survive_reopen() {
         OutboxOptions {
             segment_bytes: 4096,
             max_group: 64,
+            ..OutboxOptions::default()
         },
     )
     .unwrap();
@@ -82,6 +84,7 @@ fn appends_reach_every_queue_in_order_and_survive_reopen() {
         OutboxOptions {
             segment_bytes: 4096,
             max_group: 64,
+            ..OutboxOptions::default()
         },
     )
     .unwrap();
