@@ -1,0 +1,139 @@
+//! Metric groups owned by one subsystem each (web sessions, the Gerrit relay), registered by
+//! [`super::Metrics`] under its prefix.
+
+use super::*;
+
+/// Web session figures (`ha_session_*`).
+#[derive(Default)]
+pub struct SessionMetrics {
+    pub creates: Counter,
+    pub reads: Family<ResultLabel, Counter>,
+    pub refreshes: Counter,
+    pub deletes: Counter,
+    pub quarantined: Counter,
+    pub invalidations: Family<SourceLabel, Counter>,
+    pub cleanup_runs: Counter,
+    pub cleanup_scanned: Counter,
+    pub cleanup_removed: Counter,
+    pub cleanup_seconds: FloatGauge,
+}
+
+impl SessionMetrics {
+    /// Counts one read by its result: `hit` (cache), `miss` (read from the file), `absent`.
+    pub fn read(&self, result: &str) {
+        self.reads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The counter of reads with this result, to keep and increment without a lookup (the
+    /// cached read path counts every request).
+    pub fn reads_counter(&self, result: &str) -> Counter {
+        self.reads
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .clone()
+    }
+
+    pub(super) fn register(&self, r: &mut Registry) {
+        r.register(
+            "session_creates",
+            "Web sessions created",
+            self.creates.clone(),
+        );
+        r.register(
+            "session_reads",
+            "Web session reads by result: hit (cache), miss (file read), absent (unknown or expired)",
+            self.reads.clone(),
+        );
+        r.register(
+            "session_refreshes",
+            "Web sessions refreshed",
+            self.refreshes.clone(),
+        );
+        r.register(
+            "session_deletes",
+            "Web sessions deleted (logouts)",
+            self.deletes.clone(),
+        );
+        r.register(
+            "session_quarantined",
+            "Corrupt session files found (by reads and cleanup) and quarantined",
+            self.quarantined.clone(),
+        );
+        r.register(
+            "session_invalidations",
+            "Cached sessions dropped because of a peer's logout or a watched change",
+            self.invalidations.clone(),
+        );
+        r.register(
+            "session_cleanup_runs",
+            "Session cleanup passes",
+            self.cleanup_runs.clone(),
+        );
+        r.register(
+            "session_cleanup_scanned",
+            "Session files looked at by cleanup",
+            self.cleanup_scanned.clone(),
+        );
+        r.register(
+            "session_cleanup_removed",
+            "Expired session files removed by cleanup",
+            self.cleanup_removed.clone(),
+        );
+        r.register(
+            "session_cleanup_last_seconds",
+            "Duration of the last session cleanup pass",
+            self.cleanup_seconds.clone(),
+        );
+    }
+}
+
+/// The Gerrit integration (SPEC §8), labelled by endpoint family (`kind`).
+#[derive(Default)]
+pub struct GerritMetrics {
+    pub calls_received: Family<KindLabel, Counter>,
+    pub delivered: Family<KindLabel, Counter>,
+    pub dead_lettered: Family<KindLabel, Counter>,
+    pub delivery_failures: Family<KindLabel, Counter>,
+    pub pending: Family<KindLabel, Gauge>,
+    pub master_up: Gauge,
+}
+
+impl GerritMetrics {
+    pub(super) fn register(&self, r: &mut Registry) {
+        r.register(
+            "gerrit_calls_received",
+            "Plugin calls accepted from this node's master, per endpoint family",
+            self.calls_received.clone(),
+        );
+        r.register(
+            "gerrit_delivered",
+            "Plugin calls replayed into this node's master, per endpoint family",
+            self.delivered.clone(),
+        );
+        r.register(
+            "gerrit_dead_lettered",
+            "Plugin calls the master refused for good (400, 405, 415), set aside",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "gerrit_delivery_failures",
+            "Attempts to replay a call into the master that will be retried (409, 5xx, down)",
+            self.delivery_failures.clone(),
+        );
+        r.register(
+            "gerrit_pending",
+            "Plugin calls queued for this node's master, per endpoint family",
+            self.pending.clone(),
+        );
+        r.register(
+            "gerrit_master_up",
+            "1 while this node's master answers its health check",
+            self.master_up.clone(),
+        );
+    }
+}
