@@ -11,6 +11,7 @@ use super::raw::{RawConfig, RawKey};
 use super::urls::{advertise_url, listen_url, peer_urls, tls_config, webhook_url};
 use super::*;
 
+mod event;
 mod gerrit;
 
 /// The validator's state: the raw values, the report being filled, and the keys read so far
@@ -161,9 +162,13 @@ impl<'a> V<'a> {
     }
 
     fn token(&mut self, s: &str, k: &str) -> Option<Secret> {
-        let t = self.string(s, None, k)?;
+        self.token_in(s, None, k)
+    }
+
+    fn token_in(&mut self, s: &str, sub: Option<&str>, k: &str) -> Option<Secret> {
+        let t = self.string(s, sub, k)?;
         if t.len() < 16 {
-            let path = self.path(s, None, k);
+            let path = self.path(s, sub, k);
             self.err(&path, "token is too short: use at least 16 characters");
         }
         Some(Secret(t.into_bytes()))
@@ -347,7 +352,7 @@ pub(super) fn validate(
     let http = http_config(&mut v);
     let cache = cache_config(&mut v);
     let index = index_config(&mut v);
-    let event = event_config(&mut v, &listen);
+    let event = event::event_config(&mut v, &listen);
     let websession = WebSessionConfig {
         synchronize: v.boolean("websession", "synchronize"),
         cleanup_interval: v.duration("websession", None, "cleanupInterval"),
@@ -607,23 +612,4 @@ fn index_config(v: &mut V<'_>) -> IndexConfig {
         tombstone_ttl: v.duration("index", None, "tombstoneTtl"),
         max_doc_bytes: v.size("index", "maxDocumentSize") as usize,
     }
-}
-
-fn event_config(v: &mut V<'_>, listen: &ListenUrl) -> EventConfig {
-    let event = EventConfig {
-        synchronize: v.boolean("event", "synchronize"),
-        retention: v.duration("event", None, "retention"),
-        stream_token: v.token("event", "streamToken"),
-        heartbeat: v.duration("event", None, "heartbeatInterval"),
-        segment_bytes: v.size("event", "segmentSize"),
-        max_bytes: v.size("event", "maxSize"),
-        max_event_bytes: v.size("event", "maxEventSize") as usize,
-    };
-    if !listen.is_loopback() && event.stream_token.is_none() {
-        v.err(
-            "event.streamToken",
-            "required when sidecar.listenUrl is not on loopback: stream events are not public",
-        );
-    }
-    event
 }
