@@ -3,11 +3,15 @@
 //! - [`lock`]: one process per data directory.
 //! - [`append`]: the append path: a failed write or fsync (ENOSPC, EIO, a short write) is cut
 //!   back to the last durable length, durably, so no partial record is ever left behind.
+//! - [`frame`]: the one record framing of the append-only files, with a marker so recovery
+//!   skips only damaged records (and tells them from a torn tail), and the upgrade of files in
+//!   the previous framing.
 //! - [`disk`]: full disks told apart (ENOSPC, EDQUOT) and watched: `507`, `/health` `503 disk
 //!   full`, cleared without a restart once space is back.
 
 pub mod append;
 pub mod disk;
+pub mod frame;
 pub mod lock;
 
 pub use append::{truncate_durably, AppendLog, Sink};

@@ -124,7 +124,7 @@ impl EventLog {
             )));
         }
         let dir = dir.as_ref().to_path_buf();
-        let (mut state, active) = segment::recover(&dir)?;
+        let (mut state, active) = segment::recover(&dir, &opts.disk)?;
         let appended = state.appended;
         let local = state.intern(&opts.instance_id);
         if opts.seq_from_clock && !state.origins.contains_key(&local) {

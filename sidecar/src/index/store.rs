@@ -144,7 +144,7 @@ impl IndexStore {
             last_commit_micros: AtomicU64::new(0),
             journal_bytes: AtomicU64::new(0),
         });
-        let (journal, records) = Journal::open(&dir.join("journal"))?;
+        let (journal, records) = Journal::open(&dir.join("journal"), &opts.disk)?;
         let mut writer = Writer::new(shared.clone(), writers, journal, opts.clone());
         let replayed = records.len();
         let mut ops = Vec::with_capacity(records.len());
