@@ -71,6 +71,11 @@ impl<S: Sink> AppendLog<S> {
         self.len == 0
     }
 
+    /// No failed write is waiting to be cut back.
+    pub fn is_clean(&self) -> bool {
+        !self.uncut
+    }
+
     pub fn sink(&self) -> &S {
         &self.sink
     }

@@ -31,10 +31,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(dir))
 }
 
-/// The writable handle of the active segment.
+/// The writable handle of the active segment: appends go through the durable core's append
+/// log (a failed write or fsync is cut back to the last commit).
 pub(crate) struct Active {
     pub id: u64,
-    pub file: File,
+    pub log: crate::durable::AppendLog<File>,
 }
 
 /// Creates segment `id` with its checkpoint, durably, and returns its writer and meta.
@@ -72,7 +73,8 @@ pub(crate) fn create(dir: &Path, id: u64, checkpoint: Checkpoint) -> Result<(Act
         max_created: 0,
         checkpoint,
     };
-    Ok((Active { id, file }, meta))
+    let log = crate::durable::AppendLog::new(file, header.len() as u64);
+    Ok((Active { id, log }, meta))
 }
 
 /// Opens (or creates) the log in `dir`: rebuilds the state, truncates a torn tail, and
@@ -223,7 +225,8 @@ fn open_segment(
         .append(true)
         .open(&path)
         .map_err(io_err(&path))?;
-    Ok(Some(Active { id, file }))
+    let log = crate::durable::AppendLog::new(file, recovered.bytes.len() as u64);
+    Ok(Some(Active { id, log }))
 }
 
 /// Reads and checks the segment header (of either framing): the checkpoint and its length.
