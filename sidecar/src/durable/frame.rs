@@ -12,9 +12,9 @@
 //! once, at open. A legacy file cannot be mistaken for a new one: its first four bytes are a
 //! length, and [`MARK`] read as a little-endian length is above every store's maximum.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::fs::OpenOptions;
+use std::io;
+use std::path::Path;
 
 /// Starts every frame. As a little-endian u32 it is 0xE7A55AC3 (3.9 GB), above any record
 /// length of the previous framing, so the two cannot be confused.
@@ -314,17 +314,7 @@ pub fn recover(
 
 /// Replaces `path` with `bytes`, durably: written aside, fsync'd, renamed over, directory fsync'd.
 pub fn rewrite(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = PathBuf::from(path);
-    tmp.as_mut_os_string().push(".rewrite");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    super::write_small(path, bytes, super::Fsync::Durable)
 }
 
 #[cfg(test)]

@@ -104,6 +104,8 @@ impl Shared {
 pub struct EventLog {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
+    /// Appends queued for or in the appender (backpressure beyond it).
+    bound: crate::durable::bound::Bound,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -147,6 +149,7 @@ impl EventLog {
         Ok(EventLog {
             shared,
             tx,
+            bound: crate::durable::bound::Bound::default(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -168,6 +171,7 @@ impl EventLog {
         } else {
             Bytes::from(event::with_instance_id(body, &self.shared.local))
         };
+        let _room = self.bound.enter(1).await;
         let (reply, rx) = oneshot::channel();
         self.send(Request::Local { body, head, reply })?;
         rx.await.map_err(|_| EventError::Closed)?
@@ -184,6 +188,7 @@ impl EventLog {
     ) -> Result<AppendOutcome> {
         self.check_remote(origin, seq)?;
         let head = event::validate(bytes, self.shared.opts.max_event_bytes)?;
+        let _room = self.bound.enter(1).await;
         let (reply, rx) = oneshot::channel();
         let body = Bytes::copy_from_slice(bytes);
         self.send(Request::Remote {
@@ -206,6 +211,7 @@ impl EventLog {
         origin: &str,
         events: Vec<(u64, &[u8])>,
     ) -> Vec<Result<AppendOutcome>> {
+        let _room = self.bound.enter(events.len()).await;
         let mut waiting = Vec::with_capacity(events.len());
         for (seq, bytes) in events {
             let sent = self.check_remote(origin, seq).and_then(|()| {

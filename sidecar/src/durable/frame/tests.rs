@@ -177,5 +177,5 @@ fn files_of_the_previous_framing_are_rewritten_once() {
     assert!(on_disk.starts_with(&MARK));
     let again = recover(&path, on_disk, 0, &[], &l, false, &watch).unwrap();
     assert_eq!(payloads(&again), bodies);
-    assert!(!dir.path().join("seg.rewrite").exists());
+    assert!(!dir.path().join("seg.tmp").exists());
 }

@@ -76,6 +76,8 @@ pub struct Outbox {
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
     disk: Arc<crate::durable::DiskWatch>,
     store: &'static str,
+    /// Appends queued for or in the committer (backpressure beyond it).
+    bound: crate::durable::bound::Bound,
 }
 
 impl Outbox {
@@ -111,6 +113,7 @@ impl Outbox {
             thread: std::sync::Mutex::new(Some(thread)),
             disk,
             store,
+            bound: crate::durable::bound::Bound::default(),
         })
     }
 
@@ -183,6 +186,7 @@ impl Outbox {
         if !self.has_peers() {
             return Ok(None);
         }
+        let _room = self.bound.enter(1).await;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Cmd::Append {
@@ -205,6 +209,7 @@ impl Outbox {
         if !self.has_peers() || payloads.is_empty() {
             return Ok(None);
         }
+        let _room = self.bound.enter(payloads.len()).await;
         let now = now_ms();
         let mut replies = Vec::with_capacity(payloads.len());
         // Sent synchronously, in order: the committer assigns seqs in arrival order.
@@ -302,17 +307,11 @@ impl SeqAllocator {
                 .next
                 .checked_add(SEQ_BLOCK)
                 .ok_or_else(|| std::io::Error::other("the outbox seqs are exhausted (u64::MAX)"))?;
-            let tmp = self.path.with_extension("tmp");
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(format!("{until}\n").as_bytes())?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+            crate::durable::write_small(
+                &self.path,
+                format!("{until}\n").as_bytes(),
+                crate::durable::Fsync::Durable,
+            )?;
             self.reserved_until = until;
         }
         let s = self.next;

@@ -364,7 +364,9 @@ fn read_acked(dir: &Path) -> io::Result<u64> {
 /// Not fsync'd on purpose: losing the last update after a crash only re-sends messages the
 /// receiver already has, and it drops them by `(origin, seq)`.
 fn write_acked(dir: &Path, seq: u64) -> io::Result<()> {
-    let tmp = dir.join("acked.tmp");
-    std::fs::write(&tmp, format!("{seq}\n"))?;
-    std::fs::rename(tmp, dir.join("acked"))
+    crate::durable::write_small(
+        &dir.join("acked"),
+        format!("{seq}\n").as_bytes(),
+        crate::durable::Fsync::No,
+    )
 }
