@@ -213,7 +213,7 @@ impl Node {
         };
         let events = Arc::new(events);
         let index = Arc::new(open_index(&config, health.disk().clone()).await?);
-        let master = crate::gerrit::Master::open(&config)
+        let master = crate::gerrit::Master::open(&config, health.disk().clone())
             .map_err(StartError::Other)?
             .map(Arc::new);
         let receiver = Receiver::new(

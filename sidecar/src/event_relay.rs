@@ -74,10 +74,13 @@ fn read_marker(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Not fsync'd: a marker that goes back after a crash re-queues events peers drop as duplicates.
 fn write_marker(path: &Path, seq: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{seq}\n"))?;
-    std::fs::rename(&tmp, path)
+    crate::durable::write_small(
+        path,
+        format!("{seq}\n").as_bytes(),
+        crate::durable::Fsync::No,
+    )
 }
 
 async fn run(

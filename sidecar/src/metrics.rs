@@ -32,6 +32,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -78,6 +83,8 @@ pub struct Metrics {
     /// Peer batches or messages refused as forged, by reason (`own_origin`, `seq_ahead`).
     pub forged_messages: Family<ReasonLabel, Counter>,
     pub auth_failures: Family<ReasonLabel, Counter>,
+    /// Damaged records recovery skipped, per store (see [`Metrics::corrupt_records`]).
+    pub corrupt_records: Family<StoreLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
     pub sessions: SessionMetrics,
@@ -127,6 +134,7 @@ impl Metrics {
             messages_rejected: Family::default(),
             forged_messages: Family::default(),
             auth_failures: Family::default(),
+            corrupt_records: Family::default(),
             http_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
@@ -214,6 +222,11 @@ impl Metrics {
             "auth_failures",
             "Peer requests refused by authentication, by reason",
             m.auth_failures.clone(),
+        );
+        r.register(
+            "corrupt_records",
+            "Damaged records skipped when a store's files were opened (the intact ones after them kept), by store",
+            m.corrupt_records.clone(),
         );
         r.register(
             "http_request_duration_seconds",
@@ -321,6 +334,9 @@ impl Metrics {
                 reason: reason.to_string(),
             });
         }
+        for store in crate::durable::disk::STORES {
+            let _ = self.corrupt_records.get_or_create(&Self::store(store));
+        }
         for kind in LOCAL_MUTATION_KINDS {
             let _ = self.local_mutations.get_or_create(&Self::kind(kind));
         }
@@ -359,6 +375,20 @@ impl Metrics {
                     });
                 }
             }
+        }
+    }
+
+    fn store(store: &str) -> StoreLabel {
+        StoreLabel {
+            store: store.to_owned(),
+        }
+    }
+
+    /// Brings `ha_corrupt_records_total` up to the counts the data directory's watch holds.
+    pub fn corrupt_records(&self, counts: &[(&'static str, u64)]) {
+        for &(store, n) in counts {
+            let c = self.corrupt_records.get_or_create(&Self::store(store));
+            c.inc_by(n.saturating_sub(c.get()));
         }
     }
 

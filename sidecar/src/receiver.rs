@@ -512,14 +512,9 @@ fn event_outcome(
 }
 
 fn write_durably(path: &Path, value: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{value}\n").as_bytes())?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::durable::write_small(
+        path,
+        format!("{value}\n").as_bytes(),
+        crate::durable::Fsync::Durable,
+    )
 }

@@ -30,12 +30,18 @@ pub struct MasterQueues {
 
 impl MasterQueues {
     /// Opens `<data>/master/<family>/`, keeping any backlog on disk.
-    pub fn open(data_dir: &Path, segment_bytes: u64) -> Result<MasterQueues, OutboxError> {
+    pub fn open(
+        data_dir: &Path,
+        segment_bytes: u64,
+        disk: Arc<crate::durable::DiskWatch>,
+    ) -> Result<MasterQueues, OutboxError> {
         let mut outboxes = Vec::new();
         let mut queues = Vec::new();
         for f in Family::ALL {
             let opts = OutboxOptions {
                 segment_bytes,
+                disk: disk.clone(),
+                store: "master",
                 ..OutboxOptions::default()
             };
             let outbox = Outbox::open_at(data_dir.join("master").join(f.as_str()), opts)?;

@@ -37,11 +37,14 @@ pub struct Master {
 
 impl Master {
     /// Opens the master's queues; `None` without `gerrit.url`.
-    pub fn open(config: &Config) -> Result<Option<Master>, String> {
+    pub fn open(
+        config: &Config,
+        disk: Arc<crate::durable::DiskWatch>,
+    ) -> Result<Option<Master>, String> {
         let Some(client) = MasterClient::new(&config.gerrit, &config.http)? else {
             return Ok(None);
         };
-        let queues = MasterQueues::open(&config.data_dir, config.limits.outbox_segment_bytes)
+        let queues = MasterQueues::open(&config.data_dir, config.limits.outbox_segment_bytes, disk)
             .map_err(|e| format!("cannot open the master's queues: {e}"))?;
         Ok(Some(Master {
             client,

@@ -505,10 +505,7 @@ impl Membership {
         let path = self.roster_path.clone();
         let body = serde_json::to_vec_pretty(&entries).expect("the roster serialises");
         let res = tokio::task::spawn_blocking(move || {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, &body)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)
+            crate::durable::write_small(&path, &body, crate::durable::Fsync::Durable)
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
