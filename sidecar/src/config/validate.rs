@@ -12,6 +12,7 @@ use super::urls::{advertise_url, listen_url, peer_urls, tls_config, webhook_url}
 use super::*;
 
 mod gerrit;
+mod roles;
 
 /// The validator's state: the raw values, the report being filled, and the keys read so far
 /// (every key of the file not read by a section is checked by its kind at the end).
@@ -355,6 +356,7 @@ pub(super) fn validate(
     };
     let alert_webhook = webhook_url(&mut v);
     let gerrit = gerrit::gerrit_config(&mut v, &http);
+    let (mode, election) = roles::roles_config(&mut v);
     let mut trusted_proxies = Vec::new();
     for cidr in v.list("sidecar", None, "trustedProxies") {
         match Cidr::parse(cidr.trim()) {
@@ -403,6 +405,8 @@ pub(super) fn validate(
         websession,
         healthcheck_enable: v.boolean("healthcheck", "enable"),
         alert_webhook,
+        mode,
+        election,
         gerrit,
         limits,
         embedded_defaults: embedded,
