@@ -10,6 +10,7 @@ mod ops;
 mod peer_flood;
 mod process;
 mod receiver;
+mod roles;
 mod sessions;
 mod shared_dir;
 mod tls;
