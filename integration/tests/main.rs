@@ -13,6 +13,7 @@ mod packaging;
 mod peer_flood;
 mod process;
 mod receiver;
+mod roles;
 mod sessions;
 mod shared_dir;
 mod tls;

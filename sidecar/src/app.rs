@@ -151,6 +151,8 @@ pub struct Node {
     local_addr: SocketAddr,
     membership_stop: CancellationToken,
     membership_task: tokio::task::JoinHandle<()>,
+    /// Hot-standby: the election's rounds (stopped with membership).
+    election_task: tokio::task::JoinHandle<()>,
     /// Held until the stores are closed; released last.
     lock: crate::durable::DirLock,
 }
@@ -261,6 +263,12 @@ impl Node {
             health.clone(),
             shared_dir.clone(),
         )?);
+        let election = Arc::new(crate::election::Election::new(
+            config.clone(),
+            peers.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
         // Started after membership has added the known peers, so re-queued events reach every peer's queue.
         let relay = config.event.synchronize.then(|| {
             let stop = CancellationToken::new();
@@ -300,6 +308,7 @@ impl Node {
             health: health.clone(),
             sessions: sessions.clone(),
             membership: membership.clone(),
+            election: election.clone(),
             events,
             master: master.clone(),
             stop: CancellationToken::new(),
@@ -331,6 +340,7 @@ impl Node {
         health.begin_catch_up("peers");
         let membership_stop = CancellationToken::new();
         let membership_task = tokio::spawn(membership.run(membership_stop.clone()));
+        let election_task = tokio::spawn(election.run(membership_stop.clone()));
         let index_sync_stop = CancellationToken::new();
         let mut index_sync = None;
         if config.index.synchronize {
@@ -373,6 +383,7 @@ impl Node {
             local_addr,
             membership_stop,
             membership_task,
+            election_task,
             lock,
         })
     }
@@ -393,8 +404,8 @@ impl Node {
         format!("{scheme}://{}/", self.local_addr)
     }
 
-    /// Graceful stop: health goes 503, peers are told this node leaves (and its heartbeat is
-    /// removed), listeners stop accepting, in-flight requests finish,
+    /// Graceful stop: health goes 503, an active node steps down, peers are told this node leaves
+    /// (and its heartbeat is removed), listeners stop accepting, in-flight requests finish,
     /// forwarders stop, the outbox commits what it holds and closes.
     pub async fn shutdown(self) {
         // Stopped first, so a catch-up ending now cannot mark a stopping node ready.
@@ -407,6 +418,9 @@ impl Node {
         self.state.stop.cancel();
         self.membership_stop.cancel();
         let _ = self.membership_task.await;
+        let _ = self.election_task.await;
+        // An active node gives the role up before the goodbye, which lets the peers elect at once.
+        self.state.election.step_down_for_stop();
         self.state.membership.leave().await;
         for h in &self.handles {
             h.stop(true).await;

@@ -47,6 +47,12 @@ pub struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    /// active, standby
+    pub role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerStateLabel {
     pub peer: String,
     pub state: String,
@@ -65,7 +71,7 @@ pub struct IndexWriteLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 mod groups;
-pub use groups::{GerritMetrics, SessionMetrics};
+pub use groups::{GerritMetrics, RoleMetrics, SessionMetrics};
 
 pub struct Metrics {
     registry: Registry,
@@ -107,6 +113,7 @@ pub struct Metrics {
     pub index_docs_pulled: Family<PeerLabel, Counter>,
     pub index_docs_pushed: Family<PeerLabel, Counter>,
     pub gerrit: GerritMetrics,
+    pub roles: RoleMetrics,
 }
 
 impl Default for Metrics {
@@ -156,6 +163,7 @@ impl Metrics {
             index_docs_pulled: Family::default(),
             index_docs_pushed: Family::default(),
             gerrit: GerritMetrics::default(),
+            roles: RoleMetrics::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -315,6 +323,7 @@ impl Metrics {
             m.index_docs_pushed.clone(),
         );
         m.gerrit.register(&mut r);
+        m.roles.register(&mut r);
         let m = Metrics { registry: r, ..m };
         m.create_fixed_series();
         m

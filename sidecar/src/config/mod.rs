@@ -275,6 +275,40 @@ pub struct Limits {
     pub shared_dir_concurrency: usize,
 }
 
+/// `main.mode`: whether every healthy node takes traffic or exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ActiveActive,
+    HotStandby,
+}
+
+/// `election.strategy`: how a hot-standby cluster picks its active node (see `election`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionStrategy {
+    KeepMajority,
+    KeepOldest,
+    Manual,
+}
+
+impl ElectionStrategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ElectionStrategy::KeepMajority => "keep-majority",
+            ElectionStrategy::KeepOldest => "keep-oldest",
+            ElectionStrategy::Manual => "manual",
+        }
+    }
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::ActiveActive => "active-active",
+            Mode::HotStandby => "hot-standby",
+        }
+    }
+}
+
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -306,6 +340,10 @@ pub struct Config {
     pub healthcheck_enable: bool,
     pub gerrit: GerritConfig,
     pub alert_webhook: Option<url::Url>,
+    /// `main.mode`.
+    pub mode: Mode,
+    /// `election.strategy` (used with `Mode::HotStandby`).
+    pub election: ElectionStrategy,
     pub limits: Limits,
     /// True when no file was given and the embedded defaults are in force.
     pub embedded_defaults: bool,

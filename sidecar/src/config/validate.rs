@@ -13,6 +13,7 @@ use super::*;
 
 mod event;
 mod gerrit;
+mod roles;
 
 /// The validator's state: the raw values, the report being filled, and the keys read so far
 /// (every key of the file not read by a section is checked by its kind at the end).
@@ -360,6 +361,7 @@ pub(super) fn validate(
     };
     let alert_webhook = webhook_url(&mut v);
     let gerrit = gerrit::gerrit_config(&mut v, &http);
+    let (mode, election) = roles::roles_config(&mut v);
     let mut trusted_proxies = Vec::new();
     for cidr in v.list("sidecar", None, "trustedProxies") {
         match Cidr::parse(cidr.trim()) {
@@ -408,6 +410,8 @@ pub(super) fn validate(
         websession,
         healthcheck_enable: v.boolean("healthcheck", "enable"),
         alert_webhook,
+        mode,
+        election,
         gerrit,
         limits,
         embedded_defaults: embedded,

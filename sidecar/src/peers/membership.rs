@@ -629,13 +629,8 @@ impl Membership {
             "outbox_depth": peer.queue.stats().pending,
             "at_ms": now_ms(),
         });
-        let client = self.peers.client().clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = client.post_alert(&url, &body, Duration::from_secs(5)).await {
-                metrics.alerts_failed.inc();
-                tracing::warn!(webhook = %url, event, error = %e, "alert webhook failed");
-            }
-        });
+        self.peers
+            .client()
+            .spawn_alert(url, body, self.metrics.clone());
     }
 }
