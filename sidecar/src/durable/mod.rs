@@ -3,13 +3,17 @@
 //! - [`lock`]: one process per data directory.
 //! - [`append`]: the append path: a failed write or fsync (ENOSPC, EIO, a short write) is cut
 //!   back to the last durable length, durably, so no partial record is ever left behind.
+//! - [`mark`]: a `u64` that only grows (the receiver's high-water marks), rewritten in place
+//!   with one `fdatasync`, two checksummed slots so a torn update keeps the previous value.
 //! - [`disk`]: full disks told apart (ENOSPC, EDQUOT) and watched: `507`, `/health` `503 disk
 //!   full`, cleared without a restart once space is back.
 
 pub mod append;
 pub mod disk;
 pub mod lock;
+pub mod mark;
 
 pub use append::{truncate_durably, AppendLog, Sink};
 pub use disk::{chain_is_disk_full, copy_io, is_disk_full, DiskWatch};
 pub use lock::{DirLock, LockError};
+pub use mark::Mark;
