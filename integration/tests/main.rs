@@ -4,6 +4,7 @@ mod config_fixtures;
 mod durability;
 mod events;
 mod gerrit;
+mod gerrit_delivery;
 mod index;
 mod membership;
 mod ops;
