@@ -5,6 +5,7 @@ mod consumers;
 mod durability;
 mod events;
 mod gerrit;
+mod gerrit_delivery;
 mod index;
 mod lb_gerrit;
 mod membership;

@@ -58,6 +58,8 @@ pub enum StartError {
     Client(#[from] crate::peers::client::ClientError),
     #[error("cannot start membership: {0}")]
     Membership(#[from] crate::peers::membership::MembershipError),
+    #[error("cannot set up this node's master: {0}")]
+    Master(#[from] crate::gerrit::client::MasterError),
     #[error("{0}")]
     Other(String),
 }
@@ -215,9 +217,7 @@ impl Node {
         };
         let events = Arc::new(events);
         let index = Arc::new(open_index(&config, health.disk().clone()).await?);
-        let master = crate::gerrit::Master::open(&config, health.disk().clone())
-            .map_err(StartError::Other)?
-            .map(Arc::new);
+        let master = crate::gerrit::Master::open(&config, health.disk().clone())?.map(Arc::new);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {

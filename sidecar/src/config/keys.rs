@@ -342,6 +342,10 @@ pub const KEYS: &[Key] = &[
         .checks(&[MinMs(1, "must be above zero")]),
     Key::new("gerrit", None, "timeout", Duration, Some("30s"),
         "longest wait for one call to the master").checks(&[MinMs(1, "must be above zero")]),
+    Key::new("gerrit", None, "setAsideAfter", Size, Some("10"),
+        "a call the master answers 500 with the same body this many times in a row, while its \
+         health check passes, is set aside as a dead letter (the plugin's answer to an unknown \
+         event type); 0: retry 500s forever"),
 ];
 
 /// Keys of Gerrit's plugin that mean nothing here: accepted with a warning so an existing

@@ -256,6 +256,9 @@ pub struct GerritConfig {
     pub health_interval: Duration,
     /// Longest wait for one call to the master.
     pub timeout: Duration,
+    /// Consecutive identical `500`s from a healthy master after which a call is set aside;
+    /// 0: never.
+    pub set_aside_after: u64,
 }
 
 /// Request size limits (SPEC §6 "Bounded").

@@ -23,7 +23,7 @@ use crate::health::Health;
 use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::peers::deadletter::DeadLetters;
-use client::MasterClient;
+use client::{MasterClient, MasterError};
 use delivery::{DeliveryCtx, MasterQueues};
 
 /// This node's own master (`[gerrit] url`): its client, its durable queues, and the delivery
@@ -40,12 +40,12 @@ impl Master {
     pub fn open(
         config: &Config,
         disk: Arc<crate::durable::DiskWatch>,
-    ) -> Result<Option<Master>, String> {
+    ) -> Result<Option<Master>, MasterError> {
         let Some(client) = MasterClient::new(&config.gerrit, &config.http)? else {
             return Ok(None);
         };
         let queues = MasterQueues::open(&config.data_dir, config.limits.outbox_segment_bytes, disk)
-            .map_err(|e| format!("cannot open the master's queues: {e}"))?;
+            .map_err(MasterError::Queues)?;
         Ok(Some(Master {
             client,
             queues: Arc::new(queues),
@@ -62,6 +62,7 @@ impl Master {
             metrics: metrics.clone(),
             retry_interval: config.http.retry_interval,
             max_retry_interval: config.http.max_retry_interval,
+            set_aside_after: config.gerrit.set_aside_after,
         });
         let mut tasks = self.queues.start(ctx, self.stop.clone());
         tasks.push(tokio::spawn(probe::run(
