@@ -5,7 +5,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Verifier;
@@ -16,6 +15,7 @@ use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
 use crate::index::{IndexOptions, IndexStore};
 use crate::index_sync::IndexSync;
+use crate::lifecycle::Scope;
 use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
@@ -140,19 +140,41 @@ pub fn event_log_options(config: &Config) -> EventLogOptions {
 /// A running node.
 pub struct Node {
     state: Arc<AppState>,
-    stop_background: CancellationToken,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    /// Every background task of the node, in one tree of scopes (see `lifecycle`).
+    scopes: Scopes,
     handles: Vec<ServerHandle>,
-    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-    relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
-    index_sync: Option<tokio::task::JoinHandle<()>>,
-    index_sync_stop: CancellationToken,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
-    membership_stop: CancellationToken,
-    membership_task: tokio::task::JoinHandle<()>,
     /// Held until the stores are closed; released last.
     lock: crate::durable::DirLock,
+}
+
+/// The node's scopes, one per stop stage, in the order `Node::shutdown` stops them.
+struct Scopes {
+    root: Scope,
+    index_sync: Scope,
+    membership: Scope,
+    servers: Scope,
+    relay: Scope,
+    peers: Scope,
+    master: Scope,
+    housekeeping: Scope,
+}
+
+impl Scopes {
+    fn new() -> Scopes {
+        let root = Scope::root();
+        Scopes {
+            index_sync: root.child(),
+            membership: root.child(),
+            servers: root.child(),
+            relay: root.child(),
+            peers: root.child(),
+            master: root.child(),
+            housekeeping: root.child(),
+            root,
+        }
+    }
 }
 
 impl Node {
@@ -213,7 +235,8 @@ impl Node {
         };
         let events = Arc::new(events);
         let index = Arc::new(open_index(&config, health.disk().clone()).await?);
-        let master = crate::gerrit::Master::open(&config)
+        let scopes = Scopes::new();
+        let master = crate::gerrit::Master::open(&config, scopes.master.clone())
             .map_err(StartError::Other)?
             .map(Arc::new);
         let receiver = Receiver::new(
@@ -252,7 +275,7 @@ impl Node {
                 retry_interval: config.http.retry_interval,
                 max_retry_interval: config.http.max_retry_interval,
             },
-            CancellationToken::new(),
+            scopes.peers.clone(),
         ));
         let membership = Arc::new(Membership::new(
             config.clone(),
@@ -260,24 +283,23 @@ impl Node {
             metrics.clone(),
             health.clone(),
             shared_dir.clone(),
+            scopes.membership.clone(),
         )?);
         // Started after membership has added the known peers, so re-queued events reach every peer's queue.
         let relay = config.event.synchronize.then(|| {
-            let stop = CancellationToken::new();
-            let (relay, task) = EventRelay::start(
+            EventRelay::start(
                 events.clone(),
                 outbox.clone(),
                 &config.data_dir,
-                stop.clone(),
-            );
-            (relay, stop, task)
+                &scopes.relay,
+            )
         });
         let local = Arc::new(Local {
             caches: caches.clone(),
             index: index.clone(),
             index_synchronize: config.index.synchronize,
             events: events.clone(),
-            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            event_relay: relay,
             sessions: sessions.clone(),
             outbox: outbox.clone(),
             metrics: metrics.clone(),
@@ -302,7 +324,7 @@ impl Node {
             membership: membership.clone(),
             events,
             master: master.clone(),
-            stop: CancellationToken::new(),
+            stop: scopes.servers.token().child_token(),
             tls,
             peer_bodies: Arc::new(tokio::sync::Semaphore::new(peer_bodies_kib as usize)),
             peer_bodies_kib,
@@ -324,15 +346,12 @@ impl Node {
         let local_server = api::serve_local(state.clone(), listeners.local)
             .map_err(|e| io(e, local_addr, "localListenUrl"))?;
         let handles = vec![local_server.handle(), peer_server.handle()];
-        let servers = vec![tokio::spawn(local_server), tokio::spawn(peer_server)];
-        let stop_background = CancellationToken::new();
-        let background = vec![sessions.spawn_cleanup(stop_background.clone())];
+        scopes.servers.spawn(local_server);
+        scopes.servers.spawn(peer_server);
+        sessions.spawn_cleanup(&scopes.housekeeping);
         // 503 "catching up" until the peers have delivered what they held for this node.
         health.begin_catch_up("peers");
-        let membership_stop = CancellationToken::new();
-        let membership_task = tokio::spawn(membership.run(membership_stop.clone()));
-        let index_sync_stop = CancellationToken::new();
-        let mut index_sync = None;
+        membership.start();
         if config.index.synchronize {
             // An empty index catches up from the peers before this node takes traffic.
             let stats = index.stats();
@@ -351,7 +370,8 @@ impl Node {
                 max_retry_interval: config.http.max_retry_interval,
                 max_push_bytes: config.http.max_batch_bytes,
             };
-            index_sync = Some(tokio::spawn(sync.run(empty, index_sync_stop.clone())));
+            let stop = scopes.index_sync.token().clone();
+            scopes.index_sync.spawn(sync.run(empty, stop));
         }
         tracing::info!(
             instance = %config.instance_id,
@@ -362,17 +382,10 @@ impl Node {
         );
         Ok(Node {
             state,
-            stop_background,
-            background,
+            scopes,
             handles,
-            servers,
-            relay: relay.map(|(_, stop, task)| (stop, task)),
-            index_sync,
-            index_sync_stop,
             peer_addr,
             local_addr,
-            membership_stop,
-            membership_task,
             lock,
         })
     }
@@ -397,36 +410,24 @@ impl Node {
     /// removed), listeners stop accepting, in-flight requests finish,
     /// forwarders stop, the outbox commits what it holds and closes.
     pub async fn shutdown(self) {
+        let scopes = &self.scopes;
         // Stopped first, so a catch-up ending now cannot mark a stopping node ready.
-        self.index_sync_stop.cancel();
-        if let Some(t) = self.index_sync {
-            let _ = t.await;
-        }
+        scopes.index_sync.stop().await;
         self.state.health.set_stopping();
         // Event streams never end by themselves: end them so the drain does not wait on them.
         self.state.stop.cancel();
-        self.membership_stop.cancel();
-        let _ = self.membership_task.await;
+        scopes.membership.stop().await;
         self.state.membership.leave().await;
         for h in &self.handles {
             h.stop(true).await;
         }
-        for s in self.servers {
-            let _ = s.await;
-        }
-        if let Some((stop, task)) = self.relay {
-            stop.cancel();
-            let _ = task.await;
-        }
+        scopes.servers.stop().await;
+        scopes.relay.stop().await;
         self.state.peers.shutdown().await;
         if let Some(m) = &self.state.master {
             m.shutdown().await;
         }
-        self.stop_background.cancel();
-        for task in self.background {
-            // A cleanup pass in progress finishes on its blocking thread; don't wait for it.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
-        }
+        scopes.housekeeping.stop().await;
         let sessions = self.state.sessions.clone();
         let _ = tokio::task::spawn_blocking(move || sessions.stop_watching()).await;
         let outbox = self.state.outbox.clone();
@@ -436,6 +437,17 @@ impl Node {
         }
         if let Err(e) = self.state.index.shutdown().await {
             tracing::error!(error = %e, "index did not close cleanly; its journal replays at the next start");
+        }
+        // Every stage has stopped; the root only confirms that nothing else was left running.
+        let left = scopes.root.running();
+        if tokio::time::timeout(std::time::Duration::from_secs(1), scopes.root.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = left,
+                "background tasks still running after the stop"
+            );
         }
         drop(self.lock);
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");
