@@ -62,22 +62,75 @@ pub enum StartError {
     Other(String),
 }
 
-/// Opens `<dataDirectory>/index` off the executor (it replays the journal).
-async fn open_index(
-    config: &Config,
-    disk: Arc<crate::durable::DiskWatch>,
-) -> Result<IndexStore, StartError> {
-    let dir = config.data_dir.join("index");
-    let opts = IndexOptions {
-        refresh_interval: config.index.refresh_interval,
-        tombstone_ttl: config.index.tombstone_ttl,
-        max_doc_bytes: config.index.max_doc_bytes,
-        disk,
-    };
-    tokio::task::spawn_blocking(move || IndexStore::open(&dir, opts))
+/// Opens a store off the executor: opening replays journals, scans segments or takes a first
+/// scan of the session tree.
+async fn open_blocking<T, E>(
+    what: &str,
+    open: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<Arc<T>, StartError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    StartError: From<E>,
+{
+    let opened = tokio::task::spawn_blocking(open)
         .await
-        .map_err(|e| StartError::Other(format!("index open task: {e}")))?
-        .map_err(StartError::Index)
+        .map_err(|e| StartError::Other(format!("opening the {what}: {e}")))??;
+    Ok(Arc::new(opened))
+}
+
+/// The node's local stores, opened before anything serves or forwards.
+struct Opened {
+    outbox: Arc<Outbox>,
+    sessions: Arc<Sessions>,
+    events: Arc<EventLog>,
+    index: Arc<IndexStore>,
+}
+
+impl Opened {
+    async fn open(
+        config: &Config,
+        health: &Health,
+        shared_dir: &Arc<SharedDir>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Opened, StartError> {
+        let disk = health.disk();
+        let outbox_opts = OutboxOptions {
+            segment_bytes: config.limits.outbox_segment_bytes,
+            disk: disk.clone(),
+            ..OutboxOptions::default()
+        };
+        let dir = config.data_dir.clone();
+        let outbox = open_blocking("outbox", move || Outbox::open(&dir, outbox_opts)).await?;
+        let (dir, cfg, sd, m) = (
+            config.shared_dir.clone(),
+            config.websession.clone(),
+            shared_dir.clone(),
+            metrics.clone(),
+        );
+        let sessions =
+            open_blocking("web sessions", move || Sessions::open(&dir, cfg, sd, m)).await?;
+        let dir = config.data_dir.join("events");
+        let opts = EventLogOptions {
+            disk: disk.clone(),
+            ..event_log_options(config)
+        };
+        let events = open_blocking("event log", move || EventLog::open(dir, opts)).await?;
+        let dir = config.data_dir.join("index");
+        let opts = IndexOptions {
+            refresh_interval: config.index.refresh_interval,
+            tombstone_ttl: config.index.tombstone_ttl,
+            max_doc_bytes: config.index.max_doc_bytes,
+            disk: disk.clone(),
+        };
+        let index = open_blocking("index", move || IndexStore::open(&dir, opts)).await?;
+        Ok(Opened {
+            outbox,
+            sessions,
+            events,
+            index,
+        })
+    }
 }
 
 /// The two listening sockets of a node, bound before the node starts.
@@ -149,6 +202,63 @@ pub struct Node {
     lock: crate::durable::DirLock,
 }
 
+/// Creates the data and shared directories and locks the data directory, before anything in
+/// it is opened: one process per directory.
+fn prepare_dirs(config: &Config) -> Result<crate::durable::DirLock, StartError> {
+    let create = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })
+    };
+    create(&config.data_dir)?;
+    let lock = crate::durable::DirLock::acquire(&config.data_dir)?;
+    create(&config.shared_dir)?;
+    Ok(lock)
+}
+
+/// Starts both listeners' servers in `scope`; their handles stop them gracefully.
+fn serve(
+    state: &Arc<AppState>,
+    listeners: Listeners,
+    scope: &Scope,
+) -> Result<(Vec<ServerHandle>, SocketAddr, SocketAddr), StartError> {
+    let addr = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Other(e.to_string()));
+    let (peer_addr, local_addr) = (addr(&listeners.peer)?, addr(&listeners.local)?);
+    let io = |source, addr, what| StartError::Bind { what, addr, source };
+    let peer_server = api::serve_peer(state.clone(), listeners.peer)
+        .map_err(|e| io(e, peer_addr, "listenUrl"))?;
+    let local_server = api::serve_local(state.clone(), listeners.local)
+        .map_err(|e| io(e, local_addr, "localListenUrl"))?;
+    let handles = vec![local_server.handle(), peer_server.handle()];
+    scope.spawn(local_server);
+    scope.spawn(peer_server);
+    Ok((handles, peer_addr, local_addr))
+}
+
+/// Starts anti-entropy with the peers' indexes. An empty index catches up from the peers before
+/// this node takes traffic (`/health` says "catching up" meanwhile).
+fn start_index_sync(state: &AppState, client: PeerClient, scope: &Scope) {
+    let stats = state.index.stats();
+    let empty = stats.kinds.iter().all(|(_, k)| k.docs + k.tombstones == 0);
+    if empty {
+        state.health.begin_catch_up("index");
+    }
+    let config = &state.config;
+    let sync = IndexSync {
+        store: state.index.clone(),
+        peers: state.peers.clone(),
+        client,
+        metrics: state.metrics.clone(),
+        health: state.health.clone(),
+        interval: config.index.anti_entropy_interval,
+        retry_interval: config.http.retry_interval,
+        max_retry_interval: config.http.max_retry_interval,
+        max_push_bytes: config.http.max_batch_bytes,
+    };
+    scope.spawn(sync.run(empty, scope.token().clone()));
+}
+
 /// The node's scopes, one per stop stage, in the order `Node::shutdown` stops them.
 struct Scopes {
     root: Scope,
@@ -179,62 +289,22 @@ impl Scopes {
 
 impl Node {
     pub async fn start(config: Config, listeners: Listeners) -> Result<Node, StartError> {
-        let dir_err = |dir: &std::path::Path| {
-            let path = dir.display().to_string();
-            move |source| StartError::Dir { path, source }
-        };
-        std::fs::create_dir_all(&config.data_dir).map_err(dir_err(&config.data_dir))?;
-        // Before anything in the data directory is opened: one process per directory.
-        let lock = crate::durable::DirLock::acquire(&config.data_dir)?;
-        std::fs::create_dir_all(&config.shared_dir).map_err(dir_err(&config.shared_dir))?;
+        let lock = prepare_dirs(&config)?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let caches = Arc::new(Caches::new(config.cache.clone()));
         let health = Arc::new(Health::new(&config.data_dir));
-        let outbox_opts = OutboxOptions {
-            segment_bytes: config.limits.outbox_segment_bytes,
-            disk: health.disk().clone(),
-            ..OutboxOptions::default()
-        };
-        // Opening reads every queue's segments (recovery): off the executor.
-        let outbox = {
-            let dir = config.data_dir.clone();
-            tokio::task::spawn_blocking(move || Outbox::open(&dir, outbox_opts))
-                .await
-                .map_err(|e| StartError::Other(format!("opening the outbox: {e}")))??
-        };
-        let outbox = Arc::new(outbox);
         let shared_dir = Arc::new(SharedDir::new(
             config.limits.shared_dir_concurrency,
             config.limits.shared_dir_timeout,
             metrics.clone(),
         ));
-        let sessions = {
-            let (dir, cfg, sd, m) = (
-                config.shared_dir.clone(),
-                config.websession.clone(),
-                shared_dir.clone(),
-                metrics.clone(),
-            );
-            // Opening takes the watcher's first scan of the session tree: off the executor.
-            tokio::task::spawn_blocking(move || Sessions::open(&dir, cfg, sd, m))
-                .await
-                .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
-        };
-        let sessions = Arc::new(sessions);
-        // Opening scans the log's segments and checkpoints: off the executor.
-        let events = {
-            let dir = config.data_dir.join("events");
-            let opts = EventLogOptions {
-                disk: health.disk().clone(),
-                ..event_log_options(&config)
-            };
-            tokio::task::spawn_blocking(move || EventLog::open(dir, opts))
-                .await
-                .map_err(|e| StartError::Other(format!("opening the event log: {e}")))??
-        };
-        let events = Arc::new(events);
-        let index = Arc::new(open_index(&config, health.disk().clone()).await?);
+        let Opened {
+            outbox,
+            sessions,
+            events,
+            index,
+        } = Opened::open(&config, &health, &shared_dir, &metrics).await?;
         let scopes = Scopes::new();
         let master = crate::gerrit::Master::open(&config, scopes.master.clone())
             .map_err(StartError::Other)?
@@ -263,20 +333,17 @@ impl Node {
             &config.instance_id,
             tls.client(),
         )?;
-        let peers = Arc::new(Peers::new(
-            outbox.clone(),
-            ForwarderCtx {
-                origin: config.instance_id.clone(),
-                client: client.clone(),
-                metrics: metrics.clone(),
-                dead: Arc::new(DeadLetters::new(&config.data_dir)),
-                max_messages: config.http.max_batch_messages,
-                max_bytes: config.http.max_batch_bytes,
-                retry_interval: config.http.retry_interval,
-                max_retry_interval: config.http.max_retry_interval,
-            },
-            scopes.peers.clone(),
-        ));
+        let forwarding = ForwarderCtx {
+            origin: config.instance_id.clone(),
+            client: client.clone(),
+            metrics: metrics.clone(),
+            dead: Arc::new(DeadLetters::new(&config.data_dir)),
+            max_messages: config.http.max_batch_messages,
+            max_bytes: config.http.max_batch_bytes,
+            retry_interval: config.http.retry_interval,
+            max_retry_interval: config.http.max_retry_interval,
+        };
+        let peers = Arc::new(Peers::new(outbox.clone(), forwarding, scopes.peers.clone()));
         let membership = Arc::new(Membership::new(
             config.clone(),
             peers.clone(),
@@ -332,46 +399,13 @@ impl Node {
         if let Some(m) = &master {
             m.start(&config, state.metrics.clone(), health.clone());
         }
-        let peer_addr = listeners
-            .peer
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        let local_addr = listeners
-            .local
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        let io = |source, addr, what| StartError::Bind { what, addr, source };
-        let peer_server = api::serve_peer(state.clone(), listeners.peer)
-            .map_err(|e| io(e, peer_addr, "listenUrl"))?;
-        let local_server = api::serve_local(state.clone(), listeners.local)
-            .map_err(|e| io(e, local_addr, "localListenUrl"))?;
-        let handles = vec![local_server.handle(), peer_server.handle()];
-        scopes.servers.spawn(local_server);
-        scopes.servers.spawn(peer_server);
+        let (handles, peer_addr, local_addr) = serve(&state, listeners, &scopes.servers)?;
         sessions.spawn_cleanup(&scopes.housekeeping);
         // 503 "catching up" until the peers have delivered what they held for this node.
         health.begin_catch_up("peers");
         membership.start();
         if config.index.synchronize {
-            // An empty index catches up from the peers before this node takes traffic.
-            let stats = index.stats();
-            let empty = stats.kinds.iter().all(|(_, k)| k.docs + k.tombstones == 0);
-            if empty {
-                health.begin_catch_up("index");
-            }
-            let sync = IndexSync {
-                store: index.clone(),
-                peers: state.peers.clone(),
-                client,
-                metrics: state.metrics.clone(),
-                health: health.clone(),
-                interval: config.index.anti_entropy_interval,
-                retry_interval: config.http.retry_interval,
-                max_retry_interval: config.http.max_retry_interval,
-                max_push_bytes: config.http.max_batch_bytes,
-            };
-            let stop = scopes.index_sync.token().clone();
-            scopes.index_sync.spawn(sync.run(empty, stop));
+            start_index_sync(&state, client, &scopes.index_sync);
         }
         tracing::info!(
             instance = %config.instance_id,
