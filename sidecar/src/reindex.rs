@@ -182,13 +182,13 @@ impl Batches {
         let mut n = 0;
         while n < MAX_DOCS_PER_BATCH && body.len() < self.max_bytes {
             self.buf.clear();
-            let read = self
-                .lines
-                .read_line(&mut self.buf)
-                .map_err(|source| ReindexError::Read {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            let read =
+                self.lines
+                    .read_line(&mut self.buf)
+                    .map_err(|source| ReindexError::Read {
+                        path: self.path.clone(),
+                        source,
+                    })?;
             if read == 0 {
                 break;
             }
