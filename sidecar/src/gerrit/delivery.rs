@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Delivery, MasterClient, MasterError};
 use super::{Family, PluginCall};
 use crate::backoff::Backoff;
+use crate::lifecycle::Scope;
 use crate::metrics::Metrics;
 use crate::peers::deadletter::DeadLetters;
 use crate::peers::outbox::{Outbox, OutboxError, OutboxOptions, Peeked, Queue, QueueStats};
@@ -71,22 +72,15 @@ impl MasterQueues {
     }
 
     /// Starts one delivery task per family.
-    pub fn start(
-        &self,
-        ctx: Arc<DeliveryCtx>,
-        shutdown: CancellationToken,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        Family::ALL
-            .iter()
-            .map(|f| {
-                let (q, ctx, stop) = (
-                    self.queues[f.index()].clone(),
-                    ctx.clone(),
-                    shutdown.clone(),
-                );
-                tokio::spawn(run(*f, q, ctx, stop))
-            })
-            .collect()
+    pub fn start(&self, ctx: Arc<DeliveryCtx>, scope: &Scope) {
+        for f in Family::ALL {
+            let (q, ctx, stop) = (
+                self.queues[f.index()].clone(),
+                ctx.clone(),
+                scope.token().clone(),
+            );
+            scope.spawn(run(f, q, ctx, stop));
+        }
     }
 
     pub fn shutdown(&self) {

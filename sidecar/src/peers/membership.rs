@@ -17,6 +17,7 @@ use super::outbox::now_ms;
 use super::{MemberState, Peer, Peers};
 use crate::config::{Config, Discovery};
 use crate::health::Health;
+use crate::lifecycle::Scope;
 use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::shared_dir::{SharedDir, SharedDirError};
@@ -62,6 +63,8 @@ pub struct Membership {
     heartbeats: Option<Arc<Heartbeats>>,
     roster_path: PathBuf,
     inner: Mutex<Inner>,
+    /// The rounds, the catch-up and alert deliveries run here.
+    scope: Scope,
 }
 
 impl Membership {
@@ -73,6 +76,7 @@ impl Membership {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         shared_dir: Arc<SharedDir>,
+        scope: Scope,
     ) -> Result<Membership, MembershipError> {
         let heartbeats = if config.advertise_url_is_usable() {
             let members = shared_fs::Members::open(&config.shared_dir, false)?;
@@ -129,6 +133,7 @@ impl Membership {
             source,
             heartbeats,
             inner: Mutex::new(Inner::default()),
+            scope,
         };
         if m.source.is_some() {
             m.load_roster();
@@ -192,7 +197,13 @@ impl Membership {
 
     /// Heartbeats, discovery, probes and expiry until `stop`; the first round is followed by
     /// the catch-up that turns `/health` from "catching up" to healthy.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    /// Starts the rounds in this membership's scope.
+    pub fn start(self: &Arc<Self>) {
+        self.scope
+            .spawn(self.clone().run(self.scope.token().clone()));
+    }
+
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
         let tick = self.config.peers.heartbeat.max(Duration::from_millis(20));
         let dns_every = match &self.config.peers.discovery {
             Discovery::Dns { interval, .. } => *interval,
@@ -212,7 +223,7 @@ impl Membership {
             }
             if first {
                 first = false;
-                tokio::spawn(self.clone().catch_up(stop.clone()));
+                self.scope.spawn(self.clone().catch_up(stop.clone()));
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -631,6 +642,6 @@ impl Membership {
         });
         self.peers
             .client()
-            .spawn_alert(url, body, self.metrics.clone());
+            .spawn_alert(&self.scope, url, body, self.metrics.clone());
     }
 }
