@@ -248,15 +248,16 @@ impl Receiver {
                 }
                 Err(ApplyError::Retry(source)) => {
                     // Keep what was applied before it; the sender retries from here.
-                    self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
-                        .await?;
-                    if !index_writes.is_empty() {
-                        let held = std::mem::take(&mut index_writes);
-                        self.apply_index(origin, held, &mut reply).await?;
-                    }
-                    if hwm != start {
-                        self.persist(origin, &mut g, hwm).await?;
-                    }
+                    let held = std::mem::take(&mut index_writes);
+                    self.settle(
+                        origin,
+                        held,
+                        &mut plugin_calls,
+                        &mut reply,
+                        &mut g,
+                        (start, hwm),
+                    )
+                    .await?;
                     tracing::warn!(origin, seq, error = %source, "cannot apply a peer message now");
                     return Err(ReceiveError::Store {
                         origin: origin.to_owned(),
@@ -267,15 +268,38 @@ impl Receiver {
             }
             hwm = seq;
         }
-        if !index_writes.is_empty() {
-            self.apply_index(origin, index_writes, &mut reply).await?;
-        }
-        self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
-            .await?;
-        if hwm != start {
-            self.persist(origin, &mut g, hwm).await?;
-        }
+        self.settle(
+            origin,
+            index_writes,
+            &mut plugin_calls,
+            &mut reply,
+            &mut g,
+            (start, hwm),
+        )
+        .await?;
         Ok(reply)
+    }
+
+    /// Stores what a batch held back, together: its index documents (one fsync) and its plugin
+    /// calls (durable in the master's queues); then moves the origin's mark from `start` to
+    /// `hwm`. Runs before the reply, also when a message must be retried.
+    async fn settle(
+        &self,
+        origin: &str,
+        index_writes: Vec<IndexWrite>,
+        plugin_calls: &mut PluginCalls,
+        reply: &mut BatchReply,
+        g: &mut Option<OriginMark>,
+        (start, hwm): (u64, u64),
+    ) -> Result<(), ReceiveError> {
+        if !index_writes.is_empty() {
+            self.apply_index(origin, index_writes, reply).await?;
+        }
+        self.queue_plugin_calls(origin, plugin_calls, reply).await?;
+        if hwm != start {
+            self.persist(origin, g, hwm).await?;
+        }
+        Ok(())
     }
 
     fn forged(&self, reason: &str) {
