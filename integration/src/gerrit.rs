@@ -7,6 +7,10 @@
 //! uncaught `JsonParseException`, for the types a test unregisters); `text/plain` bodies. A
 //! script can put it in a storm (`409`/`503` for the next n calls)
 //! or stop and restart it on the same port (down = connection refused).
+//!
+//! Every other path stands in for Gerrit's web UI, REST API and git over HTTP (for the
+//! load-balancer recipes): `200` with `X-HA-Instance: <name>` and `<METHOD> <path> <bytes of
+//! the body>`, the body read whole however big (a git push).
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -64,6 +68,8 @@ struct Script {
 pub struct FakeMaster {
     pub port: u16,
     pub plugin: String,
+    /// Named in the stand-in web answers (`X-HA-Instance`).
+    pub name: String,
     script: Arc<Mutex<Script>>,
     server: Option<actix_web::dev::ServerHandle>,
 }
@@ -71,9 +77,15 @@ pub struct FakeMaster {
 impl FakeMaster {
     /// Starts on a free loopback port.
     pub fn start(plugin: &str) -> FakeMaster {
+        FakeMaster::start_named(plugin, "master")
+    }
+
+    /// Starts on a free loopback port; its web answers name it `name`.
+    pub fn start_named(plugin: &str, name: &str) -> FakeMaster {
         let mut m = FakeMaster {
             port: 0,
             plugin: plugin.to_owned(),
+            name: name.to_owned(),
             script: Arc::default(),
             server: None,
         };
@@ -83,11 +95,14 @@ impl FakeMaster {
 
     fn listen(&mut self, listener: TcpListener) {
         self.port = listener.local_addr().unwrap().port();
-        let (script, plugin) = (self.script.clone(), self.plugin.clone());
+        let (script, plugin, name) = (self.script.clone(), self.plugin.clone(), self.name.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new((script.clone(), plugin.clone())))
-                .default_service(web::to(handle))
+                .app_data(web::Data::new(WebName(name.clone())))
+                .route("/plugins/{rest:.*}", web::to(handle))
+                .route("/config/server/version", web::to(handle))
+                .default_service(web::to(web_answer))
         })
         .workers(2)
         .disable_signals()
@@ -187,6 +202,29 @@ impl Drop for FakeMaster {
             drop(h.stop(false));
         }
     }
+}
+
+struct WebName(String);
+
+/// Gerrit's web, REST and git over HTTP, standing in: who answered and how many body bytes
+/// arrived (read as they stream, no size limit).
+async fn web_answer(
+    name: web::Data<WebName>,
+    req: HttpRequest,
+    mut body: web::Payload,
+) -> HttpResponse {
+    use futures_util::StreamExt;
+    let mut bytes = 0usize;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => bytes += c.len(),
+            Err(e) => return HttpResponse::BadRequest().body(e.to_string()),
+        }
+    }
+    HttpResponse::Ok()
+        .insert_header(("X-HA-Instance", name.0.clone()))
+        .content_type("text/plain; charset=UTF-8")
+        .body(format!("{} {} {bytes}", req.method(), req.uri()))
 }
 
 async fn handle(

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::{Delivery, MasterClient, MasterError};
 use super::{Family, PluginCall};
 use crate::backoff::Backoff;
+use crate::lifecycle::Scope;
 use crate::metrics::Metrics;
 use crate::peers::deadletter::DeadLetters;
 use crate::peers::outbox::{Outbox, OutboxError, OutboxOptions, Peeked, Queue, QueueStats};
@@ -37,12 +38,18 @@ pub struct MasterQueues {
 
 impl MasterQueues {
     /// Opens `<data>/master/<family>/`, keeping any backlog on disk.
-    pub fn open(data_dir: &Path, segment_bytes: u64) -> Result<MasterQueues, OutboxError> {
+    pub fn open(
+        data_dir: &Path,
+        segment_bytes: u64,
+        disk: Arc<crate::durable::DiskWatch>,
+    ) -> Result<MasterQueues, OutboxError> {
         let mut outboxes = Vec::new();
         let mut queues = Vec::new();
         for f in Family::ALL {
             let opts = OutboxOptions {
                 segment_bytes,
+                disk: disk.clone(),
+                store: "master",
                 ..OutboxOptions::default()
             };
             let outbox = Outbox::open_at(data_dir.join("master").join(f.as_str()), opts)?;
@@ -67,22 +74,15 @@ impl MasterQueues {
     }
 
     /// Starts one delivery task per family.
-    pub fn start(
-        &self,
-        ctx: Arc<DeliveryCtx>,
-        shutdown: CancellationToken,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        Family::ALL
-            .iter()
-            .map(|f| {
-                let (q, ctx, stop) = (
-                    self.queues[f.index()].clone(),
-                    ctx.clone(),
-                    shutdown.clone(),
-                );
-                tokio::spawn(run(*f, q, ctx, stop))
-            })
-            .collect()
+    pub fn start(&self, ctx: Arc<DeliveryCtx>, scope: &Scope) {
+        for f in Family::ALL {
+            let (q, ctx, stop) = (
+                self.queues[f.index()].clone(),
+                ctx.clone(),
+                scope.token().clone(),
+            );
+            scope.spawn(run(f, q, ctx, stop));
+        }
     }
 
     pub fn shutdown(&self) {

@@ -74,7 +74,12 @@ pub struct QueueStats {
 impl Queue {
     /// Opens (or creates) a queue directory, cutting a torn tail and finding the delivered
     /// position. Returns the queue and the committer's writer for the last segment.
-    pub(super) fn open(peer: &str, dir: &Path) -> Result<(Queue, Option<Writer>), OutboxError> {
+    pub(super) fn open(
+        peer: &str,
+        dir: &Path,
+        store: &'static str,
+        watch: &crate::durable::DiskWatch,
+    ) -> Result<(Queue, Option<Writer>), OutboxError> {
         let ctx = |e: io::Error| OutboxError::Io(dir.to_path_buf(), e);
         std::fs::create_dir_all(dir).map_err(ctx)?;
         let acked_seq = read_acked(dir).map_err(ctx)?;
@@ -91,14 +96,9 @@ impl Queue {
         let n = files.len();
         let mut writer = None;
         for (i, (first, path)) in files.into_iter().enumerate() {
-            let scan = segment::scan(&path).map_err(ctx)?;
             let last = i + 1 == n;
-            if last && scan.valid_len < scan.file_len {
-                tracing::warn!(path = %path.display(), cut = scan.file_len - scan.valid_len, "outbox segment had a torn tail; cut it");
-                let f = OpenOptions::new().write(true).open(&path).map_err(ctx)?;
-                f.set_len(scan.valid_len).map_err(ctx)?;
-                f.sync_all().map_err(ctx)?;
-            }
+            // Cuts a torn tail, skips (and counts) damaged records, upgrades an old framing.
+            let scan = segment::recover(&path, store, !last, watch).map_err(ctx)?;
             for (seq, ts, off) in &scan.seqs_ts {
                 if *seq > acked_seq {
                     if acked.is_none() {
@@ -338,9 +338,7 @@ impl Queue {
             let path = self.dir.join("acked");
             let fixed = std::fs::metadata(&path).is_ok_and(|m| m.len() == ACKED_LEN as u64);
             if !fixed {
-                let tmp = self.dir.join("acked.tmp");
-                std::fs::write(&tmp, &text)?;
-                std::fs::rename(tmp, &path)?;
+                crate::durable::write_small(&path, text.as_bytes(), crate::durable::Fsync::No)?;
             }
             *file = Some(OpenOptions::new().write(true).open(&path)?);
             if !fixed {
