@@ -78,13 +78,22 @@ impl Report {
     /// replacing the section of an earlier merge of the same parts.
     pub fn write(&self, dir: &Path, quick: bool, merge: Option<&[String]>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let mut figures = self.figures.clone();
+        use serde_json::value::{to_raw_value, RawValue};
+        let mut figures: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
+        for (k, v) in &self.figures {
+            figures.insert(k.clone(), to_raw_value(v)?);
+        }
         let mut md = String::new();
         if let Some(parts) = merge {
             if let Ok(text) = std::fs::read_to_string(dir.join("latest.json")) {
-                let earlier: BTreeMap<String, f64> = serde_json::from_str(&text)?;
+                // Kept as written (no float re-parsing); the whole run's wall time stays.
+                let earlier: BTreeMap<String, Box<RawValue>> = serde_json::from_str(&text)?;
                 for (k, v) in earlier {
-                    figures.entry(k).or_insert(v);
+                    if k == "bench_wall_s" {
+                        figures.insert(k, v);
+                    } else {
+                        figures.entry(k).or_insert(v);
+                    }
                 }
             }
             let header = format!("## Part run: {}", parts.join(", "));

@@ -378,6 +378,7 @@ impl Metrics {
             let _ = g.delivered.get_or_create(&l);
             let _ = g.dead_lettered.get_or_create(&l);
             let _ = g.set_aside_after_500.get_or_create(&l);
+            let _ = g.coalesced.get_or_create(&l);
             let _ = g.delivery_failures.get_or_create(&l);
             let _ = g.pending.get_or_create(&l);
         }

@@ -2,8 +2,8 @@
 //! rewritten **in place** with one `fdatasync` per update.
 //!
 //! The file is created once with its full size (two slots, each in its own 4 KiB block, so
-//! one torn sector cannot damage both), through a temporary file, `fsync`, `rename` and a
-//! directory `fsync`. After that an update overwrites one slot (`value | crc32(value)`),
+//! one torn sector cannot damage both) by `write_small` with `Fsync::Durable` (a temporary
+//! file, `fsync`, `rename`, directory `fsync`). After that an update overwrites one slot (`value | crc32(value)`),
 //! alternating, and `fdatasync`s: no allocation, no size change, no rename, so no journal
 //! commit — one device write instead of the two journal commits of write-a-copy-and-rename
 //! (measured 2–4 ms against 8–12 ms per update on the bench machine, see `bench/NOTES.md`).
@@ -99,20 +99,12 @@ impl Mark {
         Ok(())
     }
 
-    /// Writes the full-size file holding `value` beside the mark and renames it over it.
+    /// Writes the full-size file holding `value` (`write_small`, durably: aside, fsync,
+    /// rename, directory fsync).
     fn create(&mut self, value: u64) -> io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
         let mut bytes = vec![0u8; FILE_LEN as usize];
         bytes[..SLOT_LEN].copy_from_slice(&encode(value));
-        {
-            let f = File::create(&tmp)?;
-            f.write_all_at(&bytes, 0)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
+        super::write_small(&self.path, &bytes, super::Fsync::Durable)?;
         self.file = Some(OpenOptions::new().read(true).write(true).open(&self.path)?);
         self.next_slot = 1;
         Ok(())

@@ -26,6 +26,8 @@ use crate::peers::outbox::{Outbox, OutboxError, OutboxOptions, Peeked, Queue, Qu
 
 /// Most calls read from a queue at once (and replayed again after a crash at worst).
 const READ_BATCH: usize = 64;
+/// Index calls read at once: also the window in which pending calls for one id coalesce.
+const INDEX_READ_BATCH: usize = 512;
 const QUEUE: &str = "master";
 
 /// The master's queues, one per family.
@@ -139,7 +141,11 @@ async fn run(family: Family, queue: Arc<Queue>, ctx: Arc<DeliveryCtx>, stop: Can
     let label = Metrics::kind(family.as_str());
     loop {
         let q = queue.clone();
-        let batch = match tokio::task::spawn_blocking(move || q.peek(READ_BATCH, 16 << 20)).await {
+        let max = match family {
+            Family::Index => INDEX_READ_BATCH,
+            _ => READ_BATCH,
+        };
+        let batch = match tokio::task::spawn_blocking(move || q.peek(max, 16 << 20)).await {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::error!(family = family.as_str(), error = %e, "cannot read the master queue; retrying");
@@ -178,8 +184,18 @@ async fn run(family: Family, queue: Arc<Queue>, ctx: Arc<DeliveryCtx>, stop: Can
                 _ = stop.cancelled() => return,
             }
         }
-        for r in &batch.records {
-            let call = match PluginCall::decode(&r.payload) {
+        let calls: Vec<_> = batch
+            .records
+            .iter()
+            .map(|r| PluginCall::decode(&r.payload))
+            .collect();
+        let superseded = superseded(&calls);
+        for ((r, call), superseded) in batch.records.iter().zip(calls).zip(superseded) {
+            if superseded {
+                ctx.metrics.gerrit.coalesced.get_or_create(&label).inc();
+                continue;
+            }
+            let call = match call {
                 Ok(c) => c,
                 Err(e) => {
                     set_aside(
@@ -200,6 +216,29 @@ async fn run(family: Family, queue: Arc<Queue>, ctx: Arc<DeliveryCtx>, stop: Can
         }
         ack(&queue, &batch).await;
     }
+}
+
+/// Which calls of a read batch a later call of the same batch makes pointless: an index call
+/// for an id followed by another index call for that id (any method; `change/batch/<id>` is
+/// the same id as `change/<id>`). The master reindexes from its own repository whatever the
+/// call says, so the newest call for an id is enough, delivered where it stands; calls for
+/// other ids keep their order around it. Other families are never coalesced (every event is
+/// dispatched, every eviction applied).
+fn superseded(calls: &[Result<PluginCall, serde_json::Error>]) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = vec![false; calls.len()];
+    for (i, call) in calls.iter().enumerate().rev() {
+        let Ok(call) = call else { continue };
+        let Some(id) = call.path.strip_prefix("index/") else {
+            continue;
+        };
+        let id = match id.strip_prefix("change/batch/") {
+            Some(change) => format!("change/{change}"),
+            None => id.to_owned(),
+        };
+        out[i] = !seen.insert(id);
+    }
+    out
 }
 
 /// Replays one call until the master takes it or refuses it for good; false when stopping.
@@ -319,7 +358,40 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{MasterError, Poison};
+    use super::{superseded, MasterError, PluginCall, Poison};
+
+    #[test]
+    fn only_earlier_index_calls_for_the_same_id_are_superseded() {
+        let call = |method: &str, path: &str| {
+            Ok(PluginCall {
+                method: method.into(),
+                path: path.into(),
+                content_type: None,
+                created_on: None,
+                body: Some(path.into()),
+            })
+        };
+        let calls = vec![
+            call("POST", "index/change/p~1"),
+            call("POST", "index/change/p~2"),
+            call("POST", "index/change/batch/p~1"),
+            call("DELETE", "index/change/p~2"),
+            call("POST", "index/account/7"),
+            call("POST", "index/change/p~1"),
+            call("POST", "cache/projects"),
+            call("POST", "cache/projects"),
+            call("POST", "event/ref-updated"),
+            call("POST", "event/ref-updated"),
+            PluginCall::decode(b"not json"),
+            call("POST", "index/change/~1"),
+            call("POST", "index/account/7"),
+        ];
+        let got = superseded(&calls);
+        let want = [
+            true, true, true, false, true, false, false, false, false, false, false, false, false,
+        ];
+        assert_eq!(got, want);
+    }
 
     fn status(status: u16, answer: &str) -> MasterError {
         MasterError::Status {

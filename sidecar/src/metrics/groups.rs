@@ -99,6 +99,7 @@ pub struct GerritMetrics {
     pub delivered: Family<KindLabel, Counter>,
     pub dead_lettered: Family<KindLabel, Counter>,
     pub set_aside_after_500: Family<KindLabel, Counter>,
+    pub coalesced: Family<KindLabel, Counter>,
     pub delivery_failures: Family<KindLabel, Counter>,
     pub pending: Family<KindLabel, Gauge>,
     pub master_up: Gauge,
@@ -125,6 +126,11 @@ impl GerritMetrics {
             "gerrit_set_aside_after_500",
             "Plugin calls set aside after the same 500 from a healthy master (gerrit.setAsideAfter times)",
             self.set_aside_after_500.clone(),
+        );
+        r.register(
+            "gerrit_coalesced",
+            "Index calls not replayed because a newer call for the same id was pending with them",
+            self.coalesced.clone(),
         );
         r.register(
             "gerrit_delivery_failures",
