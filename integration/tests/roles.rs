@@ -1,6 +1,9 @@
 //! Hot-standby roles with real processes (SPEC §9): exactly one active node; a SIGKILLed active
 //! replaced within ttl; the returning node stays standby; a SIGTERMed active hands over at once;
-//! keep-oldest; manual promotion (HTTP and CLI); the status page rendered by headless Chromium.
+//! keep-oldest; manual promotion (HTTP and CLI); the status page rendered by headless Chromium;
+//! the HAProxy hot-standby recipe; keep-majority across a network partition (`partition`).
+
+mod partition;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
