@@ -291,9 +291,11 @@ async fn lb_story(setup: LbSetup<'_>, a: &mut Proc, b: &mut Proc) {
             let cells: Vec<&str> = row.split_whitespace().collect();
             let ok = out.status.code() == Some(1)
                 && last.lines().nth(1).is_some_and(|l| l.starts_with("PEER"))
-                && cells.get(2) == Some(&"failed")
-                && cells.get(3) == Some(&"NO")
-                && cells.get(4) == Some(&"5")
+                // A failed peer's role is unknown.
+                && cells.get(2) == Some(&"?")
+                && cells.get(3) == Some(&"failed")
+                && cells.get(4) == Some(&"NO")
+                && cells.get(5) == Some(&"5")
                 && row.contains("connection failed")
                 && row.ends_with("WARNING");
             async move { ok }

@@ -247,6 +247,32 @@ async fn keep_oldest_picks_the_first_started_and_a_returning_node_stays_standby(
     procs[0].start();
     procs[0].wait_ready(&h).await;
     assert_eq!(stays_single(&h, &all, ttl * 2).await, "node-b");
+
+    // Draining the active node moves the role (to node-c: node-a restarted, so it is the
+    // youngest); restoring it does not take the role back (no flapping).
+    let drain = |method: reqwest::Method| {
+        let (h, url) = (h.clone(), format!("{}health", specs[1].peer_url()));
+        async move {
+            h.request(method, url)
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(drain(reqwest::Method::DELETE).await, 204);
+    let rest = [&specs[0], &specs[2]];
+    assert_eq!(
+        one_active(&h, &rest, Duration::from_secs(3)).await,
+        1,
+        "node-c took over"
+    );
+    assert_eq!(health(&h, &specs[1]).await, Some((503, "drained".into())));
+    assert_eq!(drain(reqwest::Method::POST).await, 204);
+    assert_eq!(stays_single(&h, &all, ttl * 2).await, "node-c");
+    assert_eq!(health(&h, &specs[1]).await, Some((503, "standby".into())));
 }
 
 async fn promote(h: &reqwest::Client, spec: &NodeSpec, token: &str) -> (u16, serde_json::Value) {
