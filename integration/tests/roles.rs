@@ -92,6 +92,16 @@ async fn stays_single(h: &reqwest::Client, specs: &[&NodeSpec], d: Duration) -> 
     last
 }
 
+/// For `d`, samples every node: none is active.
+async fn nobody_active(h: &reqwest::Client, specs: &[&NodeSpec], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        let a = actives(h, specs).await;
+        assert!(a.is_empty(), "a node promoted itself: {a:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn spawn_all(specs: &[NodeSpec], dir: &Path) -> Vec<Proc> {
     specs.iter().map(|s| Proc::spawn(s, dir, &[])).collect()
 }
@@ -298,8 +308,7 @@ async fn manual_nodes_never_promote_themselves_and_an_operator_moves_the_role() 
     let all: Vec<&NodeSpec> = specs.iter().collect();
     let ttl = Duration::from_millis(TTL_MS);
     // Nobody stands: well past ttl, every node is still standby.
-    tokio::time::sleep(ttl * 2).await;
-    assert!(actives(&h, &all).await.is_empty());
+    nobody_active(&h, &all, ttl * 2).await;
     assert_eq!(health(&h, &specs[0]).await, Some((503, "standby".into())));
 
     // The admin token is required.
@@ -330,8 +339,7 @@ async fn manual_nodes_never_promote_themselves_and_an_operator_moves_the_role() 
     assert_eq!(one_active(&h, &all, ttl).await, 2);
     // A killed active is not replaced: nodes never promote themselves.
     procs[2].kill9();
-    tokio::time::sleep(ttl * 2).await;
-    assert!(actives(&h, &[&specs[0], &specs[1]]).await.is_empty());
+    nobody_active(&h, &[&specs[0], &specs[1]], ttl * 2).await;
     let (code, _) = promote(&h, &specs[0], ADMIN).await;
     assert_eq!(code, 200);
     assert_eq!(one_active(&h, &[&specs[0], &specs[1]], ttl).await, 0);
