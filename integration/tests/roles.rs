@@ -313,6 +313,16 @@ async fn manual_nodes_never_promote_themselves_and_an_operator_moves_the_role() 
     nobody_active(&h, &all, ttl * 2).await;
     assert_eq!(health(&h, &specs[0]).await, Some((503, "standby".into())));
 
+    // A claim must be signed by a peer.
+    let forged = serde_json::json!({"instance_id": "node-c", "listen_url": specs[2].peer_url(),
+        "started_at_ms": 0, "claim": "active", "epoch": 1_000_000, "health": "healthy"});
+    let r = h
+        .post(format!("{}v1/peer/election", specs[0].peer_url()))
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "an unsigned claim");
     // The admin token is required.
     assert_eq!(
         promote(&h, &specs[1], "wrong-token-0123456789abcdef")
