@@ -358,3 +358,36 @@ async fn manual_nodes_never_promote_themselves_and_an_operator_moves_the_role() 
     let st = status(&h, &specs[1]).await;
     assert_eq!(st["election"]["active"], "node-a", "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_majority_with_peers_found_through_shared_fs_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}[peerInfo]\n  strategy = shared-fs\n",
+        hot("keep-majority")
+    );
+    let mut specs = mesh_specs(dir.path(), 3, &extra);
+    for s in &mut specs {
+        s.peers.clear();
+    }
+    let mut procs = spawn_all(&specs, dir.path());
+    let h = http();
+    for p in &procs {
+        p.wait_ready(&h).await;
+    }
+    let all: Vec<&NodeSpec> = specs.iter().collect();
+    let ttl = Duration::from_millis(TTL_MS);
+    let first = one_active(&h, &all, ttl * 4).await;
+    stays_single(&h, &all, ttl).await;
+    for s in &specs {
+        let st = status(&h, s).await;
+        assert_eq!(st["election"]["known"], 3, "{}: {st}", s.id);
+    }
+    procs[first].kill9();
+    let rest: Vec<&NodeSpec> = (0..3).filter(|i| *i != first).map(|i| &specs[i]).collect();
+    one_active(&h, &rest, ttl + Duration::from_secs(4)).await;
+    // The dead node is still known (its heartbeat is stale, its queue kept): 2 of 3 hold.
+    let st = status(&h, rest[0]).await;
+    assert_eq!(st["election"]["known"], 3, "{st}");
+    assert_eq!(st["election"]["live"], 2, "{st}");
+}
