@@ -159,6 +159,29 @@ async fn keep_majority_one_active_takeover_on_kill_return_as_standby_and_handove
         };
         assert_eq!(metric(want).await, 1.0);
     }
+    // Standbys stay hot: what the active node's master does reaches them.
+    let code = integration::api::evict(&h, &specs[first].local_url(), "projects", &["hot"]).await;
+    assert_eq!(code, 202);
+    for (i, s) in specs.iter().enumerate().filter(|(i, _)| *i != first) {
+        eventually(
+            &format!("node {i} applies the eviction"),
+            Duration::from_secs(5),
+            || {
+                let (h, base) = (h.clone(), s.peer_url());
+                async move {
+                    integration::api::metric(
+                        &h,
+                        &base,
+                        "ha_messages_applied_total",
+                        &["kind=\"eviction\""],
+                    )
+                    .await
+                        >= 1.0
+                }
+            },
+        )
+        .await;
+    }
     // The role change was alerted.
     eventually("a role_changed alert", Duration::from_secs(5), || async {
         hook.bodies().iter().any(|b| {
