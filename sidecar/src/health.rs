@@ -120,10 +120,11 @@ impl Health {
     /// Drains (true) or restores (false), persisting the choice.
     pub fn set_drained(&self, drained: bool) -> std::io::Result<()> {
         if drained {
-            std::fs::write(&self.drain_file, b"drained by DELETE /health\n")?;
-            if let Some(dir) = self.drain_file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+            crate::durable::write_small(
+                &self.drain_file,
+                b"drained by DELETE /health\n",
+                crate::durable::Fsync::Durable,
+            )?;
         } else {
             match std::fs::remove_file(&self.drain_file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -18,6 +18,7 @@ pub mod gerrit;
 pub mod health;
 pub mod index;
 pub mod index_sync;
+pub mod lifecycle;
 pub mod local;
 pub mod locks;
 pub mod log_writer;

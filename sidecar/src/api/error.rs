@@ -138,6 +138,14 @@ impl From<crate::local::LocalError> for ApiError {
     }
 }
 
+/// This node's master did not give what a peer asked for (the indexSync query): the peer's
+/// union fails with `503` and the plugin's indexSync retries.
+impl From<crate::gerrit::client::MasterError> for ApiError {
+    fn from(e: crate::gerrit::client::MasterError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
 impl From<crate::receiver::ReceiveError> for ApiError {
     fn from(e: crate::receiver::ReceiveError) -> Self {
         match e {

@@ -5,6 +5,7 @@ mod access;
 mod caller;
 mod error;
 mod events;
+mod events_log;
 mod index;
 mod local;
 mod ops;
@@ -237,5 +238,6 @@ pub fn serve_peer(
         ops::configure(cfg);
         events::configure_peer(cfg);
         stream::configure(cfg);
+        events_log::configure(cfg);
     })
 }

@@ -101,6 +101,9 @@ async fn health_delete(state: AdminCaller) -> Result<HttpResponse, ApiError> {
 /// for OpenMetrics (`promtool`, old Prometheus servers).
 async fn metrics(state: Public, req: HttpRequest) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
+    state
+        .metrics
+        .corrupt_records(&state.health.disk().corrupt_records());
     if let Some(m) = &state.master {
         m.status(&state.metrics);
     }
@@ -256,9 +259,17 @@ fn counters(state: &AppState) -> serde_json::Value {
 async fn status(state: Public) -> HttpResponse {
     let election = state.election.view();
     let peers = peer_views(&state, &election.peers);
+    // Damaged records skipped at open: the level says so until the next restart.
+    let corrupt: std::collections::BTreeMap<&str, u64> = state
+        .health
+        .disk()
+        .corrupt_records()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
     let level = ["error", "warning"]
         .into_iter()
-        .find(|l| peers.iter().any(|p| p.level == *l))
+        .find(|l| peers.iter().any(|p| p.level == *l) || (*l == "warning" && !corrupt.is_empty()))
         .unwrap_or("ok");
     HttpResponse::Ok().json(serde_json::json!({
         "instance_id": state.config.instance_id,
@@ -273,6 +284,7 @@ async fn status(state: Public) -> HttpResponse {
         "drained": state.health.is_drained(),
         "strategy": state.config.peers.discovery.name(),
         "level": level,
+        "corrupt_records": corrupt,
         "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
         "index": state.index.stats().kinds.into_iter().map(|(kind, k)| (kind.as_str().to_owned(), k)).collect::<std::collections::BTreeMap<_, _>>(),
         "peers": peers,

@@ -207,7 +207,12 @@ pub struct IndexConfig {
 pub struct EventConfig {
     pub synchronize: bool,
     pub retention: Duration,
+    /// Sees every project's events (stream and events-log).
     pub stream_token: Option<Secret>,
+    /// `[event "consumer NAME"]`: tokens that see only some projects' events.
+    pub consumers: Vec<StreamConsumer>,
+    /// Most events one events-log replay request returns.
+    pub return_limit: usize,
     /// How often an idle stream gets a comment line (keeps load balancers from closing it).
     pub heartbeat: Duration,
     /// Event log segment size; retention drops whole segments.
@@ -216,6 +221,15 @@ pub struct EventConfig {
     pub max_bytes: u64,
     /// Largest single event accepted (413 above).
     pub max_event_bytes: usize,
+}
+
+/// A stream consumer (`[event "consumer NAME"]`): a CI system that sees only its projects.
+#[derive(Debug, Clone)]
+pub struct StreamConsumer {
+    pub name: String,
+    pub token: Secret,
+    /// `None`: every project.
+    pub projects: Option<std::sync::Arc<crate::events::ProjectFilter>>,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +256,9 @@ pub struct GerritConfig {
     pub health_interval: Duration,
     /// Longest wait for one call to the master.
     pub timeout: Duration,
+    /// Consecutive identical `500`s from a healthy master after which a call is set aside;
+    /// 0: never.
+    pub set_aside_after: u64,
 }
 
 /// Request size limits (SPEC §6 "Bounded").

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ElectionStrategy, Mode};
 use crate::health::Health;
+use crate::lifecycle::Scope;
 use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::peers::outbox::now_ms;
@@ -93,6 +94,8 @@ pub struct Election {
     wake: Notify,
     epoch_path: PathBuf,
     saved_epoch: Mutex<u64>,
+    /// Where alert deliveries run (the node's membership stage).
+    scope: Scope,
 }
 
 impl Election {
@@ -102,6 +105,7 @@ impl Election {
         peers: Arc<Peers>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        scope: Scope,
     ) -> Election {
         let epoch_path = config.data_dir.join("election.json");
         let epoch = std::fs::read(&epoch_path)
@@ -126,6 +130,7 @@ impl Election {
             wake: Notify::new(),
             epoch_path,
             saved_epoch: Mutex::new(epoch),
+            scope,
         };
         e.set_metrics(if hot { Role::Standby } else { Role::Active }, epoch);
         e
@@ -200,7 +205,7 @@ impl Election {
             });
             self.peers
                 .client()
-                .spawn_alert(url, body, self.metrics.clone());
+                .spawn_alert(&self.scope, url, body, self.metrics.clone());
         }
         self.wake.notify_one();
     }

@@ -98,6 +98,7 @@ pub struct GerritMetrics {
     pub calls_received: Family<KindLabel, Counter>,
     pub delivered: Family<KindLabel, Counter>,
     pub dead_lettered: Family<KindLabel, Counter>,
+    pub set_aside_after_500: Family<KindLabel, Counter>,
     pub delivery_failures: Family<KindLabel, Counter>,
     pub pending: Family<KindLabel, Gauge>,
     pub master_up: Gauge,
@@ -119,6 +120,11 @@ impl GerritMetrics {
             "gerrit_dead_lettered",
             "Plugin calls the master refused for good (400, 405, 415), set aside",
             self.dead_lettered.clone(),
+        );
+        r.register(
+            "gerrit_set_aside_after_500",
+            "Plugin calls set aside after the same 500 from a healthy master (gerrit.setAsideAfter times)",
+            self.set_aside_after_500.clone(),
         );
         r.register(
             "gerrit_delivery_failures",

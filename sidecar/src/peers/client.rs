@@ -212,12 +212,13 @@ impl PeerClient {
     /// logged and counted in `ha_alerts_failed_total`.
     pub fn spawn_alert(
         &self,
+        scope: &crate::lifecycle::Scope,
         url: url::Url,
         body: serde_json::Value,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) {
         let client = self.clone();
-        tokio::spawn(async move {
+        scope.spawn(async move {
             if let Err(e) = client.post_alert(&url, &body, Duration::from_secs(5)).await {
                 metrics.alerts_failed.inc();
                 let event = body.get("event").and_then(|e| e.as_str()).unwrap_or("?");
