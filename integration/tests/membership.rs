@@ -291,7 +291,8 @@ async fn lb_story(setup: LbSetup<'_>, a: &mut Proc, b: &mut Proc) {
             let cells: Vec<&str> = row.split_whitespace().collect();
             let ok = out.status.code() == Some(1)
                 && last.lines().nth(1).is_some_and(|l| l.starts_with("PEER"))
-                // PEER URL ROLE STATE REACHABLE BACKLOG ...
+                // PEER URL ROLE STATE REACHABLE BACKLOG ...; a failed peer's role is unknown.
+                && cells.get(2) == Some(&"?")
                 && cells.get(3) == Some(&"failed")
                 && cells.get(4) == Some(&"NO")
                 && cells.get(5) == Some(&"5")
