@@ -318,6 +318,18 @@ impl Node {
             .local
             .local_addr()
             .map_err(|e| StartError::Other(e.to_string()))?;
+        // Until the event log has fetched the history it lacks (a wiped or new node): 503
+        // "catching up", and peer batches' events wait (set before the listeners open, so no
+        // newer event can overtake the restored ones).
+        let history = config.event.synchronize.then(|| {
+            health.begin_catch_up("events");
+            state.events.set_restoring(true);
+            crate::event_history::EventHistory {
+                events: state.events.clone(),
+                client: client.clone(),
+                health: health.clone(),
+            }
+        });
         let io = |source, addr, what| StartError::Bind { what, addr, source };
         let peer_server = api::serve_peer(state.clone(), listeners.peer)
             .map_err(|e| io(e, peer_addr, "listenUrl"))?;
@@ -326,9 +338,16 @@ impl Node {
         let handles = vec![local_server.handle(), peer_server.handle()];
         let servers = vec![tokio::spawn(local_server), tokio::spawn(peer_server)];
         let stop_background = CancellationToken::new();
-        let background = vec![sessions.spawn_cleanup(stop_background.clone())];
+        let mut background = vec![sessions.spawn_cleanup(stop_background.clone())];
         // 503 "catching up" until the peers have delivered what they held for this node.
         health.begin_catch_up("peers");
+        if let Some(history) = history {
+            let peer_urls: Vec<url::Url> = state.peers.list().iter().map(|p| p.url()).collect();
+            let (timeout, stop) = (config.catch_up_timeout, stop_background.clone());
+            background.push(tokio::spawn(async move {
+                history.run(peer_urls, timeout, stop).await;
+            }));
+        }
         let membership_stop = CancellationToken::new();
         let membership_task = tokio::spawn(membership.run(membership_stop.clone()));
         let index_sync_stop = CancellationToken::new();

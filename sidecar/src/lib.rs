@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod durable;
+pub mod event_history;
 pub mod event_relay;
 pub mod events;
 pub mod gerrit;
