@@ -3,8 +3,14 @@
 //!
 //! The master answers `204`; `415` to an event whose media type is not JSON; `405` to a
 //! DELETE of an account, group or project; `400 cache not found` for a cache it does not
-//! know; `text/plain` bodies. A script can put it in a storm (`409`/`503` for the next n calls)
+//! know; `500` naming the type of an event whose `type` is not registered (the servlet's
+//! uncaught `JsonParseException`, for the types a test unregisters); `text/plain` bodies. A
+//! script can put it in a storm (`409`/`503` for the next n calls)
 //! or stop and restart it on the same port (down = connection refused).
+//!
+//! Every other path stands in for Gerrit's web UI, REST API and git over HTTP (for the
+//! load-balancer recipes): `200` with `X-HA-Instance: <name>` and `<METHOD> <path> <bytes of
+//! the body>`, the body read whole however big (a git push).
 
 use std::collections::VecDeque;
 use std::net::TcpListener;
@@ -55,11 +61,15 @@ struct Script {
     /// False: the plugin has no health servlet (404), only core's `/config/server/version`.
     no_health_servlet: bool,
     changes: Vec<String>,
+    /// Event types this master does not know (a plugin's, not installed here).
+    unregistered: Vec<String>,
 }
 
 pub struct FakeMaster {
     pub port: u16,
     pub plugin: String,
+    /// Named in the stand-in web answers (`X-HA-Instance`).
+    pub name: String,
     script: Arc<Mutex<Script>>,
     server: Option<actix_web::dev::ServerHandle>,
 }
@@ -67,9 +77,15 @@ pub struct FakeMaster {
 impl FakeMaster {
     /// Starts on a free loopback port.
     pub fn start(plugin: &str) -> FakeMaster {
+        FakeMaster::start_named(plugin, "master")
+    }
+
+    /// Starts on a free loopback port; its web answers name it `name`.
+    pub fn start_named(plugin: &str, name: &str) -> FakeMaster {
         let mut m = FakeMaster {
             port: 0,
             plugin: plugin.to_owned(),
+            name: name.to_owned(),
             script: Arc::default(),
             server: None,
         };
@@ -79,11 +95,14 @@ impl FakeMaster {
 
     fn listen(&mut self, listener: TcpListener) {
         self.port = listener.local_addr().unwrap().port();
-        let (script, plugin) = (self.script.clone(), self.plugin.clone());
+        let (script, plugin, name) = (self.script.clone(), self.plugin.clone(), self.name.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new((script.clone(), plugin.clone())))
-                .default_service(web::to(handle))
+                .app_data(web::Data::new(WebName(name.clone())))
+                .route("/plugins/{rest:.*}", web::to(handle))
+                .route("/config/server/version", web::to(handle))
+                .default_service(web::to(web_answer))
         })
         .workers(2)
         .disable_signals()
@@ -138,6 +157,11 @@ impl FakeMaster {
         self.script.lock().unwrap().no_health_servlet = !present;
     }
 
+    /// Events of these types get `500` (`EventTypes.getClass` does not know them).
+    pub fn unregister_event_types(&self, types: &[&str]) {
+        self.script.lock().unwrap().unregistered = types.iter().map(|t| t.to_string()).collect();
+    }
+
     /// What `query/changes.updated.since/<age>` answers.
     pub fn set_changes(&self, changes: &[&str]) {
         self.script.lock().unwrap().changes = changes.iter().map(|c| c.to_string()).collect();
@@ -178,6 +202,29 @@ impl Drop for FakeMaster {
             drop(h.stop(false));
         }
     }
+}
+
+struct WebName(String);
+
+/// Gerrit's web, REST and git over HTTP, standing in: who answered and how many body bytes
+/// arrived (read as they stream, no size limit).
+async fn web_answer(
+    name: web::Data<WebName>,
+    req: HttpRequest,
+    mut body: web::Payload,
+) -> HttpResponse {
+    use futures_util::StreamExt;
+    let mut bytes = 0usize;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => bytes += c.len(),
+            Err(e) => return HttpResponse::BadRequest().body(e.to_string()),
+        }
+    }
+    HttpResponse::Ok()
+        .insert_header(("X-HA-Instance", name.0.clone()))
+        .content_type("text/plain; charset=UTF-8")
+        .body(format!("{} {} {bytes}", req.method(), req.uri()))
 }
 
 async fn handle(
@@ -223,9 +270,16 @@ async fn handle(
             .map(str::to_owned)
     };
     let content_type = header("content-type");
-    let status = match s.next.pop_front() {
-        Some(st) => st,
-        None => servlet_status(&method, &path, content_type.as_deref()),
+    let unknown_type = path
+        .starts_with("event/")
+        .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .flatten()
+        .and_then(|v| v.get("type")?.as_str().map(str::to_owned))
+        .filter(|t| s.unregistered.contains(t));
+    let status = match (s.next.pop_front(), &unknown_type) {
+        (Some(st), _) => st,
+        (None, Some(_)) => 500,
+        (None, None) => servlet_status(&method, &path, content_type.as_deref()),
     };
     s.accepted += usize::from(status == 204);
     s.received.push(Received {
@@ -244,6 +298,13 @@ async fn handle(
         409 => text(409, "in flight"),
         405 => text(405, "cannot delete from index"),
         415 => text(415, "Unsupported Media Type"),
+        500 if unknown_type.is_some() => text(
+            500,
+            &format!(
+                "com.google.gson.JsonParseException: Unknown event type: {}",
+                unknown_type.unwrap_or_default()
+            ),
+        ),
         st => text(st, "Service Unavailable"),
     }
 }

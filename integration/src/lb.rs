@@ -52,6 +52,96 @@ pub fn substitute(text: &str, pairs: &[(&str, String)]) -> String {
     out
 }
 
+/// HAProxy from the shipped `examples/haproxy.cfg` with `pairs` substituted (the admin socket
+/// goes under `dir`), checked with `haproxy -c`, then started. Returns it and its admin socket.
+pub fn start_haproxy(dir: &Path, pairs: &[(&str, String)]) -> (LbProc, PathBuf) {
+    let haproxy = require("haproxy", "haproxy");
+    let socket = dir.join("haproxy.sock");
+    let mut all = vec![("/run/haproxy/admin.sock", socket.display().to_string())];
+    all.extend(pairs.iter().cloned());
+    let cfg_path = dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, substitute(&example("haproxy.cfg"), &all)).unwrap();
+    let check = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "haproxy -c: {check:?}");
+    let p = LbProc::spawn(
+        Command::new(&haproxy).arg("-db").arg("-f").arg(&cfg_path),
+        dir.join("haproxy.log"),
+    );
+    (p, socket)
+}
+
+/// nginx started from the shipped `examples/nginx.conf`.
+pub struct Nginx {
+    pub proc: LbProc,
+    pub prefix: PathBuf,
+    pub conf: PathBuf,
+    /// The config as written (a test rewrites it to mark servers down, then reloads).
+    pub text: String,
+}
+
+/// nginx from the shipped `examples/nginx.conf` with `pairs` substituted (pid, logs and
+/// temporary files go under `dir/nginx`), checked with `nginx -t`, then started in the
+/// foreground.
+pub fn start_nginx(dir: &Path, pairs: &[(&str, String)]) -> Nginx {
+    let nginx = require("nginx", "nginx");
+    let module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+    assert!(
+        module.exists(),
+        "{} not found: install the Debian package `libnginx-mod-stream` (`make deps` does)",
+        module.display()
+    );
+    let prefix = dir.join("nginx");
+    for d in ["logs", "tmp"] {
+        std::fs::create_dir_all(prefix.join(d)).unwrap();
+    }
+    let t = prefix.join("tmp");
+    let mut all = vec![
+        ("/run/nginx-review.pid", prefix.join("nginx.pid").display().to_string()),
+        ("/var/log/nginx/", format!("{}/", prefix.join("logs").display())),
+        (
+            "http {\n",
+            format!(
+                "http {{\n    client_body_temp_path {t}/body;\n    proxy_temp_path {t}/proxy;\n    \
+                 fastcgi_temp_path {t}/fastcgi;\n    uwsgi_temp_path {t}/uwsgi;\n    scgi_temp_path {t}/scgi;\n",
+                t = t.display()
+            ),
+        ),
+    ];
+    all.extend(pairs.iter().cloned());
+    let text = substitute(&example("nginx.conf"), &all);
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, &text).unwrap();
+    let check = Command::new(&nginx)
+        .arg("-t")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "nginx -t: {check:?}");
+    let proc = LbProc::spawn(
+        Command::new(&nginx)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
+        dir.join("nginx.log"),
+    );
+    Nginx {
+        proc,
+        prefix,
+        conf,
+        text,
+    }
+}
+
 /// A load balancer process (killed on drop).
 pub struct LbProc {
     child: Option<Child>,
@@ -269,4 +359,86 @@ impl Drop for Webhook {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A TCP server standing in for a master's SSH port: greets each connection with
+/// `<name>\n`, then echoes what it receives. `stop` closes the port (connection refused).
+pub struct TcpEcho {
+    pub port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpEcho {
+    pub async fn start(name: &str) -> TcpEcho {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let greeting = format!("{name}\n");
+                tokio::spawn(async move {
+                    if s.write_all(greeting.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        TcpEcho {
+            port,
+            task: Some(task),
+        }
+    }
+
+    /// Stops accepting: new connections are refused.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Connects to `port` through a load balancer: the greeting (who answered) and whether a line
+/// sent comes back.
+pub async fn tcp_greeting(port: u16) -> Result<String, String> {
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !got.contains(&b'\n') {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed before the greeting"));
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"ping\n").await?;
+        let mut echo = Vec::new();
+        while echo.len() < 5 {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed before the echo"));
+            }
+            echo.extend_from_slice(&buf[..n]);
+        }
+        if echo != b"ping\n" {
+            return Err(std::io::Error::other("wrong echo"));
+        }
+        Ok(String::from_utf8_lossy(&got).trim().to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())
 }

@@ -455,6 +455,52 @@ async fn the_local_api_names_caller_mistakes() {
     let (status, body) = search(&h, &al, "changes", "colour:red").await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("colour"), "{body}");
+    // Issue 15 item 8: what the index cannot answer is 400 naming the operator or value, never
+    // `total: 0`. A document that every refused query would "match" if it were answered.
+    let doc = json!({"subject": "wip", "status": "NEW", "owner": {"username": "self"},
+        "project": "^tools", "updated": "2024-02-29 10:00:00.000000000"});
+    assert_eq!(put_doc(&h, &al, "refusals", 1, &doc).await, 202);
+    for (q, names) in [
+        ("after:2024-02-31", "bad date '2024-02-31'"),
+        ("before:2023-02-29 status:open", "bad date '2023-02-29'"),
+        ("is:wip", "'is:wip' cannot be answered"),
+        ("is:open OR is:private", "'is:private'"),
+        ("owner:self", "'owner:self' needs the caller's account"),
+        (
+            "project:^tools/.*",
+            "'project:^tools/.*' is a regular expression",
+        ),
+        ("subject:!!!", "'subject:!!!' has no searchable word"),
+        ("age:2fortnights", "bad age '2fortnights'"),
+    ] {
+        let (status, body) = search(&h, &al, "changes", q).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(names), "{q}: {error}");
+        assert!(
+            body.get("total").is_none(),
+            "{q}: no result beside the error: {body}"
+        );
+    }
+    // The same fields with values the index holds answer normally.
+    eventually(
+        "the answerable twin queries find the document",
+        integration::patience(Duration::from_secs(5)),
+        || async {
+            let mut found = true;
+            for q in [
+                "after:2024-02-28",
+                "is:open",
+                "subject:wip",
+                "owner:alice OR subject:wip",
+            ] {
+                let (status, body) = search(&h, &al, "changes", q).await;
+                found &= status == 200 && body["total"] == 1;
+            }
+            found
+        },
+    )
+    .await;
     let (status, body) = search(&h, &al, "widgets", "x").await;
     assert_eq!(status, 404, "{body}");
     assert!(body["error"].as_str().unwrap().contains("widgets"));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration::lb::{self, LbProc, Traffic, Webhook};
+use integration::lb::{self, Traffic, Webhook};
 use integration::{api, eventually, free_port, http, mesh_specs, patience, NodeSpec, Proc};
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -291,9 +291,10 @@ async fn lb_story(setup: LbSetup<'_>, a: &mut Proc, b: &mut Proc) {
             let cells: Vec<&str> = row.split_whitespace().collect();
             let ok = out.status.code() == Some(1)
                 && last.lines().nth(1).is_some_and(|l| l.starts_with("PEER"))
-                && cells.get(2) == Some(&"failed")
-                && cells.get(3) == Some(&"NO")
-                && cells.get(4) == Some(&"5")
+                // PEER URL ROLE STATE REACHABLE BACKLOG ...
+                && cells.get(3) == Some(&"failed")
+                && cells.get(4) == Some(&"NO")
+                && cells.get(5) == Some(&"5")
                 && row.contains("connection failed")
                 && row.ends_with("WARNING");
             async move { ok }
@@ -358,7 +359,6 @@ async fn lb_story(setup: LbSetup<'_>, a: &mut Proc, b: &mut Proc) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_drain_kill_and_maintenance() {
-    let haproxy = lb::require("haproxy", "haproxy");
     let dir = tempfile::tempdir().unwrap();
     let specs = mesh_specs(dir.path(), 2, &fast(""));
     let mut a = Proc::spawn(&specs[0], dir.path(), &[]);
@@ -367,13 +367,13 @@ async fn haproxy_drain_kill_and_maintenance() {
     a.wait_ready(&h).await;
     b.wait_ready(&h).await;
     let (f1, f2) = (free_port(), free_port());
-    let socket = dir.path().join("haproxy.sock");
-    let cfg = lb::substitute(
-        &lb::example("haproxy.cfg"),
+    let (_hp, socket) = lb::start_haproxy(
+        dir.path(),
         &[
-            ("/run/haproxy/admin.sock", socket.display().to_string()),
             ("bind :8080", format!("bind 127.0.0.1:{f1}")),
             ("bind :8081", format!("bind 127.0.0.1:{f2}")),
+            ("bind :29418", format!("bind 127.0.0.1:{}", free_port())),
+            ("bind :29419", format!("bind 127.0.0.1:{}", free_port())),
             // The test's "masters" are the sidecars themselves: they serve /v1/status and
             // /health on one port, so the check goes to the server's own port.
             (" port 7710", String::new()),
@@ -386,19 +386,6 @@ async fn haproxy_drain_kill_and_maintenance() {
                 format!("127.0.0.1:{}", specs[1].listen_port),
             ),
         ],
-    );
-    let cfg_path = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let check = Command::new(&haproxy)
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg_path)
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "haproxy -c: {check:?}");
-    let _hp = LbProc::spawn(
-        Command::new(&haproxy).arg("-db").arg("-f").arg(&cfg_path),
-        dir.path().join("haproxy.log"),
     );
     let passive = Lb::Haproxy {
         socket: socket.clone(),
@@ -425,7 +412,6 @@ async fn haproxy_drain_kill_and_maintenance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_passive_failover_drain_by_reload_and_maintenance() {
-    let nginx = lb::require("nginx", "nginx");
     let dir = tempfile::tempdir().unwrap();
     let specs = mesh_specs(dir.path(), 2, &fast(""));
     let mut a = Proc::spawn(&specs[0], dir.path(), &[]);
@@ -434,52 +420,31 @@ async fn nginx_passive_failover_drain_by_reload_and_maintenance() {
     a.wait_ready(&h).await;
     b.wait_ready(&h).await;
     let (f1, f2) = (free_port(), free_port());
-    let prefix = dir.path().join("nginx");
-    for d in ["logs", "tmp"] {
-        std::fs::create_dir_all(prefix.join(d)).unwrap();
-    }
     let (aa, ba) = (
         format!("127.0.0.1:{}", specs[0].listen_port),
         format!("127.0.0.1:{}", specs[1].listen_port),
     );
-    let text = lb::substitute(
-        &lb::example("nginx.conf"),
+    let lb::Nginx {
+        proc: _ng,
+        prefix,
+        conf,
+        text,
+    } = lb::start_nginx(
+        dir.path(),
         &[
-            ("/run/nginx-review.pid", prefix.join("nginx.pid").display().to_string()),
-            ("/var/log/nginx/", format!("{}/", prefix.join("logs").display())),
             ("listen 8080;", format!("listen 127.0.0.1:{f1};")),
             ("listen 8081;", format!("listen 127.0.0.1:{f2};")),
+            (
+                "listen 29418;",
+                format!("listen 127.0.0.1:{};", free_port()),
+            ),
+            (
+                "listen 29419;",
+                format!("listen 127.0.0.1:{};", free_port()),
+            ),
             ("192.0.2.11:8080", aa.clone()),
             ("192.0.2.12:8080", ba.clone()),
-            (
-                "http {\n",
-                format!(
-                    "http {{\n    client_body_temp_path {t}/body;\n    proxy_temp_path {t}/proxy;\n    \
-                     fastcgi_temp_path {t}/fastcgi;\n    uwsgi_temp_path {t}/uwsgi;\n    scgi_temp_path {t}/scgi;\n",
-                    t = prefix.join("tmp").display()
-                ),
-            ),
         ],
-    );
-    let conf = prefix.join("nginx.conf");
-    std::fs::write(&conf, &text).unwrap();
-    let check = Command::new(&nginx)
-        .arg("-t")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "nginx -t: {check:?}");
-    let _ng = LbProc::spawn(
-        Command::new(&nginx)
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"]),
-        dir.path().join("nginx.log"),
     );
     eventually("nginx listens", Duration::from_secs(5), || async {
         h.get(format!("http://127.0.0.1:{f1}/v1/status"))

@@ -112,22 +112,20 @@ impl Local {
         kind: Kind,
         docs: Vec<ExportedDoc>,
     ) -> Result<(Vec<WriteOutcome>, Accepted), LocalError> {
-        // Encoded before the write, from borrowed documents, so they are not copied for it.
-        let payloads: Vec<Vec<u8>> = if self.index_synchronize {
-            docs.iter()
-                .map(|d| {
-                    PeerMessage::Index {
-                        index: kind,
-                        id: Cow::Borrowed(&d.id),
-                        version: d.version,
-                        deleted: d.deleted,
-                        doc: d.doc.as_ref().map(Doc::Value),
-                    }
-                    .encode()
-                })
-                .collect()
+        // Encoded before the write, from borrowed documents, so they are not copied for it; a
+        // bulk load's encoding is CPU work of milliseconds, so it runs off the executor.
+        let (docs, payloads) = if !self.index_synchronize {
+            (docs, Vec::new())
+        } else if docs.len() < BLOCKING_PREP_DOCS {
+            let payloads = encode_index_messages(kind, &docs);
+            (docs, payloads)
         } else {
-            Vec::new()
+            tokio::task::spawn_blocking(move || {
+                let payloads = encode_index_messages(kind, &docs);
+                (docs, payloads)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
         };
         let outcomes = self.index.apply(kind, docs).await?;
         self.metrics
@@ -260,6 +258,25 @@ fn check_cache(cache: &str) -> Result<(), CacheError> {
     } else {
         Err(CacheError::BadName(cache.to_owned()))
     }
+}
+
+/// From this many documents on, a write's peer messages are encoded on a blocking thread.
+const BLOCKING_PREP_DOCS: usize = 256;
+
+/// The peer message of each document, in order.
+fn encode_index_messages(kind: Kind, docs: &[ExportedDoc]) -> Vec<Vec<u8>> {
+    docs.iter()
+        .map(|d| {
+            PeerMessage::Index {
+                index: kind,
+                id: Cow::Borrowed(&d.id),
+                version: d.version,
+                deleted: d.deleted,
+                doc: d.doc.as_ref().map(Doc::Value),
+            }
+            .encode()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -79,7 +79,14 @@ pub struct Receiver {
     dir: PathBuf,
     stores: Stores,
     metrics: Arc<Metrics>,
-    origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<u64>>>>>,
+    origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<OriginMark>>>>>,
+}
+
+/// An origin's high-water mark and its file (`<data>/inbox/<origin>.hwm`).
+struct OriginMark {
+    value: u64,
+    /// Taken out while a blocking thread writes it.
+    file: Option<crate::durable::Mark>,
 }
 
 /// Why one message is refused for good (the sender dead-letters it).
@@ -109,7 +116,7 @@ impl Receiver {
         self.load(origin, &mut g).await.ok()
     }
 
-    fn slot(&self, origin: &str) -> Arc<tokio::sync::Mutex<Option<u64>>> {
+    fn slot(&self, origin: &str) -> Arc<tokio::sync::Mutex<Option<OriginMark>>> {
         self.origins
             .locked()
             .entry(origin.to_owned())
@@ -117,17 +124,23 @@ impl Receiver {
             .clone()
     }
 
-    async fn load(&self, origin: &str, g: &mut Option<u64>) -> Result<u64, ReceiveError> {
-        if let Some(h) = *g {
-            return Ok(h);
+    async fn load(&self, origin: &str, g: &mut Option<OriginMark>) -> Result<u64, ReceiveError> {
+        if let Some(m) = g {
+            return Ok(m.value);
         }
         let path = self.dir.join(format!("{origin}.hwm"));
-        let h = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t.trim().parse().unwrap_or(0),
-            Err(_) => 0,
-        };
-        *g = Some(h);
-        Ok(h)
+        let (file, value) = tokio::task::spawn_blocking(move || crate::durable::Mark::open(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| ReceiveError::Persist {
+                origin: origin.to_owned(),
+                source,
+            })?;
+        *g = Some(OriginMark {
+            value,
+            file: Some(file),
+        });
+        Ok(value)
     }
 
     /// Applies a batch. Each message is decoded once, here; messages at or below the
@@ -235,16 +248,16 @@ impl Receiver {
                 }
                 Err(ApplyError::Retry(source)) => {
                     // Keep what was applied before it; the sender retries from here.
-                    self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
-                        .await?;
-                    if !index_writes.is_empty() {
-                        let held = std::mem::take(&mut index_writes);
-                        self.apply_index(origin, held, &mut reply).await?;
-                    }
-                    if hwm != start {
-                        self.persist(origin, hwm).await?;
-                        *g = Some(hwm);
-                    }
+                    let held = std::mem::take(&mut index_writes);
+                    self.settle(
+                        origin,
+                        held,
+                        &mut plugin_calls,
+                        &mut reply,
+                        &mut g,
+                        (start, hwm),
+                    )
+                    .await?;
                     tracing::warn!(origin, seq, error = %source, "cannot apply a peer message now");
                     return Err(ReceiveError::Store {
                         origin: origin.to_owned(),
@@ -255,16 +268,38 @@ impl Receiver {
             }
             hwm = seq;
         }
-        if !index_writes.is_empty() {
-            self.apply_index(origin, index_writes, &mut reply).await?;
-        }
-        self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
-            .await?;
-        if hwm != start {
-            self.persist(origin, hwm).await?;
-            *g = Some(hwm);
-        }
+        self.settle(
+            origin,
+            index_writes,
+            &mut plugin_calls,
+            &mut reply,
+            &mut g,
+            (start, hwm),
+        )
+        .await?;
         Ok(reply)
+    }
+
+    /// Stores what a batch held back, together: its index documents (one fsync) and its plugin
+    /// calls (durable in the master's queues); then moves the origin's mark from `start` to
+    /// `hwm`. Runs before the reply, also when a message must be retried.
+    async fn settle(
+        &self,
+        origin: &str,
+        index_writes: Vec<IndexWrite>,
+        plugin_calls: &mut PluginCalls,
+        reply: &mut BatchReply,
+        g: &mut Option<OriginMark>,
+        (start, hwm): (u64, u64),
+    ) -> Result<(), ReceiveError> {
+        if !index_writes.is_empty() {
+            self.apply_index(origin, index_writes, reply).await?;
+        }
+        self.queue_plugin_calls(origin, plugin_calls, reply).await?;
+        if hwm != start {
+            self.persist(origin, g, hwm).await?;
+        }
+        Ok(())
     }
 
     fn forged(&self, reason: &str) {
@@ -427,15 +462,40 @@ impl Receiver {
         Ok(())
     }
 
-    async fn persist(&self, origin: &str, hwm: u64) -> Result<(), ReceiveError> {
-        let path = self.dir.join(format!("{origin}.hwm"));
-        let res = tokio::task::spawn_blocking(move || write_durably(&path, hwm))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        res.map_err(|source| ReceiveError::Persist {
+    /// Makes the origin's new mark durable (one in-place `fdatasync`, `durable::Mark`) and
+    /// only then records it in memory.
+    async fn persist(
+        &self,
+        origin: &str,
+        g: &mut Option<OriginMark>,
+        hwm: u64,
+    ) -> Result<(), ReceiveError> {
+        let failed = |source| ReceiveError::Persist {
             origin: origin.to_owned(),
             source,
+        };
+        let m = g
+            .as_mut()
+            .expect("the mark is loaded before a batch is applied");
+        let (file, path) = (m.file.take(), self.dir.join(format!("{origin}.hwm")));
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            // `None`: a previous store panicked on its thread; open the file again.
+            let mut file = match file {
+                Some(f) => f,
+                None => match crate::durable::Mark::open(&path) {
+                    Ok((f, _)) => f,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let res = file.store(hwm);
+            (Some(file), res)
         })
+        .await
+        .unwrap_or_else(|e| (None, Err(std::io::Error::other(e))));
+        m.file = file;
+        res.map_err(failed)?;
+        m.value = hwm;
+        Ok(())
     }
 }
 
@@ -509,12 +569,4 @@ fn event_outcome(
         ) => Err(ApplyError::Refuse(e.to_string())),
         Err(e) => Err(ApplyError::Retry(e)),
     }
-}
-
-fn write_durably(path: &Path, value: u64) -> std::io::Result<()> {
-    crate::durable::write_small(
-        path,
-        format!("{value}\n").as_bytes(),
-        crate::durable::Fsync::Durable,
-    )
 }

@@ -5,7 +5,9 @@
 //! - [`Public`]: anyone (liveness, readiness, health, metrics, peers, status).
 //! - [`LocalCaller`]: the master, with `sidecar.localToken` when one is set (loopback otherwise).
 //! - [`AdminCaller`]: an operator with `sidecar.adminToken` (drain on `listenUrl`).
-//! - [`StreamCaller`]: an event consumer, with `event.streamToken` when one is set.
+//! - [`StreamCaller`]: an event consumer: `event.streamToken` (every project) or the token of
+//!   an `[event "consumer NAME"]` (its projects), as a bearer token or a Basic password (the
+//!   events-log API's clients send Basic credentials when challenged); open when neither is set.
 //! - [`Signed`]: a peer sidecar: the HMAC signature over the exact body is verified before the
 //!   handler runs; the body comes with it. With mutual TLS the connection must carry a verified
 //!   client certificate, and [`Signed::speaks_for`] checks that it names the node a request
@@ -64,12 +66,10 @@ impl<P: Policy> FromRequest for Caller<P> {
 pub struct Anyone;
 pub struct LocalToken;
 pub struct AdminToken;
-pub struct StreamToken;
 
 pub type Public = Caller<Anyone>;
 pub type LocalCaller = Caller<LocalToken>;
 pub type AdminCaller = Caller<AdminToken>;
-pub type StreamCaller = Caller<StreamToken>;
 /// The high-availability plugin of this node's master (`/plugins/<pluginName>/…`).
 pub type PluginCaller = Caller<PluginToken>;
 
@@ -111,15 +111,97 @@ impl Policy for AdminToken {
     }
 }
 
-impl Policy for StreamToken {
-    fn check(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-        match &state.config.event.stream_token {
-            Some(t) if !bearer_matches(req, t) => Err(ApiError::Unauthorized(
-                "missing or wrong bearer token (event.streamToken)".into(),
-            )),
-            _ => Ok(()),
+/// An event consumer admitted by its token; derefs to the node's state. `projects` is the
+/// consumer's project filter (`None`: every project), for every read it makes.
+pub struct StreamCaller {
+    state: Arc<AppState>,
+    /// The `[event "consumer NAME"]` it is, `None` for `event.streamToken` or an open stream.
+    pub consumer: Option<String>,
+    pub projects: Option<Arc<crate::events::ProjectFilter>>,
+}
+
+impl Deref for StreamCaller {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.state
+    }
+}
+
+impl StreamCaller {
+    fn admit(state: Arc<AppState>, req: &HttpRequest) -> Result<StreamCaller, ApiError> {
+        let event = &state.config.event;
+        let presented = bearer(req)
+            .map(<[u8]>::to_vec)
+            .or_else(|| basic_password(req));
+        let open = StreamCaller {
+            state: state.clone(),
+            consumer: None,
+            projects: None,
+        };
+        let Some(presented) = presented else {
+            if event.stream_token.is_none() && event.consumers.is_empty() {
+                return Ok(open);
+            }
+            return Err(stream_refusal());
+        };
+        if event
+            .stream_token
+            .as_ref()
+            .is_some_and(|t| t.matches(&presented))
+        {
+            return Ok(open);
+        }
+        // Every consumer's token is compared (constant time each), so the time does not
+        // say which one matched.
+        let mut found = None;
+        for c in &event.consumers {
+            if c.token.matches(&presented) {
+                found = Some(c);
+            }
+        }
+        match found {
+            Some(c) => Ok(StreamCaller {
+                consumer: Some(c.name.clone()),
+                projects: c.projects.clone(),
+                state,
+            }),
+            None if event.stream_token.is_none() && event.consumers.is_empty() => Ok(open),
+            None => Err(stream_refusal()),
         }
     }
+}
+
+fn stream_refusal() -> ApiError {
+    ApiError::Challenge(
+        "missing or wrong token (event.streamToken or an [event \"consumer NAME\"] token), \
+         as a bearer token or a Basic password"
+            .into(),
+    )
+}
+
+impl FromRequest for StreamCaller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(registered(req).and_then(|state| StreamCaller::admit(state, req)))
+    }
+}
+
+/// The password of `Authorization: Basic` credentials.
+fn basic_password(req: &HttpRequest) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let b = req
+        .headers()
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let d = base64::engine::general_purpose::STANDARD
+        .decode(b.trim())
+        .ok()?;
+    let i = d.iter().position(|c| *c == b':')?;
+    Some(d[i + 1..].to_vec())
 }
 
 impl Policy for PluginToken {
@@ -127,24 +209,11 @@ impl Policy for PluginToken {
     /// a bearer). Without any, a Basic challenge: the plugin's HTTP client sends its
     /// credentials only when challenged.
     fn check(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-        use base64::Engine;
         let Some(token) = &state.config.local_token else {
             return Ok(());
         };
-        let header = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let ok = match header.strip_prefix("Basic ") {
-            Some(b) => base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-                .and_then(|d| {
-                    let i = d.iter().position(|c| *c == b':')?;
-                    Some(token.matches(&d[i + 1..]))
-                })
-                .unwrap_or(false),
+        let ok = match basic_password(req) {
+            Some(p) => token.matches(&p),
             None => bearer_matches(req, token),
         };
         if ok {

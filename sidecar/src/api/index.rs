@@ -152,6 +152,9 @@ async fn search(
     Ok(HttpResponse::Ok().json(result))
 }
 
+/// From this body size on, a bulk request is parsed on a blocking thread.
+const BLOCKING_PARSE_BYTES: usize = 256 << 10;
+
 async fn bulk(
     state: LocalCaller,
     path: web::Path<String>,
@@ -159,8 +162,14 @@ async fn bulk(
 ) -> Result<HttpResponse, ApiError> {
     let kind: Kind = path.into_inner().parse()?;
     let body = read_body(payload, state.config.limits.max_local_body).await?;
-    let parsed: BulkBody = parse_json(&body)?;
-    drop(body);
+    // Parsing megabytes of documents is CPU work of milliseconds: off the executor.
+    let parsed: BulkBody = if body.len() < BLOCKING_PARSE_BYTES {
+        parse_json(&body)?
+    } else {
+        tokio::task::spawn_blocking(move || parse_json(&body))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+    };
     if parsed.docs.len() > MAX_BULK_DOCS {
         return Err(ApiError::TooLarge(format!(
             "{} documents in one request; the limit is {MAX_BULK_DOCS}",

@@ -5,6 +5,7 @@ mod access;
 mod caller;
 mod error;
 mod events;
+mod events_log;
 mod index;
 mod local;
 mod ops;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub sessions: Arc<Sessions>,
     pub membership: Arc<crate::peers::membership::Membership>,
+    /// Hot-standby: this node's role (`/health`, status, promote, `/v1/peer/election`).
+    pub election: Arc<crate::election::Election>,
     pub events: Arc<EventLog>,
     /// The master's mutations: apply here, queue for every peer, answer.
     pub local: Arc<crate::local::Local>,
@@ -235,5 +238,6 @@ pub fn serve_peer(
         ops::configure(cfg);
         events::configure_peer(cfg);
         stream::configure(cfg);
+        events_log::configure(cfg);
     })
 }

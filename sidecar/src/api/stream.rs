@@ -88,6 +88,7 @@ fn parse_request(req: &HttpRequest, log: &EventLog) -> Result<(Cursor, TypeFilte
 
 async fn stream(state: StreamCaller, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let (cursor, filter) = parse_request(&req, &state.events)?;
+    let filter = filter.within(state.projects.clone());
     let mut wake = state.events.subscribe();
     wake.borrow_and_update();
     // The first page is read before answering, so an expired cursor gets a plain 410.
@@ -267,7 +268,7 @@ impl Tail {
             if !cursor.visit(e.origin(), e.seq(), e.created_on()) {
                 return true;
             }
-            if !filter.matches(e.event_type()) {
+            if !filter.admits(e.event_type(), || e.body()) {
                 skipped_after = true;
                 return true;
             }

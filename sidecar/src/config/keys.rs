@@ -45,7 +45,8 @@ pub enum Check {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub section: &'static str,
-    /// `Some("*")`: any subsection (`[cache "NAME"]`).
+    /// `Some("*")`: any subsection (`[cache "NAME"]`); `Some("consumer *")`: any subsection
+    /// starting with `consumer ` (`[event "consumer NAME"]`).
     pub subsection: Option<&'static str>,
     pub name: &'static str,
     pub kind: Kind,
@@ -114,7 +115,7 @@ impl Key {
 
     /// The environment variable that overrides this key (`None` for open-ended subsections).
     pub fn env_var(&self) -> Option<String> {
-        if self.subsection == Some("*") {
+        if self.is_open_ended() {
             return None;
         }
         Some(format!(
@@ -122,6 +123,16 @@ impl Key {
             self.section.to_ascii_uppercase(),
             self.name.to_ascii_uppercase()
         ))
+    }
+
+    /// True for a subsection named by a pattern (`*`, `consumer *`).
+    pub fn is_open_ended(&self) -> bool {
+        self.subsection.is_some_and(|s| s.ends_with('*'))
+    }
+
+    /// The subsection as documented: the pattern's `*` is `NAME`.
+    pub fn subsection_doc(&self) -> Option<String> {
+        self.subsection.map(|s| s.replace('*', "NAME"))
     }
 
     /// True if the key is never printed.
@@ -135,7 +146,7 @@ impl Key {
             && self.name.eq_ignore_ascii_case(key)
             && match (self.subsection, sub) {
                 (None, None) => true,
-                (Some("*"), Some(_)) => true,
+                (Some(p), Some(b)) if p.ends_with('*') => b.starts_with(&p[..p.len() - 1]),
                 (Some(a), Some(b)) => a == b,
                 _ => false,
             }
@@ -147,6 +158,8 @@ use Kind::*;
 
 /// `jgroups` (the plugin's) is accepted with a warning and means `shared-fs`.
 const STRATEGIES: &[&str] = &["static", "shared-fs", "dns", "jgroups"];
+pub const MODES: &[&str] = &["active-active", "hot-standby"];
+pub const ELECTION_STRATEGIES: &[&str] = &["keep-majority", "keep-oldest", "manual"];
 const REFRESH_BOUNDS: &str =
     "must be above 0 and at most 500ms (writes must be searchable within half a second)";
 
@@ -164,6 +177,10 @@ pub const KEYS: &[Key] = &[
         "a call on the shared directory not done by then answers 503").checks(&[MinMs(1, "must be above zero")]),
     Key::new("main", None, "sharedDirectoryConcurrency", Size, Some("16"),
         "most calls on the shared directory in flight (threads a hung mount can pin)").checks(&[Min(1)]),
+    Key::new("main", None, "mode", Choice(MODES), Some("active-active"),
+        "active-active: every healthy node takes traffic; hot-standby: exactly one active node answers GET /health 204, the others 503 \"standby\" while they keep applying peer traffic"),
+    Key::new("election", None, "strategy", Choice(ELECTION_STRATEGIES), Some("keep-majority"),
+        "hot-standby: who is active. keep-majority: only while it reaches a majority of the known nodes; keep-oldest: the oldest live node; manual: the node an operator promotes (POST /v1/election/promote, ha-sidecar promote)"),
     Key::new("sidecar", None, "listenUrl", Url, Some("http://127.0.0.1:7710/"),
         "peers, stream, health, metrics, status; https:// serves TLS with certificateFile")
         .example("http://0.0.0.0:7710/"),
@@ -277,8 +294,16 @@ pub const KEYS: &[Key] = &[
     Key::new("event", None, "retention", Duration, Some("7 days"),
         "how long the log keeps events for replay (by arrival time)"),
     Key::new("event", None, "streamToken", Token, None,
-        "bearer token for /v1/events/stream; required when listenUrl is not loopback")
+        "bearer token for /v1/events/stream and events-log (every project); required off loopback unless consumers are set")
         .example("change-me-stream-token-012345678"),
+    Key::new("event", Some("consumer *"), "token", Token, None,
+        "a stream consumer's bearer token (or Basic password) for the stream and the events-log API")
+        .example("change-me-jenkins-token-01234567"),
+    Key::new("event", Some("consumer *"), "project", Regex, None,
+        "repeatable: the projects this consumer sees (a regex matching the whole name); unset: every project")
+        .repeatable().example("tools/.*"),
+    Key::new("event", None, "returnLimit", Size, Some("5000"),
+        "most events one events-log replay request returns (the oldest first)").checks(&[Min(1)]),
     Key::new("event", None, "heartbeatInterval", Duration, Some("15s"),
         "comment line on idle streams (keep under the LB idle timeout)")
         .checks(&[MinMs(1, "must be above zero")]),
@@ -317,6 +342,10 @@ pub const KEYS: &[Key] = &[
         .checks(&[MinMs(1, "must be above zero")]),
     Key::new("gerrit", None, "timeout", Duration, Some("30s"),
         "longest wait for one call to the master").checks(&[MinMs(1, "must be above zero")]),
+    Key::new("gerrit", None, "setAsideAfter", Size, Some("10"),
+        "a call the master answers 500 with the same body this many times in a row, while its \
+         health check passes, is set aside as a dead letter (the plugin's answer to an unknown \
+         event type); 0: retry 500s forever"),
 ];
 
 /// Keys of Gerrit's plugin that mean nothing here: accepted with a warning so an existing

@@ -207,7 +207,12 @@ pub struct IndexConfig {
 pub struct EventConfig {
     pub synchronize: bool,
     pub retention: Duration,
+    /// Sees every project's events (stream and events-log).
     pub stream_token: Option<Secret>,
+    /// `[event "consumer NAME"]`: tokens that see only some projects' events.
+    pub consumers: Vec<StreamConsumer>,
+    /// Most events one events-log replay request returns.
+    pub return_limit: usize,
     /// How often an idle stream gets a comment line (keeps load balancers from closing it).
     pub heartbeat: Duration,
     /// Event log segment size; retention drops whole segments.
@@ -216,6 +221,15 @@ pub struct EventConfig {
     pub max_bytes: u64,
     /// Largest single event accepted (413 above).
     pub max_event_bytes: usize,
+}
+
+/// A stream consumer (`[event "consumer NAME"]`): a CI system that sees only its projects.
+#[derive(Debug, Clone)]
+pub struct StreamConsumer {
+    pub name: String,
+    pub token: Secret,
+    /// `None`: every project.
+    pub projects: Option<std::sync::Arc<crate::events::ProjectFilter>>,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +256,9 @@ pub struct GerritConfig {
     pub health_interval: Duration,
     /// Longest wait for one call to the master.
     pub timeout: Duration,
+    /// Consecutive identical `500`s from a healthy master after which a call is set aside;
+    /// 0: never.
+    pub set_aside_after: u64,
 }
 
 /// Request size limits (SPEC §6 "Bounded").
@@ -259,6 +276,40 @@ pub struct Limits {
     pub shared_dir_timeout: Duration,
     /// Most calls on the shared directory in flight (`main.sharedDirectoryConcurrency`).
     pub shared_dir_concurrency: usize,
+}
+
+/// `main.mode`: whether every healthy node takes traffic or exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ActiveActive,
+    HotStandby,
+}
+
+/// `election.strategy`: how a hot-standby cluster picks its active node (see `election`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionStrategy {
+    KeepMajority,
+    KeepOldest,
+    Manual,
+}
+
+impl ElectionStrategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ElectionStrategy::KeepMajority => "keep-majority",
+            ElectionStrategy::KeepOldest => "keep-oldest",
+            ElectionStrategy::Manual => "manual",
+        }
+    }
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::ActiveActive => "active-active",
+            Mode::HotStandby => "hot-standby",
+        }
+    }
 }
 
 /// The validated configuration of one node.
@@ -292,6 +343,10 @@ pub struct Config {
     pub healthcheck_enable: bool,
     pub gerrit: GerritConfig,
     pub alert_webhook: Option<url::Url>,
+    /// `main.mode`.
+    pub mode: Mode,
+    /// `election.strategy` (used with `Mode::HotStandby`).
+    pub election: ElectionStrategy,
     pub limits: Limits,
     /// True when no file was given and the embedded defaults are in force.
     pub embedded_defaults: bool,

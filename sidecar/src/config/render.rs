@@ -23,11 +23,14 @@ fn sections(raw: &RawConfig) -> Vec<(&'static str, Option<String>, Vec<&'static 
     let mut out: Vec<(&'static str, Option<String>, Vec<&'static Key>)> = Vec::new();
     for key in KEYS {
         let subs: Vec<Option<String>> = match key.subsection {
-            Some("*") => raw
+            Some(_) if key.is_open_ended() => raw
                 .values
                 .keys()
-                .filter(|k| k.section.eq_ignore_ascii_case(key.section))
+                // Every subsection of the file the pattern covers, whichever keys it has.
+                .filter(|k| key.matches(&k.section, k.subsection.as_deref(), key.name))
                 .filter_map(|k| k.subsection.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
                 .map(Some)
                 .collect(),
             other => vec![other.map(str::to_owned)],
@@ -85,8 +88,11 @@ pub fn effective(raw: &RawConfig) -> String {
 pub fn example_config() -> String {
     let mut out = String::from("```ini\n");
     // One `[cache "NAME"]` subsection shows the per-cache keys.
-    let with_cache =
-        RawConfig::parse("[cache \"projects\"]\n  maxEntries = 1\n").unwrap_or_default();
+    // One `[event "consumer NAME"]` shows a stream consumer's.
+    let with_cache = RawConfig::parse(
+        "[cache \"projects\"]\n  maxEntries = 1\n[event \"consumer jenkins\"]\n  project = x\n",
+    )
+    .unwrap_or_default();
     for (section, sub, keys) in sections(&with_cache) {
         let _ = writeln!(out, "{}", header(section, sub.as_deref()));
         // Only the `static` strategy is in force: another strategy's keys would be warned about.
@@ -107,8 +113,12 @@ pub fn reference() -> String {
     let mut out = String::from("| key | default | environment | meaning |\n|---|---|---|---|\n");
     for key in KEYS {
         let path = match key.subsection {
-            Some("*") => format!("{} \"NAME\".{}", key.section, key.name),
-            Some(s) => format!("{} \"{s}\".{}", key.section, key.name),
+            Some(_) => format!(
+                "{} \"{}\".{}",
+                key.section,
+                key.subsection_doc().unwrap_or_default(),
+                key.name
+            ),
             None => format!("{}.{}", key.section, key.name),
         };
         let default = match (key.default, key.default_doc) {

@@ -258,33 +258,6 @@ impl StartPoint {
     }
 }
 
-/// Which event types a reader wants, like `stream-events -s TYPE` (repeatable); empty = all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TypeFilter {
-    types: Vec<String>,
-}
-
-impl TypeFilter {
-    pub fn all() -> Self {
-        TypeFilter::default()
-    }
-
-    pub fn only<I, S>(types: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let mut types: Vec<String> = types.into_iter().map(Into::into).collect();
-        types.sort();
-        types.dedup();
-        TypeFilter { types }
-    }
-
-    pub fn matches(&self, event_type: &str) -> bool {
-        self.types.is_empty() || self.types.iter().any(|t| t == event_type)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,12 +332,5 @@ mod tests {
         ));
         assert!(StartPoint::parse_since("1686214571000000").is_err());
         assert!(StartPoint::parse_since("yesterday").is_err());
-    }
-
-    #[test]
-    fn type_filter() {
-        assert!(TypeFilter::all().matches("anything"));
-        let f = TypeFilter::only(["patchset-created", "ref-updated"]);
-        assert!(f.matches("ref-updated") && !f.matches("comment-added"));
     }
 }

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::appender::{Appender, Request};
-use super::cursor::{Cursor, StartPoint, TypeFilter};
+use super::cursor::{Cursor, StartPoint};
+use super::filter::TypeFilter;
 use super::ring::{Recent, RecentEvent, Ring};
 use super::state::State;
 use super::{event, read, segment, EventError, EventId, EventLogOptions, Result};

@@ -85,9 +85,11 @@
 mod appender;
 mod cursor;
 mod event;
+mod filter;
 mod log;
 mod read;
 pub(crate) mod record;
+pub mod replay;
 mod ring;
 mod segment;
 mod state;
@@ -106,9 +108,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cursor::{Cursor, StartPoint, TypeFilter};
+pub use cursor::{Cursor, StartPoint};
+pub use filter::{project_of, ProjectFilter, TypeFilter};
 pub use log::{AppendOutcome, EventLog, EventStats, LocalEvent, Page};
 pub use ring::{sse_data_lines, Recent, RecentEvent};
+
+/// An event's `eventCreatedOn` (epoch seconds), read by the one parser of event heads.
+pub fn created_on(body: &[u8]) -> Option<u64> {
+    event::validate(body, usize::MAX).ok().map(|h| h.created_on)
+}
 
 /// What went wrong in the event log. See the module docs for the HTTP status of each variant.
 #[derive(Debug, thiserror::Error)]

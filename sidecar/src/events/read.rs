@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cursor::{Cursor, StartPoint, TypeFilter};
+use super::cursor::{Cursor, StartPoint};
+use super::filter::TypeFilter;
 use super::log::{Page, Shared};
 use super::record::{self, Decoded, RecordView};
 use super::state::{Pos, Segment, State};
@@ -198,7 +199,7 @@ pub(crate) fn read_page(
         if !cursor.visit(rec.origin, rec.seq, rec.created_on) {
             return Flow::Go;
         }
-        if filter.matches(rec.event_type) {
+        if filter.admits(rec.event_type, || rec.body) {
             let origin = match &last_origin {
                 Some(o) if &**o == rec.origin => o.clone(),
                 _ => last_origin.insert(shared.intern(rec.origin)).clone(),

@@ -50,6 +50,24 @@ impl RecentEvent {
     pub fn sse_data(&self) -> &[u8] {
         &self.sse_data
     }
+
+    /// The event's JSON rebuilt from its `data:` lines, for a filter that reads the body (a
+    /// consumer's projects). A line break of the original, which valid JSON holds only as
+    /// whitespace, comes back as `\n`; a dropped `\r` is whitespace too.
+    pub fn body(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.sse_data.len());
+        let lines = self
+            .sse_data
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty());
+        for (i, line) in lines.enumerate() {
+            if i > 0 {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(line.strip_prefix(b"data: ").unwrap_or(line));
+        }
+        out
+    }
 }
 
 /// Writes `body` as SSE `data:` lines (a line per line of the event, `\r` dropped).
@@ -152,6 +170,22 @@ mod tests {
             created_on: 0,
             event_type: "t".into(),
             sse_data: Bytes::from(vec![b'x'; size]),
+        }
+    }
+
+    #[test]
+    fn the_body_comes_back_from_its_data_lines() {
+        for body in [
+            &b"{\"type\":\"x\",\"project\":\"p\"}"[..],
+            b"{\n  \"type\": \"x\"\n}",
+        ] {
+            let mut sse = Vec::new();
+            sse_data_lines(body, &mut sse);
+            let e = RecentEvent {
+                sse_data: Bytes::from(sse),
+                ..entry(1, 0)
+            };
+            assert_eq!(e.body(), body);
         }
     }
 

@@ -5,19 +5,22 @@
 //! and `after:` give a `RangeQuery` on `updated`. `NOT` becomes a `MustNot` clause beside the
 //! positive clauses of its conjunction, or beside "all documents" when it stands alone. Every
 //! query is finally restricted to live documents, so tombstones never match.
+//!
+//! A value the index cannot answer is refused (`400` naming it), never turned into an empty
+//! result: Gerrit's regular expressions (`project:^tools/.*`), the caller's own account
+//! (`owner:self`), a state the index does not record (`is:wip`, `is:private`, `state:foo`),
+//! and a text value with no searchable word (`subject:!!!`).
 
 use std::ops::Bound;
 
-use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
-};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::Term;
 
 use super::dates;
 use super::query::{Expr, QueryError};
-use super::schema::{normalize_query, FieldSpec, FieldType, KindSchema};
+use super::schema::{normalize_query, FieldSpec, FieldType, KindSchema, Norm};
 
 pub(crate) struct Compiler<'a> {
     pub schema: &'a KindSchema,
@@ -37,6 +40,58 @@ fn bad<T>(pos: usize, message: String) -> Result<T, QueryError> {
 
 fn term_query(term: Term) -> Box<dyn Query> {
     Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+}
+
+/// Values of `status:`/`is:` the index records (with Gerrit's synonyms).
+const STATUS_VALUES: &[&str] = &["open", "new", "closed", "merged", "abandoned"];
+/// Values of a project's `state:` (Gerrit's `ProjectState`, lowercased).
+const PROJECT_STATES: &[&str] = &["active", "read_only", "hidden"];
+/// Identity fields whose `self`/`me` means the caller's account, which the index never knows.
+const IDENTITY_FIELDS: &[&str] = &["owner"];
+
+/// Refuses a raw value the index cannot answer (a value the index simply does not hold is
+/// answered: an empty result is then true).
+fn answerable(spec: &FieldSpec, name: &str, value: &str, pos: usize) -> Result<(), QueryError> {
+    let FieldType::Raw(norm) = spec.ty else {
+        return Ok(());
+    };
+    if value.starts_with('^') {
+        return bad(
+            pos,
+            format!(
+                "'{name}:{value}' is a regular expression; the sidecar index matches '{name}:' \
+                 exactly (no regular expressions)"
+            ),
+        );
+    }
+    let lower = value.to_lowercase();
+    if IDENTITY_FIELDS.contains(&spec.name) && matches!(lower.as_str(), "self" | "me") {
+        return bad(
+            pos,
+            format!(
+                "'{name}:{value}' needs the caller's account, which the sidecar index does not \
+                 know; name the account (username or email)"
+            ),
+        );
+    }
+    let vocabulary = match (norm, spec.name) {
+        (Norm::Status, _) => Some(STATUS_VALUES),
+        (_, "state") => Some(PROJECT_STATES),
+        _ => None,
+    };
+    if let Some(known) = vocabulary {
+        if !known.contains(&lower.as_str()) {
+            return bad(
+                pos,
+                format!(
+                    "'{name}:{value}' cannot be answered: the sidecar index records only {} {}",
+                    spec.name,
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Compiler<'_> {
@@ -81,7 +136,10 @@ impl Compiler<'_> {
                 (Occur::MustNot, self.expr(inner)?),
             ]))),
             Expr::Term {
-                field: None, value, ..
+                field: None,
+                value,
+                pos,
+                ..
             } => {
                 let mut clauses = Vec::new();
                 for name in self.schema.default_fields {
@@ -89,15 +147,22 @@ impl Compiler<'_> {
                         .schema
                         .lookup(name)
                         .expect("default fields are in the schema");
-                    if let Some(q) = self.value_query(spec, f, value, 0)? {
+                    if let Some(q) = self.value_query(spec, f, value, *pos)? {
                         clauses.push((Occur::Should, q));
                     }
                 }
-                Ok(match clauses.len() {
-                    0 => Box::new(EmptyQuery),
-                    1 => clauses.pop().map(|(_, q)| q).expect("one clause"),
-                    _ => Box::new(BooleanQuery::new(clauses)),
-                })
+                match clauses.len() {
+                    0 => bad(
+                        *pos,
+                        format!(
+                            "'{value}' has no searchable word for {} (searched: {})",
+                            self.schema.kind,
+                            self.schema.default_fields.join(", ")
+                        ),
+                    ),
+                    1 => Ok(clauses.pop().map(|(_, q)| q).expect("one clause")),
+                    _ => Ok(Box::new(BooleanQuery::new(clauses))),
+                }
             }
             Expr::Term {
                 field: Some(name),
@@ -171,9 +236,14 @@ impl Compiler<'_> {
                 ),
             );
         };
-        Ok(self
-            .value_query(spec, f, value, pos)?
-            .unwrap_or_else(|| Box::new(EmptyQuery)))
+        answerable(spec, name, value, pos)?;
+        match self.value_query(spec, f, value, pos)? {
+            Some(q) => Ok(q),
+            None => bad(
+                pos,
+                format!("'{name}:{value}' has no searchable word (text is matched by words)"),
+            ),
+        }
     }
 
     /// The query for one value on one field; `None` when a text value has no tokens.

@@ -319,6 +319,42 @@ async fn bad_queries_name_the_problem() {
             "unknown field 'subject' for groups",
             0,
         ),
+        // Values the index cannot answer: refused, never an empty result.
+        (
+            Kind::Changes,
+            "is:open is:wip",
+            "'is:wip' cannot be answered",
+            8,
+        ),
+        (
+            Kind::Changes,
+            "status:draft",
+            "records only status open, new",
+            0,
+        ),
+        (Kind::Changes, "owner:self", "needs the caller's account", 0),
+        (Kind::Changes, "-owner:ME", "'owner:ME' needs the caller", 1),
+        (
+            Kind::Changes,
+            "project:^tools/.*",
+            "is a regular expression",
+            0,
+        ),
+        (
+            Kind::Changes,
+            "branch:^stable-.*",
+            "'branch:^stable-.*' is a regular",
+            0,
+        ),
+        (
+            Kind::Changes,
+            "subject:!!!",
+            "'subject:!!!' has no searchable word",
+            0,
+        ),
+        (Kind::Changes, "a OR ???", "'???' has no searchable word", 5),
+        (Kind::Projects, "state:gone", "records only state active", 0),
+        (Kind::Groups, "owner:self", "needs the caller's account", 0),
     ];
     for (kind, q, msg, pos) in cases {
         match store.search(kind, q, 10) {

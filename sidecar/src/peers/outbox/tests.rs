@@ -332,3 +332,44 @@ fn a_segment_of_the_previous_framing_is_upgraded() {
         ]
     );
 }
+
+/// `acked` is rewritten in place at a fixed size; a file of the older `"<seq>\n"` form is
+/// read, then replaced once.
+#[test]
+fn acked_is_rewritten_in_place_and_the_old_form_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let opts = || OutboxOptions {
+        segment_bytes: 1 << 20,
+        max_group: 64,
+        ..OutboxOptions::default()
+    };
+    let seqs: Vec<u64> = {
+        let ob = Outbox::open(dir.path(), opts()).unwrap();
+        ob.add_peer("p").unwrap();
+        rt.block_on(async {
+            let mut v = Vec::new();
+            for i in 0..10 {
+                v.push(ob.append(vec![b'x'; i + 1]).await.unwrap().unwrap());
+            }
+            v
+        })
+    };
+    let qdir = dir.path().join("outbox").join(Outbox::queue_dir_name("p"));
+    std::fs::write(qdir.join("acked"), format!("{}\n", seqs[3])).unwrap();
+    let ob = Outbox::open(dir.path(), opts()).unwrap();
+    let q = ob.add_peer("p").unwrap();
+    assert_eq!(q.stats().pending, 6, "the old form is read");
+    for (i, want) in seqs[4..].iter().enumerate() {
+        let p = q.peek(1, 1 << 20).unwrap();
+        assert_eq!(p.records[0].seq, *want);
+        q.ack(p.end, 1, Some(*want)).unwrap();
+        let text = std::fs::read_to_string(qdir.join("acked")).unwrap();
+        assert_eq!(text.len(), 21, "fixed size after ack {i}: {text:?}");
+        assert_eq!(text.trim().parse::<u64>().unwrap(), *want);
+    }
+    drop(q);
+    drop(ob);
+    let ob = Outbox::open(dir.path(), opts()).unwrap();
+    assert_eq!(ob.add_peer("p").unwrap().stats().pending, 0);
+}
