@@ -409,10 +409,29 @@ impl Node {
         if let Some(m) = &master {
             m.start(&config, state.metrics.clone(), health.clone());
         }
+        // Until the event log has fetched the history it lacks (a wiped or new node): 503
+        // "catching up", and peer batches' events wait (set before the listeners open, so no
+        // newer event can overtake the restored ones).
+        let history = config.event.synchronize.then(|| {
+            health.begin_catch_up("events");
+            state.events.set_restoring(true);
+            crate::event_history::EventHistory {
+                events: state.events.clone(),
+                client: client.clone(),
+                health: health.clone(),
+            }
+        });
         let (handles, peer_addr, local_addr) = serve(&state, listeners, &scopes.servers)?;
         sessions.spawn_cleanup(&scopes.housekeeping);
         // 503 "catching up" until the peers have delivered what they held for this node.
         health.begin_catch_up("peers");
+        if let Some(history) = history {
+            let peer_urls: Vec<url::Url> = state.peers.list().iter().map(|p| p.url()).collect();
+            let (timeout, stop) = (config.catch_up_timeout, scopes.housekeeping.token().clone());
+            scopes.housekeeping.spawn(async move {
+                history.run(peer_urls, timeout, stop).await;
+            });
+        }
         membership.start();
         // Hot-standby: the election's rounds run and stop with membership.
         scopes

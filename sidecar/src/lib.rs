@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod durable;
 pub mod election;
+pub mod event_history;
 pub mod event_relay;
 pub mod events;
 pub mod gerrit;

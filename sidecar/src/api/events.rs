@@ -60,7 +60,11 @@ async fn catch_up(
         )));
     }
     let max = query.limit.unwrap_or(MAX_CATCH_UP).clamp(1, MAX_CATCH_UP);
-    let (log, o, after) = (state.events.clone(), origin.clone(), query.after);
+    let mut after = query.after;
+    if query.from_oldest {
+        after = after.max(state.events.origin_floor(&origin));
+    }
+    let (log, o) = (state.events.clone(), origin.clone());
     let events = web::block(move || log.read_origin(&o, after, max))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;

@@ -107,6 +107,8 @@ pub struct EventLog {
     tx: mpsc::Sender<Request>,
     /// Appends queued for or in the appender (backpressure beyond it).
     bound: crate::durable::bound::Bound,
+    /// Set while the history is restored from peers: peer batches' events are refused.
+    restoring: std::sync::atomic::AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -151,6 +153,7 @@ impl EventLog {
             shared,
             tx,
             bound: crate::durable::bound::Bound::default(),
+            restoring: std::sync::atomic::AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -187,6 +190,7 @@ impl EventLog {
         seq: u64,
         bytes: &[u8],
     ) -> Result<AppendOutcome> {
+        self.check_restoring()?;
         self.check_remote(origin, seq)?;
         let head = event::validate(bytes, self.shared.opts.max_event_bytes)?;
         let _room = self.bound.enter(1).await;
@@ -208,6 +212,41 @@ impl EventLog {
     /// while an earlier one is not (a later retry of it is then a duplicate): only i/o errors
     /// cause that, and they fail the whole group.
     pub async fn append_remote_many(
+        &self,
+        origin: &str,
+        events: Vec<(u64, &[u8])>,
+    ) -> Vec<Result<AppendOutcome>> {
+        if self.check_restoring().is_err() {
+            return events.iter().map(|_| Err(EventError::Restoring)).collect();
+        }
+        self.remote_many(origin, events).await
+    }
+
+    /// While set, events of peer batches are refused with [`EventError::Restoring`] (the
+    /// sender retries); [`restore_many`](Self::restore_many) is the one way in.
+    pub fn set_restoring(&self, on: bool) {
+        self.restoring
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_restoring(&self) -> Result<()> {
+        if self.restoring.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(EventError::Restoring);
+        }
+        Ok(())
+    }
+
+    /// Appends events of `origin` fetched from a peer's log (history restore), like
+    /// [`append_remote_many`](Self::append_remote_many) but while peer batches wait.
+    pub async fn restore_many(
+        &self,
+        origin: &str,
+        events: Vec<(u64, &[u8])>,
+    ) -> Vec<Result<AppendOutcome>> {
+        self.remote_many(origin, events).await
+    }
+
+    async fn remote_many(
         &self,
         origin: &str,
         events: Vec<(u64, &[u8])>,

@@ -154,6 +154,10 @@ pub enum EventError {
     /// The log was shut down (or its appender thread died).
     #[error("event log is closed")]
     Closed,
+    /// The log is restoring its history from peers (`event_history`): events from peer
+    /// batches wait (the sender retries), so a newer event cannot overtake older restored ones.
+    #[error("the event log is restoring its history from peers; retry shortly")]
+    Restoring,
     #[error("event log internal error: {0}")]
     Internal(String),
 }

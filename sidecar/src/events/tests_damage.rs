@@ -163,3 +163,40 @@ async fn a_segment_of_the_previous_framing_is_upgraded() {
     let (events, _) = read_all(&log, StartPoint::Beginning, &TypeFilter::all(), 100);
     assert_eq!(events.len(), 6);
 }
+
+/// While the history is restored, peer batches' events are refused (the sender retries) and
+/// only the restore appends, so a newer event cannot overtake older ones still to come.
+#[tokio::test]
+async fn while_restoring_only_the_restore_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path(), options(Arc::default())).unwrap();
+    log.set_restoring(true);
+    let refused = log
+        .append_remote("node-b", 10, &ev("ref-updated", 100, 10))
+        .await;
+    assert!(matches!(refused, Err(EventError::Restoring)), "{refused:?}");
+    let many = log
+        .append_remote_many("node-b", vec![(11, &ev("ref-updated", 100, 11)[..])])
+        .await;
+    assert!(matches!(many[..], [Err(EventError::Restoring)]));
+    let restored = log
+        .restore_many(
+            "node-b",
+            vec![
+                (3, &ev("ref-updated", 100, 3)[..]),
+                (4, &ev("ref-updated", 100, 4)[..]),
+            ],
+        )
+        .await;
+    assert!(restored
+        .iter()
+        .all(|r| matches!(r, Ok(AppendOutcome::Appended))));
+    log.set_restoring(false);
+    log.append_remote("node-b", 10, &ev("ref-updated", 100, 10))
+        .await
+        .unwrap();
+    let (events, _) = read_all(&log, StartPoint::Beginning, &TypeFilter::all(), 10);
+    let seqs: Vec<u64> = events.iter().map(|(id, _)| id.seq).collect();
+    assert_eq!(seqs, [3, 4, 10]);
+    log.shutdown().await.unwrap();
+}

@@ -208,6 +208,37 @@ impl PeerClient {
         Ok((status, bytes.to_vec()))
     }
 
+    /// Signs and GETs `<base><path_and_query>` (the event catch-up endpoints, signed over the
+    /// path with its query and an empty body); returns the status and the reply body.
+    pub async fn get_signed(
+        &self,
+        base: &url::Url,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let url = join(base, path_and_query.trim_start_matches('/'))?;
+        let secret = self.secret.as_ref().ok_or(ClientError::NoSecret)?;
+        let signed = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let sig = auth::sign(secret, "GET", &signed, b"", crate::peers::outbox::now_ms());
+        let resp = self
+            .http
+            .get(url.clone())
+            .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
+            .header(auth::HEADER_NONCE, &sig.nonce)
+            .header(auth::HEADER_SIGNATURE, &sig.signature)
+            .header(auth::HEADER_CONTENT_SHA256, auth::content_sha256(b""))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| transport(&url, &e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| transport(&url, &e))?;
+        Ok((status, bytes.to_vec()))
+    }
+
     /// Sends an alert in the background (the caller never waits on the webhook); a failure is
     /// logged and counted in `ha_alerts_failed_total`.
     pub fn spawn_alert(

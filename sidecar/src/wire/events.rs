@@ -20,6 +20,10 @@ pub struct CatchUpQuery {
     #[serde(default)]
     pub after: u64,
     pub limit: Option<usize>,
+    /// When `after` is below the oldest event held, start at that event instead of answering
+    /// `410` (a history restore takes whatever is retained). Older nodes ignore it.
+    #[serde(default)]
+    pub from_oldest: bool,
 }
 
 /// `GET /v1/peer/events/{origin}` → the origin's events after `after`, in seq order.

@@ -1,0 +1,157 @@
+//! History for a wiped, damaged or new node: at start, before `/health` turns 204 (reason
+//! `catching up`), the event log fetches from its peers every origin's events within their
+//! retention that it lacks, through the signed catch-up endpoints
+//! (`GET /v1/peer/events`, `GET /v1/peer/events/{origin}?after=N`), so a cursor taken on any
+//! node resumes here too.
+//!
+//! Order: an origin's events enter the log only upwards (a lower seq after a higher one is a
+//! duplicate), so while the history is restored the log refuses the events of peer batches
+//! (`503`, the senders retry after it): a new event delivered by the outbox cannot overtake
+//! the older ones still to be fetched. Bounded by `sidecar.catchUpTimeout`; a peer that does
+//! not answer is skipped (its events come later through the outbox, or from another peer).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventLog;
+use crate::health::Health;
+use crate::peers::client::PeerClient;
+use crate::wire::{CatchUpReply, OriginsReply};
+
+/// Events asked for per request (the endpoint's maximum).
+const PAGE: usize = 5_000;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct EventHistory {
+    pub events: Arc<EventLog>,
+    pub client: PeerClient,
+    pub health: Arc<Health>,
+}
+
+/// What one restore did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub events: u64,
+    pub peers_unanswered: usize,
+}
+
+impl EventHistory {
+    /// Restores from `peers` (their base URLs), then lets peer batches in and ends the
+    /// `events` catch-up of `/health` (begun by the caller before the listeners opened).
+    pub async fn run(
+        self,
+        peers: Vec<url::Url>,
+        timeout: Duration,
+        stop: CancellationToken,
+    ) -> Restored {
+        let started = Instant::now();
+        self.events.set_restoring(true);
+        let deadline = started + timeout;
+        let r = tokio::select! {
+            r = self.restore(&peers, deadline) => r,
+            _ = stop.cancelled() => Restored::default(),
+        };
+        self.events.set_restoring(false);
+        self.health.end_catch_up("events");
+        if r.events > 0 || r.peers_unanswered > 0 {
+            tracing::info!(
+                events = r.events,
+                peers_unanswered = r.peers_unanswered,
+                took_ms = started.elapsed().as_millis() as u64,
+                "event history restored from peers"
+            );
+        }
+        r
+    }
+
+    async fn restore(&self, peers: &[url::Url], deadline: Instant) -> Restored {
+        let mut out = Restored::default();
+        // Each peer in turn: what one lacks, another may hold.
+        for peer in peers {
+            if Instant::now() >= deadline {
+                tracing::warn!("event history restore stopped at sidecar.catchUpTimeout");
+                out.peers_unanswered += 1;
+                continue;
+            }
+            match self.restore_peer(peer, deadline).await {
+                Ok(n) => out.events += n,
+                Err(e) => {
+                    tracing::warn!(peer = %peer, error = %e, "cannot restore event history from a peer");
+                    out.peers_unanswered += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Fetches every origin's events the peer holds beyond this log's last seq of it.
+    async fn restore_peer(&self, peer: &url::Url, deadline: Instant) -> Result<u64, String> {
+        let body = self.get(peer, "v1/peer/events").await?;
+        let theirs: OriginsReply =
+            serde_json::from_slice(&body).map_err(|e| format!("bad origins reply: {e}"))?;
+        let mut restored = 0;
+        for (origin, their_last) in theirs.origins {
+            if !crate::wire::valid_instance_id(&origin) {
+                return Err(format!("bad origin {origin:?} in the origins reply"));
+            }
+            loop {
+                let mine = self.mine().get(&origin).copied().unwrap_or(0);
+                if mine >= their_last || Instant::now() >= deadline {
+                    break;
+                }
+                let body = self
+                    .get(
+                        peer,
+                        &format!(
+                            "v1/peer/events/{origin}?after={mine}&limit={PAGE}&from_oldest=true"
+                        ),
+                    )
+                    .await?;
+                let reply = CatchUpReply::decode(&body)
+                    .map_err(|e| format!("bad catch-up reply for {origin}: {e}"))?;
+                if reply.origin != origin {
+                    return Err(format!("asked for {origin}, got {}", reply.origin));
+                }
+                let events: Vec<(u64, &[u8])> = reply
+                    .events
+                    .iter()
+                    .filter(|e| e.seq > mine)
+                    .map(|e| (e.seq, e.event))
+                    .collect();
+                if events.is_empty() {
+                    break;
+                }
+                let asked = events.len();
+                for r in self.events.restore_many(&origin, events).await {
+                    match r {
+                        Ok(crate::events::AppendOutcome::Appended) => restored += 1,
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("cannot append {origin}'s events: {e}")),
+                    }
+                }
+                if asked < PAGE {
+                    break;
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    fn mine(&self) -> BTreeMap<String, u64> {
+        self.events.last_seq_by_origin()
+    }
+
+    async fn get(&self, peer: &url::Url, path: &str) -> Result<Vec<u8>, String> {
+        match self.client.get_signed(peer, path, REQUEST_TIMEOUT).await {
+            Ok((200, body)) => Ok(body),
+            Ok((status, body)) => Err(format!(
+                "{path}: status {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
