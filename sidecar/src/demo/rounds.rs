@@ -135,8 +135,12 @@ impl Demo {
                 .await?;
         Ok(match gone {
             true => format!(
-                "eviction: `projects/{key}` cached on B, evicted on A ({} peer); gone from B after {}",
-                accepted["forwarded"],
+                "eviction: `projects/{key}` cached on B, evicted on A{}; gone from B after {}",
+                if accepted["forwarded"] == true {
+                    " (queued for B)"
+                } else {
+                    ""
+                },
                 ms(t0)
             ),
             false => format!("eviction of `{key}` not on B after {PATIENCE:?} (is B reachable?)"),
@@ -208,7 +212,8 @@ impl Demo {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match tokio::time::timeout_at(deadline, self.tail.recv()).await {
-                Ok(Some(data)) if data.contains(&marker) => return Ok(format!(
+                Ok(Some(data)) if data.contains(&marker) => {
+                    return Ok(format!(
                     "event: `patchset-created` published on A (origin {}); on B's stream after {}",
                     reply["id"]
                         .as_str()
@@ -217,7 +222,8 @@ impl Demo {
                         .next()
                         .unwrap_or("?"),
                     ms(t0)
-                )),
+                ))
+                }
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => {
                     return Ok(format!(
