@@ -224,7 +224,14 @@ async fn gerrit_story(kind: &str, site: &mut Site, wait_master_1_down: impl Asyn
             .expect("stream open");
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
-    eprintln!("{kind}: event through the LB after {:?}", sent.elapsed());
+    let took = sent.elapsed();
+    eprintln!("{kind}: event through the LB after {took:?}");
+    // Unbuffered means at once: a proxy holding small chunks (HAProxy without
+    // `option http-no-delay` took ~210 ms here) fails this.
+    assert!(
+        took < patience(Duration::from_millis(150)),
+        "{kind}: the event took {took:?} through the load balancer"
+    );
     drop(tail);
     let since = jiff::Timestamp::from_second(created as i64 - 1)
         .unwrap()
