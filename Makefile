@@ -6,7 +6,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 BIN        := $(TARGET_DIR)/release/ha-sidecar
 # System packages the tests use (real load balancers, NFS pieces, promtool); installed with apt-get when
 # missing and running as root, otherwise the exact command is printed.
-TEST_PACKAGES  ?= haproxy nginx libnginx-mod-stream systemd binutils nfs-ganesha nfs-ganesha-vfs rpcbind gvfs-fuse gvfs-backends libglib2.0-bin dbus iproute2 util-linux prometheus
+TEST_PACKAGES  ?= haproxy nginx libnginx-mod-stream chromium systemd binutils nfs-ganesha nfs-ganesha-vfs rpcbind gvfs-fuse gvfs-backends libglib2.0-bin dbus iproute2 util-linux prometheus
 BENCH_PACKAGES ?= redis-server
 
 # QEMU, Debian's kernel and an initramfs for the kernel-NFS VM test (integration/vm/prepare.sh).

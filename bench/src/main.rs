@@ -1,7 +1,8 @@
 //! `ha-bench`: the measurements of `make bench`, each against real `ha-sidecar` processes on
 //! loopback, next to the limits of the same machine measured in the same run. Writes
 //! `bench/results/latest.json` (figure name → number) and `latest.md` (figure, ours, limit, ratio).
-//! Not a test: nothing here asserts.
+//! `--only PART --merge` adds one part's figures to the committed ones (a section of its own in
+//! `latest.md`). Not a test: nothing here asserts.
 
 mod events;
 mod evictions;
@@ -51,6 +52,8 @@ fn main() -> anyhow::Result<()> {
         .filter(|(_, a)| *a == "--only")
         .filter_map(|(i, _)| args.get(i + 1).cloned())
         .collect();
+    // `--merge` (with `--only`): keep the other parts' figures of the committed run.
+    let merge = args.iter().any(|a| a == "--merge") && !only.is_empty();
     let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     let budget = if quick {
         // `make bench-quick`: under 2 minutes in all, every figure still measured.
@@ -145,6 +148,10 @@ fn main() -> anyhow::Result<()> {
     if !missing.is_empty() {
         eprintln!("figures required by the issue that this run did not write: {missing:?}");
     }
-    report.write(std::path::Path::new(&out_dir), quick)?;
+    report.write(
+        std::path::Path::new(&out_dir),
+        quick,
+        merge.then_some(only.as_slice()),
+    )?;
     Ok(())
 }

@@ -72,18 +72,53 @@ impl Report {
             .collect()
     }
 
-    pub fn write(&self, dir: &Path, quick: bool) -> anyhow::Result<()> {
+    /// Writes `latest.json` and `latest.md`. With `merge` (the parts this run measured, from
+    /// `--only … --merge`), the figures of earlier runs stay in `latest.json` (this run's
+    /// replace theirs) and this run's table becomes a section of `latest.md` of its own,
+    /// replacing the section of an earlier merge of the same parts.
+    pub fn write(&self, dir: &Path, quick: bool, merge: Option<&[String]>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
+        let mut figures = self.figures.clone();
+        let mut md = String::new();
+        if let Some(parts) = merge {
+            if let Ok(text) = std::fs::read_to_string(dir.join("latest.json")) {
+                let earlier: BTreeMap<String, f64> = serde_json::from_str(&text)?;
+                for (k, v) in earlier {
+                    figures.entry(k).or_insert(v);
+                }
+            }
+            let header = format!("## Part run: {}", parts.join(", "));
+            let old = std::fs::read_to_string(dir.join("latest.md")).unwrap_or_default();
+            md = match old.find(&format!("\n{header}")) {
+                Some(i) => {
+                    let rest = &old[i + 1..];
+                    let end = rest[header.len()..]
+                        .find("\n## ")
+                        .map_or(old.len(), |j| i + 1 + header.len() + j + 1);
+                    format!("{}{}", &old[..i + 1], &old[end..])
+                }
+                None => old,
+            };
+            if !md.ends_with("\n\n") {
+                md.push('\n');
+            }
+            md.push_str(&format!(
+                "{header}\n\n`ha-bench {}--only {} --merge`; its figures are also in `latest.json`.\n\n",
+                if quick { "--quick " } else { "" },
+                parts.join(" --only ")
+            ));
+        } else {
+            md.push_str("# ha-sidecar benchmark\n\n");
+            md.push_str(if quick {
+                "Quick run (`make bench-quick`): short phases.\n\n"
+            } else {
+                "Full run (`make bench`).\n\n"
+            });
+        }
         std::fs::write(
             dir.join("latest.json"),
-            serde_json::to_string_pretty(&self.figures)? + "\n",
+            serde_json::to_string_pretty(&figures)? + "\n",
         )?;
-        let mut md = String::from("# ha-sidecar benchmark\n\n");
-        md.push_str(if quick {
-            "Quick run (`make bench-quick`): short phases.\n\n"
-        } else {
-            "Full run (`make bench`).\n\n"
-        });
         md.push_str(&format!(
             "Run finished {} UTC on {} cores; load average (1 min) {} at the start, {} at the end \
              (other work on the machine makes absolute figures drift; the ratios less so).\n\n",

@@ -3,7 +3,9 @@
 //!
 //! The master answers `204`; `415` to an event whose media type is not JSON; `405` to a
 //! DELETE of an account, group or project; `400 cache not found` for a cache it does not
-//! know; `text/plain` bodies. A script can put it in a storm (`409`/`503` for the next n calls)
+//! know; `500` naming the type of an event whose `type` is not registered (the servlet's
+//! uncaught `JsonParseException`, for the types a test unregisters); `text/plain` bodies. A
+//! script can put it in a storm (`409`/`503` for the next n calls)
 //! or stop and restart it on the same port (down = connection refused).
 //!
 //! Every other path stands in for Gerrit's web UI, REST API and git over HTTP (for the
@@ -59,6 +61,8 @@ struct Script {
     /// False: the plugin has no health servlet (404), only core's `/config/server/version`.
     no_health_servlet: bool,
     changes: Vec<String>,
+    /// Event types this master does not know (a plugin's, not installed here).
+    unregistered: Vec<String>,
 }
 
 pub struct FakeMaster {
@@ -151,6 +155,11 @@ impl FakeMaster {
     /// Without the plugin's health servlet, health is core's `GET /config/server/version`.
     pub fn set_health_servlet(&self, present: bool) {
         self.script.lock().unwrap().no_health_servlet = !present;
+    }
+
+    /// Events of these types get `500` (`EventTypes.getClass` does not know them).
+    pub fn unregister_event_types(&self, types: &[&str]) {
+        self.script.lock().unwrap().unregistered = types.iter().map(|t| t.to_string()).collect();
     }
 
     /// What `query/changes.updated.since/<age>` answers.
@@ -261,9 +270,16 @@ async fn handle(
             .map(str::to_owned)
     };
     let content_type = header("content-type");
-    let status = match s.next.pop_front() {
-        Some(st) => st,
-        None => servlet_status(&method, &path, content_type.as_deref()),
+    let unknown_type = path
+        .starts_with("event/")
+        .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .flatten()
+        .and_then(|v| v.get("type")?.as_str().map(str::to_owned))
+        .filter(|t| s.unregistered.contains(t));
+    let status = match (s.next.pop_front(), &unknown_type) {
+        (Some(st), _) => st,
+        (None, Some(_)) => 500,
+        (None, None) => servlet_status(&method, &path, content_type.as_deref()),
     };
     s.accepted += usize::from(status == 204);
     s.received.push(Received {
@@ -282,6 +298,13 @@ async fn handle(
         409 => text(409, "in flight"),
         405 => text(405, "cannot delete from index"),
         415 => text(415, "Unsupported Media Type"),
+        500 if unknown_type.is_some() => text(
+            500,
+            &format!(
+                "com.google.gson.JsonParseException: Unknown event type: {}",
+                unknown_type.unwrap_or_default()
+            ),
+        ),
         st => text(st, "Service Unavailable"),
     }
 }

@@ -47,14 +47,27 @@ where
     }
 }
 
-/// A free loopback port (bound then released; used where a process must know its peer's port
-/// before the peer starts).
+/// A free loopback port, for a process that must know its (or its peer's) port before it
+/// starts, so the port cannot stay bound here.
+///
+/// A port taken with `bind(:0)` and released comes from the kernel's ephemeral range, where any
+/// outgoing connection of the machine may take it before the child binds it. These ports come
+/// from below that range (the kernel never hands those out by itself), from a block chosen by
+/// this process's id, each one at most once per process, and are checked free by binding them.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000; // 20000..32000, below Linux's default ephemeral range (32768..)
+    let block = (std::process::id() % 60) * (SPAN / 60);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (block + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Writes a secret file (0600) and returns its path.

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use integration::events::{stream_http, SseReader};
-use integration::gerrit::{fixture, numbered_calls, Call, FakeMaster, PluginSender, Received};
-use integration::{api, eventually, http, mesh_specs, start_in_process, NodeSpec, Proc};
+use integration::gerrit::{fixture, Call, FakeMaster, PluginSender, Received};
+use integration::{api, eventually, http, mesh_specs, start_in_process, NodeSpec};
 
-const PLUGIN: &str = "high-availability";
+pub(crate) const PLUGIN: &str = "high-availability";
 
-fn gerrit_section(master: &FakeMaster) -> String {
+pub(crate) fn gerrit_section(master: &FakeMaster) -> String {
     format!(
         "[gerrit]\n  url = {}\n  healthInterval = 100ms\n  user = sidecar\n  password = master-secret\n",
         master.url()
@@ -17,14 +17,18 @@ fn gerrit_section(master: &FakeMaster) -> String {
 }
 
 /// A two-node mesh whose nodes each have their own fake master.
-fn specs_with_masters(dir: &std::path::Path, ma: &FakeMaster, mb: &FakeMaster) -> Vec<NodeSpec> {
+pub(crate) fn specs_with_masters(
+    dir: &std::path::Path,
+    ma: &FakeMaster,
+    mb: &FakeMaster,
+) -> Vec<NodeSpec> {
     let mut specs = mesh_specs(dir, 2, "");
     specs[0].extra = gerrit_section(ma);
     specs[1].extra = gerrit_section(mb);
     specs
 }
 
-fn family(path: &str) -> &'static str {
+pub(crate) fn family(path: &str) -> &'static str {
     if path.starts_with("cache/project_list/") {
         "project_list"
     } else if path.starts_with("cache/") {
@@ -37,7 +41,7 @@ fn family(path: &str) -> &'static str {
 }
 
 /// Every call arrived exactly once, exactly as sent, in the order sent within its family.
-fn assert_delivered_in_family_order(sent: &[Call], got: &[Received]) {
+pub(crate) fn assert_delivered_in_family_order(sent: &[Call], got: &[Received]) {
     assert_eq!(got.len(), sent.len(), "calls delivered");
     for f in ["cache", "index", "event", "project_list"] {
         let s: Vec<&Call> = sent.iter().filter(|c| family(&c.path) == f).collect();
@@ -126,74 +130,6 @@ async fn every_endpoint_of_both_generations_reaches_the_other_master_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn permanent_refusals_are_dead_lettered_and_storms_retried_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ma, mb) = (FakeMaster::start(PLUGIN), FakeMaster::start(PLUGIN));
-    let specs = specs_with_masters(dir.path(), &ma, &mb);
-    let a = start_in_process(&specs[0], dir.path()).await;
-    let b = start_in_process(&specs[1], dir.path()).await;
-    mb.storm(409, 12);
-    mb.storm(503, 12);
-    let json = Some("application/json; charset=utf-8".to_owned());
-    let refused = [
-        // The master knows no such cache: 400 "cache not found".
-        Call {
-            method: "POST".into(),
-            path: "cache/plugin_only_cache".into(),
-            content_type: json.clone(),
-            created_on: None,
-            body: Some("\"k\"".into()),
-        },
-        // The event servlet wants exactly `application/json; charset=utf-8`: 415.
-        Call {
-            method: "POST".into(),
-            path: "event/ref-updated".into(),
-            content_type: Some("application/json".into()),
-            created_on: None,
-            body: Some(r#"{"type":"ref-updated","eventCreatedOn":1700000000}"#.into()),
-        },
-    ];
-    let calls = numbered_calls(200);
-    let sender = PluginSender::new(&a.local_url(), PLUGIN);
-    sender.send_all(&refused).await;
-    sender.send_all(&calls).await;
-    eventually(
-        "every good call reaches master B",
-        Duration::from_secs(60),
-        || async { mb.accepted_count() >= calls.len() },
-    )
-    .await;
-    assert_delivered_in_family_order(&calls, &mb.accepted());
-    let statuses: Vec<u16> = mb.received().iter().map(|r| r.status).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 12);
-    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 12);
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 400 || **s == 415).count(),
-        2,
-        "refusals are not retried"
-    );
-    let h = http();
-    let dead = api::metric(&h, &b.peer_url(), "ha_gerrit_dead_lettered_total", &[]).await;
-    assert_eq!(dead, 2.0);
-    let dl = |f: &str| {
-        std::fs::read_to_string(
-            specs[1]
-                .data_dir
-                .join(format!("deadletter/master-{f}.jsonl")),
-        )
-        .unwrap_or_default()
-    };
-    assert!(dl("cache").contains("cache not found") && dl("cache").contains("plugin_only_cache"));
-    assert!(dl("event").contains("\"status\":415"));
-    let status = api::status(&h, &b.peer_url()).await;
-    let queues = status["master"]["queues"].as_array().unwrap();
-    assert_eq!(queues.len(), 4, "{status}");
-    assert!(queues.iter().all(|q| q["pending"] == 0), "{status}");
-    assert_eq!(status["master"]["up"], true, "{status}");
-    assert!(ma.received().is_empty(), "nothing goes back to master A");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,80 +237,6 @@ async fn health_follows_the_master() {
         || async { health().await.0 == 204 },
     )
     .await;
-}
-
-/// 2,000 calls from four concurrent plugin threads (one per family) keep their order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_calls_keep_their_order_per_family() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ma, mb) = (FakeMaster::start(PLUGIN), FakeMaster::start(PLUGIN));
-    let specs = specs_with_masters(dir.path(), &ma, &mb);
-    let a = start_in_process(&specs[0], dir.path()).await;
-    let _b = start_in_process(&specs[1], dir.path()).await;
-    let calls = numbered_calls(2_000);
-    send_per_family(&a.local_url(), &calls).await;
-    eventually(
-        "2,000 calls reach master B",
-        Duration::from_secs(120),
-        || async { mb.accepted_count() >= calls.len() },
-    )
-    .await;
-    assert_delivered_in_family_order(&calls, &mb.received());
-}
-
-/// One sender per family, concurrently (so each family's order is defined by its sender).
-async fn send_per_family(local_url: &str, calls: &[Call]) {
-    let mut tasks = Vec::new();
-    for f in ["cache", "index", "event", "project_list"] {
-        let mine: Vec<Call> = calls
-            .iter()
-            .filter(|c| family(&c.path) == f)
-            .cloned()
-            .collect();
-        let sender = PluginSender::new(local_url, PLUGIN);
-        tasks.push(tokio::spawn(async move { sender.send_all(&mine).await }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
-/// Master B is down while its sidecar is SIGKILLed and restarted: nothing is lost, nothing
-/// repeated, order kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_down_and_sidecar_killed_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ma, mut mb) = (FakeMaster::start(PLUGIN), FakeMaster::start(PLUGIN));
-    let specs = specs_with_masters(dir.path(), &ma, &mb);
-    mb.stop().await;
-    let h = http();
-    let a = Proc::spawn(&specs[0], dir.path(), &[]);
-    let mut b = Proc::spawn(&specs[1], dir.path(), &[]);
-    a.wait_ready(&h).await;
-    b.wait_ready(&h).await;
-    let calls = numbered_calls(400);
-    send_per_family(&specs[0].local_url(), &calls).await;
-    let b_url = specs[1].peer_url();
-    eventually(
-        "B holds every call for its master",
-        Duration::from_secs(30),
-        || async {
-            api::metric(&h, &b_url, "ha_messages_applied_total", &["plugin"]).await >= 400.0
-        },
-    )
-    .await;
-    b.kill9();
-    b.start();
-    b.wait_ready(&h).await;
-    mb.restart();
-    eventually(
-        "every call reaches master B",
-        Duration::from_secs(60),
-        || async { mb.accepted_count() >= calls.len() },
-    )
-    .await;
-    assert_delivered_in_family_order(&calls, &mb.accepted());
-    assert!(ma.received().is_empty(), "nothing goes back to master A");
 }
 
 /// A plugin admin's `high-availability.config` (JGroups, indexSync, autoReindex, websession,

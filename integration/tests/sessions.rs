@@ -333,8 +333,17 @@ fn stress_duration() -> Duration {
     let secs = std::env::var("HA_SESSIONS_STRESS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(10);
     Duration::from_secs(secs)
+}
+
+/// How many sessions the cleanup test makes: `HA_SESSIONS_CLEANUP_TOTAL`, 20,000 by default
+/// (`.ci/run` sets 100,000).
+fn cleanup_total() -> usize {
+    std::env::var("HA_SESSIONS_CLEANUP_TOTAL")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000)
 }
 
 /// 20 clients (10 per process) create, refresh and delete sessions concurrently while both
@@ -685,13 +694,13 @@ async fn expired_sessions_answer_404_and_cleanup_removes_their_files() {
     node.shutdown().await;
 }
 
-/// Cleanup over 100,000 sessions (20,000 expired), made directly through `shared-fs`, finishes
-/// within the interval while reads of random live sessions (cache misses: file reads) keep
-/// answering quickly.
+/// Cleanup over [`cleanup_total`] sessions (a fifth of them expired; 100,000 in CI), made
+/// directly through `shared-fs`, finishes within the interval while reads of random live
+/// sessions (cache misses: file reads) keep answering quickly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleanup_of_100k_sessions_finishes_in_time_without_stalling_reads() {
-    const TOTAL: usize = 100_000;
-    const EXPIRED: usize = 20_000;
+async fn cleanup_of_many_sessions_finishes_in_time_without_stalling_reads() {
+    let total = cleanup_total();
+    let expired = total / 5;
     let interval = Duration::from_secs(30);
     let dir = tempfile::tempdir().unwrap();
     let specs = mesh_specs(dir.path(), 1, "[websession]\n  cleanupInterval = 30s\n");
@@ -711,8 +720,8 @@ async fn cleanup_of_100k_sessions_finishes_in_time_without_stalling_reads() {
                 let files = files.clone();
                 std::thread::spawn(move || {
                     let mut live = Vec::new();
-                    for i in (w..TOTAL).step_by(4) {
-                        let expires_at = if i < EXPIRED {
+                    for i in (w..total).step_by(4) {
+                        let expires_at = if i < expired {
                             now - 1000
                         } else {
                             now + 3_600_000
@@ -727,7 +736,7 @@ async fn cleanup_of_100k_sessions_finishes_in_time_without_stalling_reads() {
                         };
                         let token = hex::encode(rand::random::<[u8; 32]>());
                         files.put(&token, &rec).unwrap();
-                        if i >= EXPIRED && live.len() < 1250 {
+                        if i >= expired && live.len() < 1250 {
                             live.push(token);
                         }
                     }
@@ -742,7 +751,7 @@ async fn cleanup_of_100k_sessions_finishes_in_time_without_stalling_reads() {
     })
     .await
     .unwrap();
-    eprintln!("made {TOTAL} session files in {:?}", made.elapsed());
+    eprintln!("made {total} session files in {:?}", made.elapsed());
     let p = Proc::spawn(&specs[0], dir.path(), &[]);
     let h = http();
     p.wait_ready(&h).await;
@@ -771,15 +780,15 @@ async fn cleanup_of_100k_sessions_finishes_in_time_without_stalling_reads() {
         "cleanup of {scanned} sessions took {took:.2}s, removed {removed}; {} reads meanwhile: p99 {p99:?}, max {max:?}",
         latencies.len()
     );
-    assert_eq!(scanned as usize, TOTAL);
-    assert_eq!(removed as usize, EXPIRED);
+    assert_eq!(scanned as usize, total);
+    assert_eq!(removed as usize, expired);
     assert!(took < interval.as_secs_f64(), "cleanup took {took}s");
     assert!(
         p99 < Duration::from_millis(100),
         "reads stalled: p99 {p99:?}"
     );
     assert!(max < Duration::from_secs(2), "a read stalled: {max:?}");
-    assert_eq!(session_files(&specs[0].shared_dir).len(), TOTAL - EXPIRED);
+    assert_eq!(session_files(&specs[0].shared_dir).len(), total - expired);
 }
 
 /// Unknown and malformed tokens answer 404 and touch nothing (no path traversal); bodies that

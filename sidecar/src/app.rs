@@ -5,7 +5,6 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::auth::Verifier;
@@ -16,6 +15,7 @@ use crate::events::{EventLog, EventLogOptions};
 use crate::health::Health;
 use crate::index::{IndexOptions, IndexStore};
 use crate::index_sync::IndexSync;
+use crate::lifecycle::Scope;
 use crate::local::Local;
 use crate::metrics::Metrics;
 use crate::peers::client::PeerClient;
@@ -58,26 +58,81 @@ pub enum StartError {
     Client(#[from] crate::peers::client::ClientError),
     #[error("cannot start membership: {0}")]
     Membership(#[from] crate::peers::membership::MembershipError),
+    #[error("cannot set up this node's master: {0}")]
+    Master(#[from] crate::gerrit::client::MasterError),
     #[error("{0}")]
     Other(String),
 }
 
-/// Opens `<dataDirectory>/index` off the executor (it replays the journal).
-async fn open_index(
-    config: &Config,
-    disk: Arc<crate::durable::DiskWatch>,
-) -> Result<IndexStore, StartError> {
-    let dir = config.data_dir.join("index");
-    let opts = IndexOptions {
-        refresh_interval: config.index.refresh_interval,
-        tombstone_ttl: config.index.tombstone_ttl,
-        max_doc_bytes: config.index.max_doc_bytes,
-        disk,
-    };
-    tokio::task::spawn_blocking(move || IndexStore::open(&dir, opts))
+/// Opens a store off the executor: opening replays journals, scans segments or takes a first
+/// scan of the session tree.
+async fn open_blocking<T, E>(
+    what: &str,
+    open: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<Arc<T>, StartError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    StartError: From<E>,
+{
+    let opened = tokio::task::spawn_blocking(open)
         .await
-        .map_err(|e| StartError::Other(format!("index open task: {e}")))?
-        .map_err(StartError::Index)
+        .map_err(|e| StartError::Other(format!("opening the {what}: {e}")))??;
+    Ok(Arc::new(opened))
+}
+
+/// The node's local stores, opened before anything serves or forwards.
+struct Opened {
+    outbox: Arc<Outbox>,
+    sessions: Arc<Sessions>,
+    events: Arc<EventLog>,
+    index: Arc<IndexStore>,
+}
+
+impl Opened {
+    async fn open(
+        config: &Config,
+        health: &Health,
+        shared_dir: &Arc<SharedDir>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Opened, StartError> {
+        let disk = health.disk();
+        let outbox_opts = OutboxOptions {
+            segment_bytes: config.limits.outbox_segment_bytes,
+            disk: disk.clone(),
+            ..OutboxOptions::default()
+        };
+        let dir = config.data_dir.clone();
+        let outbox = open_blocking("outbox", move || Outbox::open(&dir, outbox_opts)).await?;
+        let (dir, cfg, sd, m) = (
+            config.shared_dir.clone(),
+            config.websession.clone(),
+            shared_dir.clone(),
+            metrics.clone(),
+        );
+        let sessions =
+            open_blocking("web sessions", move || Sessions::open(&dir, cfg, sd, m)).await?;
+        let dir = config.data_dir.join("events");
+        let opts = EventLogOptions {
+            disk: disk.clone(),
+            ..event_log_options(config)
+        };
+        let events = open_blocking("event log", move || EventLog::open(dir, opts)).await?;
+        let dir = config.data_dir.join("index");
+        let opts = IndexOptions {
+            refresh_interval: config.index.refresh_interval,
+            tombstone_ttl: config.index.tombstone_ttl,
+            max_doc_bytes: config.index.max_doc_bytes,
+            disk: disk.clone(),
+        };
+        let index = open_blocking("index", move || IndexStore::open(&dir, opts)).await?;
+        Ok(Opened {
+            outbox,
+            sessions,
+            events,
+            index,
+        })
+    }
 }
 
 /// The two listening sockets of a node, bound before the node starts.
@@ -140,82 +195,122 @@ pub fn event_log_options(config: &Config) -> EventLogOptions {
 /// A running node.
 pub struct Node {
     state: Arc<AppState>,
-    stop_background: CancellationToken,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    /// Every background task of the node, in one tree of scopes (see `lifecycle`).
+    scopes: Scopes,
     handles: Vec<ServerHandle>,
-    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-    relay: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
-    index_sync: Option<tokio::task::JoinHandle<()>>,
-    index_sync_stop: CancellationToken,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
-    membership_stop: CancellationToken,
-    membership_task: tokio::task::JoinHandle<()>,
     /// Held until the stores are closed; released last.
     lock: crate::durable::DirLock,
 }
 
+/// Creates the data and shared directories and locks the data directory, before anything in
+/// it is opened: one process per directory.
+fn prepare_dirs(config: &Config) -> Result<crate::durable::DirLock, StartError> {
+    let create = |dir: &std::path::Path| {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })
+    };
+    create(&config.data_dir)?;
+    let lock = crate::durable::DirLock::acquire(&config.data_dir)?;
+    create(&config.shared_dir)?;
+    Ok(lock)
+}
+
+/// Starts both listeners' servers in `scope`; their handles stop them gracefully.
+fn serve(
+    state: &Arc<AppState>,
+    listeners: Listeners,
+    scope: &Scope,
+) -> Result<(Vec<ServerHandle>, SocketAddr, SocketAddr), StartError> {
+    let addr = |l: &TcpListener| l.local_addr().map_err(|e| StartError::Other(e.to_string()));
+    let (peer_addr, local_addr) = (addr(&listeners.peer)?, addr(&listeners.local)?);
+    let io = |source, addr, what| StartError::Bind { what, addr, source };
+    let peer_server = api::serve_peer(state.clone(), listeners.peer)
+        .map_err(|e| io(e, peer_addr, "listenUrl"))?;
+    let local_server = api::serve_local(state.clone(), listeners.local)
+        .map_err(|e| io(e, local_addr, "localListenUrl"))?;
+    let handles = vec![local_server.handle(), peer_server.handle()];
+    scope.spawn(local_server);
+    scope.spawn(peer_server);
+    Ok((handles, peer_addr, local_addr))
+}
+
+/// Starts anti-entropy with the peers' indexes. An empty index catches up from the peers before
+/// this node takes traffic (`/health` says "catching up" meanwhile).
+fn start_index_sync(state: &AppState, client: PeerClient, scope: &Scope) {
+    let stats = state.index.stats();
+    let empty = stats.kinds.iter().all(|(_, k)| k.docs + k.tombstones == 0);
+    if empty {
+        state.health.begin_catch_up("index");
+    }
+    let config = &state.config;
+    let sync = IndexSync {
+        store: state.index.clone(),
+        peers: state.peers.clone(),
+        client,
+        metrics: state.metrics.clone(),
+        health: state.health.clone(),
+        interval: config.index.anti_entropy_interval,
+        retry_interval: config.http.retry_interval,
+        max_retry_interval: config.http.max_retry_interval,
+        max_push_bytes: config.http.max_batch_bytes,
+    };
+    scope.spawn(sync.run(empty, scope.token().clone()));
+}
+
+/// The node's scopes, one per stop stage, in the order `Node::shutdown` stops them.
+struct Scopes {
+    root: Scope,
+    index_sync: Scope,
+    membership: Scope,
+    servers: Scope,
+    relay: Scope,
+    peers: Scope,
+    master: Scope,
+    housekeeping: Scope,
+}
+
+impl Scopes {
+    fn new() -> Scopes {
+        let root = Scope::root();
+        Scopes {
+            index_sync: root.child(),
+            membership: root.child(),
+            servers: root.child(),
+            relay: root.child(),
+            peers: root.child(),
+            master: root.child(),
+            housekeeping: root.child(),
+            root,
+        }
+    }
+}
+
 impl Node {
     pub async fn start(config: Config, listeners: Listeners) -> Result<Node, StartError> {
-        let dir_err = |dir: &std::path::Path| {
-            let path = dir.display().to_string();
-            move |source| StartError::Dir { path, source }
-        };
-        std::fs::create_dir_all(&config.data_dir).map_err(dir_err(&config.data_dir))?;
-        // Before anything in the data directory is opened: one process per directory.
-        let lock = crate::durable::DirLock::acquire(&config.data_dir)?;
-        std::fs::create_dir_all(&config.shared_dir).map_err(dir_err(&config.shared_dir))?;
+        let lock = prepare_dirs(&config)?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let caches = Arc::new(Caches::new(config.cache.clone()));
         let health = Arc::new(Health::new(&config.data_dir));
-        let outbox_opts = OutboxOptions {
-            segment_bytes: config.limits.outbox_segment_bytes,
-            disk: health.disk().clone(),
-            ..OutboxOptions::default()
-        };
-        // Opening reads every queue's segments (recovery): off the executor.
-        let outbox = {
-            let dir = config.data_dir.clone();
-            tokio::task::spawn_blocking(move || Outbox::open(&dir, outbox_opts))
-                .await
-                .map_err(|e| StartError::Other(format!("opening the outbox: {e}")))??
-        };
-        let outbox = Arc::new(outbox);
         let shared_dir = Arc::new(SharedDir::new(
             config.limits.shared_dir_concurrency,
             config.limits.shared_dir_timeout,
             metrics.clone(),
         ));
-        let sessions = {
-            let (dir, cfg, sd, m) = (
-                config.shared_dir.clone(),
-                config.websession.clone(),
-                shared_dir.clone(),
-                metrics.clone(),
-            );
-            // Opening takes the watcher's first scan of the session tree: off the executor.
-            tokio::task::spawn_blocking(move || Sessions::open(&dir, cfg, sd, m))
-                .await
-                .map_err(|e| StartError::Other(format!("opening the web sessions: {e}")))??
-        };
-        let sessions = Arc::new(sessions);
-        // Opening scans the log's segments and checkpoints: off the executor.
-        let events = {
-            let dir = config.data_dir.join("events");
-            let opts = EventLogOptions {
-                disk: health.disk().clone(),
-                ..event_log_options(&config)
-            };
-            tokio::task::spawn_blocking(move || EventLog::open(dir, opts))
-                .await
-                .map_err(|e| StartError::Other(format!("opening the event log: {e}")))??
-        };
-        let events = Arc::new(events);
-        let index = Arc::new(open_index(&config, health.disk().clone()).await?);
-        let master = crate::gerrit::Master::open(&config)
-            .map_err(StartError::Other)?
-            .map(Arc::new);
+        let Opened {
+            outbox,
+            sessions,
+            events,
+            index,
+        } = Opened::open(&config, &health, &shared_dir, &metrics).await?;
+        let scopes = Scopes::new();
+        let master =
+            crate::gerrit::Master::open(&config, health.disk().clone(), scopes.master.clone())?
+                .map(Arc::new);
         let receiver = Receiver::new(
             &config.data_dir,
             Stores {
@@ -240,44 +335,47 @@ impl Node {
             &config.instance_id,
             tls.client(),
         )?;
-        let peers = Arc::new(Peers::new(
-            outbox.clone(),
-            ForwarderCtx {
-                origin: config.instance_id.clone(),
-                client: client.clone(),
-                metrics: metrics.clone(),
-                dead: Arc::new(DeadLetters::new(&config.data_dir)),
-                max_messages: config.http.max_batch_messages,
-                max_bytes: config.http.max_batch_bytes,
-                retry_interval: config.http.retry_interval,
-                max_retry_interval: config.http.max_retry_interval,
-            },
-            CancellationToken::new(),
-        ));
+        let forwarding = ForwarderCtx {
+            origin: config.instance_id.clone(),
+            client: client.clone(),
+            metrics: metrics.clone(),
+            dead: Arc::new(DeadLetters::new(&config.data_dir)),
+            max_messages: config.http.max_batch_messages,
+            max_bytes: config.http.max_batch_bytes,
+            retry_interval: config.http.retry_interval,
+            max_retry_interval: config.http.max_retry_interval,
+        };
+        let peers = Arc::new(Peers::new(outbox.clone(), forwarding, scopes.peers.clone()));
         let membership = Arc::new(Membership::new(
             config.clone(),
             peers.clone(),
             metrics.clone(),
             health.clone(),
             shared_dir.clone(),
+            scopes.membership.clone(),
         )?);
+        let election = Arc::new(crate::election::Election::new(
+            config.clone(),
+            peers.clone(),
+            health.clone(),
+            metrics.clone(),
+            scopes.membership.clone(),
+        ));
         // Started after membership has added the known peers, so re-queued events reach every peer's queue.
         let relay = config.event.synchronize.then(|| {
-            let stop = CancellationToken::new();
-            let (relay, task) = EventRelay::start(
+            EventRelay::start(
                 events.clone(),
                 outbox.clone(),
                 &config.data_dir,
-                stop.clone(),
-            );
-            (relay, stop, task)
+                &scopes.relay,
+            )
         });
         let local = Arc::new(Local {
             caches: caches.clone(),
             index: index.clone(),
             index_synchronize: config.index.synchronize,
             events: events.clone(),
-            event_relay: relay.as_ref().map(|(r, _, _)| r.clone()),
+            event_relay: relay,
             sessions: sessions.clone(),
             outbox: outbox.clone(),
             metrics: metrics.clone(),
@@ -300,9 +398,10 @@ impl Node {
             health: health.clone(),
             sessions: sessions.clone(),
             membership: membership.clone(),
+            election: election.clone(),
             events,
             master: master.clone(),
-            stop: CancellationToken::new(),
+            stop: scopes.servers.token().child_token(),
             tls,
             peer_bodies: Arc::new(tokio::sync::Semaphore::new(peer_bodies_kib as usize)),
             peer_bodies_kib,
@@ -310,48 +409,17 @@ impl Node {
         if let Some(m) = &master {
             m.start(&config, state.metrics.clone(), health.clone());
         }
-        let peer_addr = listeners
-            .peer
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        let local_addr = listeners
-            .local
-            .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        let io = |source, addr, what| StartError::Bind { what, addr, source };
-        let peer_server = api::serve_peer(state.clone(), listeners.peer)
-            .map_err(|e| io(e, peer_addr, "listenUrl"))?;
-        let local_server = api::serve_local(state.clone(), listeners.local)
-            .map_err(|e| io(e, local_addr, "localListenUrl"))?;
-        let handles = vec![local_server.handle(), peer_server.handle()];
-        let servers = vec![tokio::spawn(local_server), tokio::spawn(peer_server)];
-        let stop_background = CancellationToken::new();
-        let background = vec![sessions.spawn_cleanup(stop_background.clone())];
+        let (handles, peer_addr, local_addr) = serve(&state, listeners, &scopes.servers)?;
+        sessions.spawn_cleanup(&scopes.housekeeping);
         // 503 "catching up" until the peers have delivered what they held for this node.
         health.begin_catch_up("peers");
-        let membership_stop = CancellationToken::new();
-        let membership_task = tokio::spawn(membership.run(membership_stop.clone()));
-        let index_sync_stop = CancellationToken::new();
-        let mut index_sync = None;
+        membership.start();
+        // Hot-standby: the election's rounds run and stop with membership.
+        scopes
+            .membership
+            .spawn(election.run(scopes.membership.token().clone()));
         if config.index.synchronize {
-            // An empty index catches up from the peers before this node takes traffic.
-            let stats = index.stats();
-            let empty = stats.kinds.iter().all(|(_, k)| k.docs + k.tombstones == 0);
-            if empty {
-                health.begin_catch_up("index");
-            }
-            let sync = IndexSync {
-                store: index.clone(),
-                peers: state.peers.clone(),
-                client,
-                metrics: state.metrics.clone(),
-                health: health.clone(),
-                interval: config.index.anti_entropy_interval,
-                retry_interval: config.http.retry_interval,
-                max_retry_interval: config.http.max_retry_interval,
-                max_push_bytes: config.http.max_batch_bytes,
-            };
-            index_sync = Some(tokio::spawn(sync.run(empty, index_sync_stop.clone())));
+            start_index_sync(&state, client, &scopes.index_sync);
         }
         tracing::info!(
             instance = %config.instance_id,
@@ -362,17 +430,10 @@ impl Node {
         );
         Ok(Node {
             state,
-            stop_background,
-            background,
+            scopes,
             handles,
-            servers,
-            relay: relay.map(|(_, stop, task)| (stop, task)),
-            index_sync,
-            index_sync_stop,
             peer_addr,
             local_addr,
-            membership_stop,
-            membership_task,
             lock,
         })
     }
@@ -393,40 +454,30 @@ impl Node {
         format!("{scheme}://{}/", self.local_addr)
     }
 
-    /// Graceful stop: health goes 503, peers are told this node leaves (and its heartbeat is
-    /// removed), listeners stop accepting, in-flight requests finish,
+    /// Graceful stop: health goes 503, an active node steps down, peers are told this node leaves
+    /// (and its heartbeat is removed), listeners stop accepting, in-flight requests finish,
     /// forwarders stop, the outbox commits what it holds and closes.
     pub async fn shutdown(self) {
+        let scopes = &self.scopes;
         // Stopped first, so a catch-up ending now cannot mark a stopping node ready.
-        self.index_sync_stop.cancel();
-        if let Some(t) = self.index_sync {
-            let _ = t.await;
-        }
+        scopes.index_sync.stop().await;
         self.state.health.set_stopping();
         // Event streams never end by themselves: end them so the drain does not wait on them.
         self.state.stop.cancel();
-        self.membership_stop.cancel();
-        let _ = self.membership_task.await;
+        scopes.membership.stop().await;
+        // An active node gives the role up before the goodbye, which lets the peers elect at once.
+        self.state.election.step_down_for_stop();
         self.state.membership.leave().await;
         for h in &self.handles {
             h.stop(true).await;
         }
-        for s in self.servers {
-            let _ = s.await;
-        }
-        if let Some((stop, task)) = self.relay {
-            stop.cancel();
-            let _ = task.await;
-        }
+        scopes.servers.stop().await;
+        scopes.relay.stop().await;
         self.state.peers.shutdown().await;
         if let Some(m) = &self.state.master {
             m.shutdown().await;
         }
-        self.stop_background.cancel();
-        for task in self.background {
-            // A cleanup pass in progress finishes on its blocking thread; don't wait for it.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
-        }
+        scopes.housekeeping.stop().await;
         let sessions = self.state.sessions.clone();
         let _ = tokio::task::spawn_blocking(move || sessions.stop_watching()).await;
         let outbox = self.state.outbox.clone();
@@ -436,6 +487,17 @@ impl Node {
         }
         if let Err(e) = self.state.index.shutdown().await {
             tracing::error!(error = %e, "index did not close cleanly; its journal replays at the next start");
+        }
+        // Every stage has stopped; the root only confirms that nothing else was left running.
+        let left = scopes.root.running();
+        if tokio::time::timeout(std::time::Duration::from_secs(1), scopes.root.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = left,
+                "background tasks still running after the stop"
+            );
         }
         drop(self.lock);
         tracing::info!(instance = %self.state.config.instance_id, "node stopped");

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::events::EventLog;
+use crate::lifecycle::Scope;
 use crate::peers::outbox::Outbox;
 use crate::wire::PeerMessage;
 
@@ -33,21 +34,23 @@ pub struct EventRelay {
 }
 
 impl EventRelay {
-    /// Reads the marker and starts the relay task; it runs until `stop` is cancelled.
+    /// Reads the marker and starts the relay task in `scope`; it runs until the scope is
+    /// cancelled.
     pub fn start(
         log: Arc<EventLog>,
         outbox: Arc<Outbox>,
         data_dir: &Path,
-        stop: CancellationToken,
-    ) -> (Arc<EventRelay>, tokio::task::JoinHandle<()>) {
+        scope: &Scope,
+    ) -> Arc<EventRelay> {
         let marker = data_dir.join("events.queued");
         let start = read_marker(&marker);
         let relay = Arc::new(EventRelay {
             queued: watch::Sender::new(start),
             stopped: CancellationToken::new(),
         });
-        let task = tokio::spawn(run(relay.clone(), log, outbox, marker, stop));
-        (relay, task)
+        let stop = scope.token().clone();
+        scope.spawn(run(relay.clone(), log, outbox, marker, stop));
+        relay
     }
 
     /// The highest local event seq durably queued for every peer (all below it are too).
@@ -74,10 +77,13 @@ fn read_marker(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Not fsync'd: a marker that goes back after a crash re-queues events peers drop as duplicates.
 fn write_marker(path: &Path, seq: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{seq}\n"))?;
-    std::fs::rename(&tmp, path)
+    crate::durable::write_small(
+        path,
+        format!("{seq}\n").as_bytes(),
+        crate::durable::Fsync::No,
+    )
 }
 
 async fn run(
@@ -204,13 +210,11 @@ mod tests {
             Outbox::open(dir.path(), crate::peers::outbox::OutboxOptions::default()).unwrap(),
         );
         let queue = outbox.add_peer("http://peer/").unwrap();
-        let stop = CancellationToken::new();
-        let (relay, task) =
-            EventRelay::start(log.clone(), outbox.clone(), dir.path(), stop.clone());
+        let scope = Scope::root();
+        let relay = EventRelay::start(log.clone(), outbox.clone(), dir.path(), &scope);
         relay.wait_queued(5).await.unwrap();
         assert_eq!(queue.stats().pending, 3, "events 3, 4 and 5 re-queued");
-        stop.cancel();
-        task.await.unwrap();
+        scope.stop().await;
         assert_eq!(read_marker(&dir.path().join("events.queued")), 5);
         log.shutdown().await.unwrap();
     }

@@ -1,5 +1,6 @@
-//! Whether this node should receive traffic: a start-up latch, a persisted drain flag, and the
-//! shutting-down state. `/health` is 204 only when started, not drained and not stopping.
+//! Whether this node should receive traffic: a start-up latch, a persisted drain flag, the
+//! shutting-down state, and (hot-standby) the node's role. `/health` is 204 only when started,
+//! not drained, not stopping and, in hot-standby mode, active (the `election` sets the role).
 
 use crate::locks::LockExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ pub struct Health {
     catching_up: std::sync::Mutex<Vec<&'static str>>,
     /// The data directory's full-disk mark, shared with the stores.
     disk: std::sync::Arc<crate::durable::DiskWatch>,
+    /// Hot-standby: set while this node is not the active one (the `election` owns the role).
+    standby: AtomicBool,
 }
 
 impl Health {
@@ -33,6 +36,7 @@ impl Health {
             master_down: AtomicBool::new(false),
             catching_up: std::sync::Mutex::new(Vec::new()),
             disk: std::sync::Arc::new(crate::durable::DiskWatch::new(data_dir)),
+            standby: AtomicBool::new(false),
         }
     }
 
@@ -86,6 +90,18 @@ impl Health {
 
     /// `None` when the node should get traffic, else why not.
     pub fn unhealthy_reason(&self) -> Option<&'static str> {
+        self.serving_reason()
+            .or_else(|| self.standby.load(Ordering::SeqCst).then_some("standby"))
+    }
+
+    /// Hot-standby: the election marks this node standby (`/health` 503 "standby") or active.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::SeqCst);
+    }
+
+    /// Why this node could not serve whatever its role (`None`: it could): what the election
+    /// asks before a node stands, and what makes an active one step down.
+    pub fn serving_reason(&self) -> Option<&'static str> {
         match self.phase.load(Ordering::SeqCst) {
             STARTING => Some("starting"),
             CATCHING_UP => Some("catching up"),
@@ -104,10 +120,11 @@ impl Health {
     /// Drains (true) or restores (false), persisting the choice.
     pub fn set_drained(&self, drained: bool) -> std::io::Result<()> {
         if drained {
-            std::fs::write(&self.drain_file, b"drained by DELETE /health\n")?;
-            if let Some(dir) = self.drain_file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+            crate::durable::write_small(
+                &self.drain_file,
+                b"drained by DELETE /health\n",
+                crate::durable::Fsync::Durable,
+            )?;
         } else {
             match std::fs::remove_file(&self.drain_file) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -165,5 +182,20 @@ mod tests {
         assert_eq!(h2.unhealthy_reason(), Some("drained"));
         h2.set_drained(false).unwrap();
         assert!(!Health::new(d.path()).is_drained());
+    }
+
+    #[test]
+    fn standby_is_the_last_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Health::new(d.path());
+        h.set_ready();
+        h.set_standby(true);
+        assert_eq!(h.unhealthy_reason(), Some("standby"));
+        assert_eq!(h.serving_reason(), None);
+        h.set_drained(true).unwrap();
+        assert_eq!(h.unhealthy_reason(), Some("drained"));
+        h.set_drained(false).unwrap();
+        h.set_standby(false);
+        assert_eq!(h.unhealthy_reason(), None);
     }
 }

@@ -52,6 +52,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this node the active one of a hot-standby cluster (election.strategy = manual);
+    /// the node tells its peers, and the previous active one steps down.
+    Promote {
+        /// The node's listenUrl, e.g. http://master-2:7710/.
+        #[arg(long, value_parser = base_url)]
+        url: url::Url,
+        /// Bearer token of `sidecar.adminToken`.
+        #[arg(long, env = "HA_SIDECAR_ADMINTOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Tail stream events as JSON lines (like `gerrit stream-events`); fails over between the
     /// URLs and resumes without loss or repeats.
     StreamEvents {
@@ -136,6 +146,7 @@ fn main() -> ExitCode {
         }
         Command::Demo => runtime().block_on(ha_sidecar::demo::run()),
         Command::Status { url, json } => status(&url, json),
+        Command::Promote { url, token } => promote(&url, &token),
         Command::StreamEvents {
             urls,
             types,
@@ -311,6 +322,24 @@ fn status(url: &url::Url, json: bool) -> ExitCode {
         Err(e) => {
             eprintln!("ha-sidecar status: {e}");
             ExitCode::from(3)
+        }
+    }
+}
+
+fn promote(url: &url::Url, token: &str) -> ExitCode {
+    let done = runtime().block_on(ha_sidecar::status_cli::promote(
+        url,
+        token,
+        std::time::Duration::from_secs(10),
+    ));
+    match done {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ha-sidecar promote: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -32,6 +32,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -39,6 +44,12 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    /// active, standby
+    pub role: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,7 +71,7 @@ pub struct IndexWriteLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 mod groups;
-pub use groups::{GerritMetrics, SessionMetrics};
+pub use groups::{GerritMetrics, RoleMetrics, SessionMetrics};
 
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +89,8 @@ pub struct Metrics {
     /// Peer batches or messages refused as forged, by reason (`own_origin`, `seq_ahead`).
     pub forged_messages: Family<ReasonLabel, Counter>,
     pub auth_failures: Family<ReasonLabel, Counter>,
+    /// Damaged records recovery skipped, per store (see [`Metrics::corrupt_records`]).
+    pub corrupt_records: Family<StoreLabel, Counter>,
     pub http_seconds: Family<HttpLabel, Histogram>,
     pub local_mutations: Family<KindLabel, Counter>,
     pub sessions: SessionMetrics,
@@ -100,6 +113,7 @@ pub struct Metrics {
     pub index_docs_pulled: Family<PeerLabel, Counter>,
     pub index_docs_pushed: Family<PeerLabel, Counter>,
     pub gerrit: GerritMetrics,
+    pub roles: RoleMetrics,
 }
 
 impl Default for Metrics {
@@ -127,6 +141,7 @@ impl Metrics {
             messages_rejected: Family::default(),
             forged_messages: Family::default(),
             auth_failures: Family::default(),
+            corrupt_records: Family::default(),
             http_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
@@ -148,163 +163,180 @@ impl Metrics {
             index_docs_pulled: Family::default(),
             index_docs_pushed: Family::default(),
             gerrit: GerritMetrics::default(),
+            roles: RoleMetrics::default(),
             registry: Registry::default(),
         };
+        m.register_delivery(&mut r);
+        m.register_stores(&mut r);
+        let m = Metrics { registry: r, ..m };
+        m.create_fixed_series();
+        m
+    }
+
+    /// The transport: outbox, batches, receiver, peers and web sessions.
+    fn register_delivery(&self, r: &mut Registry) {
         r.register(
             "outbox_depth",
             "Messages accepted but not yet delivered, per peer",
-            m.outbox_depth.clone(),
+            self.outbox_depth.clone(),
         );
         r.register(
             "outbox_oldest_age_seconds",
             "Age of the oldest undelivered message, per peer",
-            m.outbox_oldest_age_seconds.clone(),
+            self.outbox_oldest_age_seconds.clone(),
         );
         r.register(
             "batches_sent",
             "Batches a peer accepted",
-            m.batches_sent.clone(),
+            self.batches_sent.clone(),
         );
         r.register(
             "batches_failed",
             "Batch attempts that failed (refused, timed out, 5xx)",
-            m.batches_failed.clone(),
+            self.batches_failed.clone(),
         );
         r.register(
             "batches_retried",
             "Batch attempts that were retries of a failed one",
-            m.batches_retried.clone(),
+            self.batches_retried.clone(),
         );
         r.register(
             "messages_sent",
             "Messages a peer accepted",
-            m.messages_sent.clone(),
+            self.messages_sent.clone(),
         );
         r.register(
             "dead_lettered",
             "Messages a peer refused for good, set aside in the dead-letter file",
-            m.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
         r.register(
             "delivery_seconds",
             "Time from local acceptance to the peer's acknowledgement",
-            m.delivery_seconds.clone(),
+            self.delivery_seconds.clone(),
         );
         r.register(
             "messages_applied",
             "Peer messages applied, by kind",
-            m.messages_applied.clone(),
+            self.messages_applied.clone(),
         );
         r.register(
             "messages_duplicate",
             "Peer messages ignored as already applied, by kind",
-            m.messages_duplicate.clone(),
+            self.messages_duplicate.clone(),
         );
         r.register(
             "messages_rejected",
             "Peer messages refused, by kind",
-            m.messages_rejected.clone(),
+            self.messages_rejected.clone(),
         );
         r.register(
-            "forged_messages",
-            "Peer batches or messages refused as forged (own origin, seq implausibly far ahead), by reason",
-            m.forged_messages.clone(),
-        );
+        "forged_messages",
+        "Peer batches or messages refused as forged (own origin, seq implausibly far ahead), by reason",
+        self.forged_messages.clone(),
+    );
         r.register(
             "auth_failures",
             "Peer requests refused by authentication, by reason",
-            m.auth_failures.clone(),
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "corrupt_records",
+            "Damaged records skipped when a store's files were opened (the intact ones after them kept), by store",
+            self.corrupt_records.clone(),
         );
         r.register(
             "http_request_duration_seconds",
             "HTTP request latency",
-            m.http_seconds.clone(),
+            self.http_seconds.clone(),
         );
         r.register(
             "local_mutations",
             "Mutations accepted on the local API, by kind",
-            m.local_mutations.clone(),
+            self.local_mutations.clone(),
         );
-        m.sessions.register(&mut r);
+        self.sessions.register(r);
+    }
+
+    /// The stores: shared directory, events, index and the Gerrit master.
+    fn register_stores(&self, r: &mut Registry) {
         r.register(
-            "shared_dir_in_flight",
-            "Calls on the shared directory running now (bounded by main.sharedDirectoryConcurrency)",
-            m.shared_dir_in_flight.clone(),
-        );
+        "shared_dir_in_flight",
+        "Calls on the shared directory running now (bounded by main.sharedDirectoryConcurrency)",
+        self.shared_dir_in_flight.clone(),
+    );
         r.register(
             "shared_dir_not_responding",
             "Calls on the shared directory that missed main.sharedDirectoryTimeout (answered 503)",
-            m.shared_dir_not_responding.clone(),
+            self.shared_dir_not_responding.clone(),
         );
         r.register(
             "peer_state",
             "1 for the membership state (up, left, failed) a peer is in, per peer",
-            m.peer_state.clone(),
+            self.peer_state.clone(),
         );
         r.register(
             "peer_failures",
             "Times a peer was declared failed (vanished without leaving)",
-            m.peer_failures.clone(),
+            self.peer_failures.clone(),
         );
         r.register(
             "alerts_failed",
             "Alert webhook calls that failed",
-            m.alerts_failed.clone(),
+            self.alerts_failed.clone(),
         );
         r.register(
             "events_appended",
             "Stream events appended to the log, by kind (local, remote)",
-            m.events_appended.clone(),
+            self.events_appended.clone(),
         );
         r.register(
             "event_tailers",
             "Clients connected to /v1/events/stream",
-            m.event_tailers.clone(),
+            self.event_tailers.clone(),
         );
         r.register(
             "events_streamed",
             "Events sent to stream clients",
-            m.events_streamed.clone(),
+            self.events_streamed.clone(),
         );
         r.register(
             "index_writes",
             "Index writes by kind, source (local, peer, sync) and outcome (applied, stale)",
-            m.index_writes.clone(),
+            self.index_writes.clone(),
         );
         r.register(
             "index_docs",
             "Live index documents, by kind",
-            m.index_docs.clone(),
+            self.index_docs.clone(),
         );
         r.register(
             "index_tombstones",
             "Index tombstones (deletes kept for the version rule), by kind",
-            m.index_tombstones.clone(),
+            self.index_tombstones.clone(),
         );
         r.register(
             "index_sync_rounds",
             "Anti-entropy rounds completed with a peer",
-            m.index_sync_rounds.clone(),
+            self.index_sync_rounds.clone(),
         );
         r.register(
             "index_sync_failures",
             "Anti-entropy rounds that failed, per peer",
-            m.index_sync_failures.clone(),
+            self.index_sync_failures.clone(),
         );
         r.register(
             "index_docs_pulled",
             "Index documents and tombstones pulled from a peer by anti-entropy",
-            m.index_docs_pulled.clone(),
+            self.index_docs_pulled.clone(),
         );
         r.register(
             "index_docs_pushed",
             "Index documents and tombstones pushed to a peer by anti-entropy",
-            m.index_docs_pushed.clone(),
+            self.index_docs_pushed.clone(),
         );
-        m.gerrit.register(&mut r);
-        let m = Metrics { registry: r, ..m };
-        m.create_fixed_series();
-        m
+        self.gerrit.register(r);
+        self.roles.register(r);
     }
 
     /// Creates every series whose labels are known at start, at zero, so an alert rule can tell
@@ -320,6 +352,9 @@ impl Metrics {
             let _ = self.auth_failures.get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             });
+        }
+        for store in crate::durable::disk::STORES {
+            let _ = self.corrupt_records.get_or_create(&Self::store(store));
         }
         for kind in LOCAL_MUTATION_KINDS {
             let _ = self.local_mutations.get_or_create(&Self::kind(kind));
@@ -342,6 +377,7 @@ impl Metrics {
             let _ = g.calls_received.get_or_create(&l);
             let _ = g.delivered.get_or_create(&l);
             let _ = g.dead_lettered.get_or_create(&l);
+            let _ = g.set_aside_after_500.get_or_create(&l);
             let _ = g.delivery_failures.get_or_create(&l);
             let _ = g.pending.get_or_create(&l);
         }
@@ -359,6 +395,20 @@ impl Metrics {
                     });
                 }
             }
+        }
+    }
+
+    fn store(store: &str) -> StoreLabel {
+        StoreLabel {
+            store: store.to_owned(),
+        }
+    }
+
+    /// Brings `ha_corrupt_records_total` up to the counts the data directory's watch holds.
+    pub fn corrupt_records(&self, counts: &[(&'static str, u64)]) {
+        for &(store, n) in counts {
+            let c = self.corrupt_records.get_or_create(&Self::store(store));
+            c.inc_by(n.saturating_sub(c.get()));
         }
     }
 

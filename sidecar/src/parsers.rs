@@ -104,7 +104,7 @@ pub fn event_segment(bytes: &[u8]) -> usize {
 
 /// Decodes an index journal; the records read.
 pub fn journal(bytes: &[u8]) -> usize {
-    crate::index::journal::decode(bytes).0.len()
+    crate::index::journal::decode(bytes).len()
 }
 
 /// Feeds a byte stream to the SSE parser in chunks cut at `cuts`; the messages and the bytes of

@@ -79,7 +79,14 @@ pub struct Receiver {
     dir: PathBuf,
     stores: Stores,
     metrics: Arc<Metrics>,
-    origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<u64>>>>>,
+    origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<OriginMark>>>>>,
+}
+
+/// An origin's high-water mark and its file (`<data>/inbox/<origin>.hwm`).
+struct OriginMark {
+    value: u64,
+    /// Taken out while a blocking thread writes it.
+    file: Option<crate::durable::Mark>,
 }
 
 /// Why one message is refused for good (the sender dead-letters it).
@@ -109,7 +116,7 @@ impl Receiver {
         self.load(origin, &mut g).await.ok()
     }
 
-    fn slot(&self, origin: &str) -> Arc<tokio::sync::Mutex<Option<u64>>> {
+    fn slot(&self, origin: &str) -> Arc<tokio::sync::Mutex<Option<OriginMark>>> {
         self.origins
             .locked()
             .entry(origin.to_owned())
@@ -117,17 +124,23 @@ impl Receiver {
             .clone()
     }
 
-    async fn load(&self, origin: &str, g: &mut Option<u64>) -> Result<u64, ReceiveError> {
-        if let Some(h) = *g {
-            return Ok(h);
+    async fn load(&self, origin: &str, g: &mut Option<OriginMark>) -> Result<u64, ReceiveError> {
+        if let Some(m) = g {
+            return Ok(m.value);
         }
         let path = self.dir.join(format!("{origin}.hwm"));
-        let h = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t.trim().parse().unwrap_or(0),
-            Err(_) => 0,
-        };
-        *g = Some(h);
-        Ok(h)
+        let (file, value) = tokio::task::spawn_blocking(move || crate::durable::Mark::open(&path))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| ReceiveError::Persist {
+                origin: origin.to_owned(),
+                source,
+            })?;
+        *g = Some(OriginMark {
+            value,
+            file: Some(file),
+        });
+        Ok(value)
     }
 
     /// Applies a batch. Each message is decoded once, here; messages at or below the
@@ -242,8 +255,7 @@ impl Receiver {
                         self.apply_index(origin, held, &mut reply).await?;
                     }
                     if hwm != start {
-                        self.persist(origin, hwm).await?;
-                        *g = Some(hwm);
+                        self.persist(origin, &mut g, hwm).await?;
                     }
                     tracing::warn!(origin, seq, error = %source, "cannot apply a peer message now");
                     return Err(ReceiveError::Store {
@@ -261,8 +273,7 @@ impl Receiver {
         self.queue_plugin_calls(origin, &mut plugin_calls, &mut reply)
             .await?;
         if hwm != start {
-            self.persist(origin, hwm).await?;
-            *g = Some(hwm);
+            self.persist(origin, &mut g, hwm).await?;
         }
         Ok(reply)
     }
@@ -427,15 +438,40 @@ impl Receiver {
         Ok(())
     }
 
-    async fn persist(&self, origin: &str, hwm: u64) -> Result<(), ReceiveError> {
-        let path = self.dir.join(format!("{origin}.hwm"));
-        let res = tokio::task::spawn_blocking(move || write_durably(&path, hwm))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        res.map_err(|source| ReceiveError::Persist {
+    /// Makes the origin's new mark durable (one in-place `fdatasync`, `durable::Mark`) and
+    /// only then records it in memory.
+    async fn persist(
+        &self,
+        origin: &str,
+        g: &mut Option<OriginMark>,
+        hwm: u64,
+    ) -> Result<(), ReceiveError> {
+        let failed = |source| ReceiveError::Persist {
             origin: origin.to_owned(),
             source,
+        };
+        let m = g
+            .as_mut()
+            .expect("the mark is loaded before a batch is applied");
+        let (file, path) = (m.file.take(), self.dir.join(format!("{origin}.hwm")));
+        let (file, res) = tokio::task::spawn_blocking(move || {
+            // `None`: a previous store panicked on its thread; open the file again.
+            let mut file = match file {
+                Some(f) => f,
+                None => match crate::durable::Mark::open(&path) {
+                    Ok((f, _)) => f,
+                    Err(e) => return (None, Err(e)),
+                },
+            };
+            let res = file.store(hwm);
+            (Some(file), res)
         })
+        .await
+        .unwrap_or_else(|e| (None, Err(std::io::Error::other(e))));
+        m.file = file;
+        res.map_err(failed)?;
+        m.value = hwm;
+        Ok(())
     }
 }
 
@@ -509,17 +545,4 @@ fn event_outcome(
         ) => Err(ApplyError::Refuse(e.to_string())),
         Err(e) => Err(ApplyError::Retry(e)),
     }
-}
-
-fn write_durably(path: &Path, value: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{value}\n").as_bytes())?;
-    f.sync_data()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

@@ -108,7 +108,7 @@ pub async fn run(args: ReindexArgs<'_>) -> Result<ReindexSummary, ReindexError> 
     };
     let file = std::fs::File::open(args.from).map_err(read_err)?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut lines = BufReader::with_capacity(1 << 20, file);
+    let lines = BufReader::with_capacity(1 << 20, file);
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(300))
@@ -131,46 +131,18 @@ pub async fn run(args: ReindexArgs<'_>) -> Result<ReindexSummary, ReindexError> 
         tty: std::io::stderr().is_terminal(),
     };
     let mut summary = ReindexSummary::default();
-    let (mut line_no, mut bytes_read) = (0u64, 0u64);
+    let mut batches = Batches {
+        lines,
+        path,
+        buf: String::new(),
+        line_no: 0,
+        bytes_read: 0,
+        max_bytes: args.batch_bytes,
+    };
     let mut in_flight: Option<tokio::task::JoinHandle<Result<(u64, u64), ReindexError>>> = None;
-    let mut buf = String::new();
     loop {
-        let mut body = Vec::with_capacity(args.batch_bytes + 4096);
-        body.extend_from_slice(b"{\"docs\":[");
-        let mut n = 0;
-        while n < MAX_DOCS_PER_BATCH && body.len() < args.batch_bytes {
-            buf.clear();
-            let read = lines.read_line(&mut buf).map_err(read_err)?;
-            if read == 0 {
-                break;
-            }
-            line_no += 1;
-            bytes_read += read as u64;
-            let line = buf.trim();
-            if line.is_empty() {
-                continue;
-            }
-            if !line.starts_with('{') {
-                return Err(ReindexError::BadLine {
-                    path,
-                    line: line_no,
-                    reason: "expected {\"id\", \"version\", \"doc\"}".into(),
-                });
-            }
-            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(line) {
-                return Err(ReindexError::BadLine {
-                    path,
-                    line: line_no,
-                    reason: e.to_string(),
-                });
-            }
-            if n > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(line.as_bytes());
-            n += 1;
-        }
-        body.extend_from_slice(b"]}");
+        let (body, n) = batches.next()?;
+        let (line_no, bytes_read) = (batches.line_no, batches.bytes_read);
         if let Some(prev) = in_flight.take() {
             let (applied, stale) = prev.await.map_err(|e| ReindexError::Http {
                 url: endpoint.to_string(),
@@ -187,8 +159,65 @@ pub async fn run(args: ReindexArgs<'_>) -> Result<ReindexSummary, ReindexError> 
         let (http, endpoint, token) = (http.clone(), endpoint.clone(), args.token.clone());
         in_flight = Some(tokio::spawn(send(http, endpoint, token, body, line_no)));
     }
-    progress.show(bytes_read, summary.docs, true);
+    progress.show(batches.bytes_read, summary.docs, true);
     Ok(summary)
+}
+
+/// The file's lines, read into request bodies of at most `max_bytes` (or
+/// [`MAX_DOCS_PER_BATCH`] documents), each line checked to be one JSON object.
+struct Batches {
+    lines: BufReader<std::fs::File>,
+    path: String,
+    buf: String,
+    line_no: u64,
+    bytes_read: u64,
+    max_bytes: usize,
+}
+
+impl Batches {
+    /// The next body and its number of documents (0 at the end of the file).
+    fn next(&mut self) -> Result<(Vec<u8>, usize), ReindexError> {
+        let mut body = Vec::with_capacity(self.max_bytes + 4096);
+        body.extend_from_slice(b"{\"docs\":[");
+        let mut n = 0;
+        while n < MAX_DOCS_PER_BATCH && body.len() < self.max_bytes {
+            self.buf.clear();
+            let read =
+                self.lines
+                    .read_line(&mut self.buf)
+                    .map_err(|source| ReindexError::Read {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+            if read == 0 {
+                break;
+            }
+            self.line_no += 1;
+            self.bytes_read += read as u64;
+            let line = self.buf.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |reason: String| ReindexError::BadLine {
+                path: self.path.clone(),
+                line: self.line_no,
+                reason,
+            };
+            if !line.starts_with('{') {
+                return Err(bad("expected {\"id\", \"version\", \"doc\"}".into()));
+            }
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(line) {
+                return Err(bad(e.to_string()));
+            }
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(line.as_bytes());
+            n += 1;
+        }
+        body.extend_from_slice(b"]}");
+        Ok((body, n))
+    }
 }
 
 async fn send(

@@ -21,19 +21,21 @@
 //!   ([`crate::shared_dir`]: bounded blocking threads, a deadline, `503` when the mount hangs);
 //!   the cleanup runs on its own schedule and never holds a request.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shared_fs::sessions::{token_hash, SessionError};
 use shared_fs::{CleanupReport, KeyHash, SessionFiles, SessionOptions, SessionRecord, Watcher};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::WebSessionConfig;
+use crate::lifecycle::Scope;
 use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::peers::outbox::now_ms;
 use crate::shared_dir::{SharedDir, SharedDirError};
+use read_cache::ReadCache;
+
+mod read_cache;
 
 /// Longest time a cached session is served without reading its file again.
 pub const CACHE_TTL: Duration = Duration::from_secs(1);
@@ -116,68 +118,6 @@ impl SessionJson {
             expires_at: record.expires_at,
             json: json.into(),
         })
-    }
-}
-
-/// The read cache and its generation stripes (shared with the watcher's callback).
-struct ReadCache {
-    cache: moka::sync::Cache<KeyHash, SessionJson>,
-    generations: Vec<AtomicU64>,
-    locks: Vec<Mutex<()>>,
-}
-
-impl ReadCache {
-    fn new() -> Self {
-        ReadCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(CACHE_CAPACITY)
-                .time_to_live(CACHE_TTL)
-                .build(),
-            generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-        }
-    }
-
-    fn stripe(hash: &KeyHash) -> usize {
-        // The hash is hex: its first two digits are uniformly spread.
-        usize::from_str_radix(&hash.as_str()[..2], 16).unwrap_or(0) % STRIPES
-    }
-
-    fn generation(&self, hash: &KeyHash) -> u64 {
-        self.generations[Self::stripe(hash)].load(Ordering::SeqCst)
-    }
-
-    /// Drops the entry and makes every read in flight for its stripe skip its insert.
-    fn invalidate(&self, hash: &KeyHash) {
-        let s = Self::stripe(hash);
-        let _g = self.locks[s].locked();
-        self.generations[s].fetch_add(1, Ordering::SeqCst);
-        self.cache.invalidate(hash);
-    }
-
-    /// Replaces the entry with a record this node just wrote.
-    fn store_written(&self, hash: &KeyHash, record: SessionJson) {
-        let s = Self::stripe(hash);
-        let _g = self.locks[s].locked();
-        self.generations[s].fetch_add(1, Ordering::SeqCst);
-        self.cache.insert(hash.clone(), record);
-    }
-
-    /// Inserts a record read from the file if nothing invalidated its stripe since `seen`.
-    fn store_read(&self, hash: &KeyHash, seen: u64, record: SessionJson) {
-        let s = Self::stripe(hash);
-        let _g = self.locks[s].locked();
-        if self.generations[s].load(Ordering::SeqCst) == seen {
-            self.cache.insert(hash.clone(), record);
-        }
-    }
-
-    fn invalidate_all(&self) {
-        for (s, lock) in self.locks.iter().enumerate() {
-            let _g = lock.locked();
-            self.generations[s].fetch_add(1, Ordering::SeqCst);
-        }
-        self.cache.invalidate_all();
     }
 }
 
@@ -464,26 +404,29 @@ impl Sessions {
     }
 
     /// Runs [`Sessions::cleanup_blocking`] every `websession.cleanupInterval` on a blocking
-    /// thread until `stop` is cancelled.
-    pub fn spawn_cleanup(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// thread until `scope` is cancelled.
+    pub fn spawn_cleanup(self: &Arc<Self>, scope: &Scope) {
         let this = self.clone();
         let interval = self.config.cleanup_interval;
-        tokio::spawn(async move {
+        let stop = scope.token().clone();
+        scope.spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let s = this.clone();
-                if let Err(e) = this
-                    .shared
-                    .run_background(move || s.cleanup_blocking())
-                    .await
-                {
+                let pass = this.shared.run_background(move || s.cleanup_blocking());
+                // A pass in progress at a stop finishes on its blocking thread, unwaited.
+                let done = tokio::select! {
+                    r = pass => r,
+                    _ = stop.cancelled() => return,
+                };
+                if let Err(e) = done {
                     tracing::error!(error = %e, "web session cleanup failed");
                 }
             }
-        })
+        });
     }
 
     /// Stops the watcher (joins its thread).

@@ -1,5 +1,6 @@
 //! `ha-sidecar status --url URL`: fetches a node's `/v1/status` and prints the cluster as that
-//! node sees it, as a table an operator reads at a glance. Exit codes follow the monitoring
+//! node sees it, as a table an operator reads at a glance (each node's role included); and
+//! `ha-sidecar promote --url URL`, the operator's promotion of a node (manual election). Exit codes follow the monitoring
 //! plugin convention: 0 ok, 1 warning, 2 error, 3 unknown (no answer). This module is a client
 //! of the ops API, like an operator's curl: it is the one place besides `peers/client` and the
 //! demo that uses reqwest.
@@ -21,6 +22,11 @@ pub struct Status {
     pub strategy: String,
     #[serde(default)]
     pub level: String,
+    /// This node's role (`active`, `standby`); absent from nodes older than roles.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
     pub peers: Vec<PeerRow>,
     /// The reply as received (for `--json`).
     #[serde(skip)]
@@ -45,6 +51,8 @@ pub struct PeerRow {
     pub last_error: Option<String>,
     pub last_error_ms: Option<u64>,
     pub level: String,
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// Fetches `<base>v1/status`; an error says why with a hint (see `cli_http`).
@@ -84,6 +92,51 @@ pub async fn fetch(base: &url::Url, timeout: Duration) -> Result<Status, String>
     Ok(s)
 }
 
+/// `POST <base>v1/election/promote` with the admin token; the node's answer, or why not.
+pub async fn promote(base: &url::Url, token: &str, timeout: Duration) -> Result<String, String> {
+    let url = base
+        .join("v1/election/promote")
+        .map_err(|e| format!("{base}: {e}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    let r = http
+        .post(url.clone())
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {}", crate::cli_http::explain(&e, &url)))?;
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    if status.is_success() {
+        let id = body["instance_id"].as_str().unwrap_or("?");
+        let epoch = body["epoch"].as_u64().unwrap_or(0);
+        let unreachable = body["unreachable"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut out = format!("{id} is active (epoch {epoch})");
+        if !unreachable.is_empty() {
+            out.push_str(&format!(
+                "; not told yet (they learn it at their next exchange): {}",
+                unreachable.join(", ")
+            ));
+        }
+        return Ok(out);
+    }
+    match (status.as_u16(), body["error"].as_str()) {
+        (401 | 409 | 503, Some(e)) => Err(format!("{url} refused: {e}")),
+        _ => Err(crate::cli_http::explain_status(
+            &url,
+            status,
+            &headers,
+            "listen, not local",
+        )),
+    }
+}
+
 /// The exit code for a status: 0 ok, 1 warning, 2 error.
 pub fn exit_code(s: &Status) -> u8 {
     let worst = s
@@ -98,7 +151,7 @@ pub fn exit_code(s: &Status) -> u8 {
         })
         .max()
         .unwrap_or(0);
-    if s.health == "healthy" || s.health == "drained" {
+    if s.health == "healthy" || s.health == "drained" || s.health == "standby" {
         worst
     } else {
         worst.max(1)
@@ -138,9 +191,14 @@ fn truncate(s: &str, n: usize) -> String {
 pub fn render(s: &Status) -> String {
     let now = s.now_ms;
     let mut out = String::new();
+    let role = match (&s.role, s.mode.as_deref()) {
+        (Some(r), Some("hot-standby")) => format!("  role: {r} (hot-standby)"),
+        (Some(r), _) => format!("  role: {r}"),
+        (None, _) => String::new(),
+    };
     let _ = writeln!(
         out,
-        "node {}  {}  health: {}  discovery: {}  level: {}",
+        "node {}  {}{role}  health: {}  discovery: {}  level: {}",
         s.instance_id,
         s.url,
         s.health,
@@ -154,6 +212,7 @@ pub fn render(s: &Status) -> String {
     let header = [
         "PEER",
         "URL",
+        "ROLE",
         "STATE",
         "REACHABLE",
         "BACKLOG",
@@ -162,7 +221,7 @@ pub fn render(s: &Status) -> String {
         "LAST ERROR",
         "LEVEL",
     ];
-    let rows: Vec<[String; 9]> = s
+    let rows: Vec<[String; 10]> = s
         .peers
         .iter()
         .map(|p| {
@@ -182,6 +241,7 @@ pub fn render(s: &Status) -> String {
             [
                 p.instance_id.clone().unwrap_or_else(|| p.key.clone()),
                 p.url.clone(),
+                p.role.clone().unwrap_or_else(|| "?".into()),
                 state,
                 match p.reachable {
                     Some(true) => "yes".into(),
@@ -234,22 +294,26 @@ mod tests {
         let s: Status = serde_json::from_value(serde_json::json!({
             "instance_id": "master-1", "url": "http://10.0.0.1:7710/", "now_ms": 100_000,
             "health": "healthy", "strategy": "static", "level": "warning",
+            "role": "active", "mode": "hot-standby",
             "peers": [
                 {"key": "http://10.0.0.2:7710/", "url": "http://10.0.0.2:7710/", "instance_id": "master-2",
                  "state": "failed", "present": true, "retained_until_ms": null, "reachable": false,
                  "outbox_depth": 1234, "oldest_undelivered_age_ms": 65_000, "last_success_ms": 30_000,
-                 "last_error": "connection failed: refused", "last_error_ms": 99_000, "level": "warning"},
+                 "last_error": "connection failed: refused", "last_error_ms": 99_000, "level": "warning",
+                 "role": null},
                 {"key": "master-3", "url": "http://10.0.0.3:7710/", "instance_id": "master-3",
                  "state": "left", "present": false, "retained_until_ms": 3_700_000, "reachable": true,
                  "outbox_depth": 0, "oldest_undelivered_age_ms": null, "last_success_ms": 99_500,
-                 "last_error": null, "last_error_ms": null, "level": "ok"}
+                 "last_error": null, "last_error_ms": null, "level": "ok", "role": "standby"}
             ]
         }))
         .unwrap();
         let t = render(&s);
         let lines: Vec<&str> = t.lines().collect();
         assert!(
-            lines[0].contains("master-1") && lines[0].contains("WARNING"),
+            lines[0].contains("master-1")
+                && lines[0].contains("role: active (hot-standby)")
+                && lines[0].contains("WARNING"),
             "{t}"
         );
         assert!(lines[1].starts_with("PEER"), "{t}");
@@ -264,6 +328,9 @@ mod tests {
             "{t}"
         );
         assert!(lines[3].contains("left (kept 1h00m)"), "{t}");
+        let role_col = lines[1].find("ROLE").unwrap();
+        assert_eq!(&lines[2][role_col..role_col + 2], "? ", "{t}");
+        assert_eq!(&lines[3][role_col..role_col + 7], "standby", "{t}");
         // Columns line up: every row's URL starts where the header's does.
         let col = lines[1].find("URL").unwrap();
         assert_eq!(&lines[2][col..col + 4], "http");

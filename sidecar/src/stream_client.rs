@@ -282,11 +282,13 @@ fn write_cursor(path: &Path, cursor: &str) -> Result<(), StreamError> {
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(format!("{cursor}\n").as_bytes()).map_err(err)?;
-    f.sync_data().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    // Durable: a cursor that went back after a crash would deliver events twice.
+    crate::durable::write_small(
+        path,
+        format!("{cursor}\n").as_bytes(),
+        crate::durable::Fsync::Durable,
+    )
+    .map_err(err)
 }
 
 /// One dispatched SSE message.

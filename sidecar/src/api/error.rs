@@ -17,6 +17,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request does not fit the node's configuration or state (promote when not manual).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Gone(String),
     #[error("{0}")]
@@ -53,6 +56,7 @@ impl ResponseError for ApiError {
             ApiError::Challenge(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -72,6 +76,16 @@ impl ResponseError for ApiError {
             res.insert_header(("WWW-Authenticate", "Basic realm=\"ha-sidecar\""));
         }
         res.json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<crate::election::ElectionError> for ApiError {
+    fn from(e: crate::election::ElectionError) -> Self {
+        use crate::election::ElectionError as E;
+        match e {
+            E::NotHotStandby | E::NotManual(_) => ApiError::Conflict(e.to_string()),
+            E::CannotServe(_) => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -121,6 +135,14 @@ impl From<crate::local::LocalError> for ApiError {
             E::Queue(e) => e.into(),
             E::Relay(e) => ApiError::Unavailable(e.to_string()),
         }
+    }
+}
+
+/// This node's master did not give what a peer asked for (the indexSync query): the peer's
+/// union fails with `503` and the plugin's indexSync retries.
+impl From<crate::gerrit::client::MasterError> for ApiError {
+    fn from(e: crate::gerrit::client::MasterError) -> Self {
+        ApiError::Unavailable(e.to_string())
     }
 }
 

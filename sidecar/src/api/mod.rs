@@ -49,6 +49,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub sessions: Arc<Sessions>,
     pub membership: Arc<crate::peers::membership::Membership>,
+    /// Hot-standby: this node's role (`/health`, status, promote, `/v1/peer/election`).
+    pub election: Arc<crate::election::Election>,
     pub events: Arc<EventLog>,
     /// The master's mutations: apply here, queue for every peer, answer.
     pub local: Arc<crate::local::Local>,

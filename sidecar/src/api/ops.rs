@@ -1,4 +1,5 @@
-//! Health, readiness, metrics, peers and status (SPEC §4.3) on `listenUrl`.
+//! Health, readiness, metrics, peers, status, the status page and promotion (SPEC §4.3, §9) on
+//! `listenUrl`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -15,7 +16,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/health", web::delete().to(health_delete))
         .route("/metrics", web::get().to(metrics))
         .route("/v1/peers", web::get().to(peers))
-        .route("/v1/status", web::get().to(status));
+        .route("/v1/status", web::get().to(status))
+        .route("/v1/election/promote", web::post().to(promote))
+        .route("/", web::get().to(status_page));
+}
+
+/// The status page: one self-contained HTML file (its script polls `/v1/status`); the
+/// content security policy keeps it from loading anything from elsewhere.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+async fn status_page(_: Public) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ))
+        .body(STATUS_PAGE)
+}
+
+/// manual election: an operator makes this node the active one (peers told before the answer).
+async fn promote(state: AdminCaller) -> Result<HttpResponse, ApiError> {
+    let promoted = state.election.promote().await?;
+    tracing::info!(epoch = promoted.epoch, "promoted to active by an operator");
+    Ok(HttpResponse::Ok().json(promoted))
 }
 
 pub async fn livez() -> HttpResponse {
@@ -75,6 +101,9 @@ async fn health_delete(state: AdminCaller) -> Result<HttpResponse, ApiError> {
 /// for OpenMetrics (`promtool`, old Prometheus servers).
 async fn metrics(state: Public, req: HttpRequest) -> HttpResponse {
     state.peers.update_gauges(&state.metrics);
+    state
+        .metrics
+        .corrupt_records(&state.health.disk().corrupt_records());
     if let Some(m) = &state.master {
         m.status(&state.metrics);
     }
@@ -127,10 +156,17 @@ struct PeerView {
     last_error_ms: Option<u64>,
     consecutive_failures: u64,
     level: &'static str,
+    /// Its role as it last reported it (hot-standby), or `active` (active-active, when up).
+    role: Option<&'static str>,
+    /// Its health as it last reported it (hot-standby: without its role), if heard within ttl.
+    health: Option<String>,
+    /// Messages it refused for good (this node's dead-letter file for it).
+    dead_letters: u64,
 }
 
-fn peer_views(state: &AppState) -> Vec<PeerView> {
+fn peer_views(state: &AppState, roles: &[crate::election::PeerRole]) -> Vec<PeerView> {
     let now = now_ms();
+    let hot = state.config.mode == crate::config::Mode::HotStandby;
     let retain = state.config.peers.retain_absent.as_millis() as u64;
     let ttl = state.config.peers.ttl.as_millis() as u64;
     state
@@ -145,6 +181,21 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
                 .filter(|_| q.pending > 0)
                 .map(|t| now.saturating_sub(t));
             let level = s.level(q.pending, age, now, ttl).as_str();
+            let url = p.url().to_string();
+            let heard = roles.iter().find(|r| {
+                s.instance_id.as_deref() == Some(r.instance_id.as_str())
+                    || r.url.as_deref() == Some(url.as_str())
+            });
+            let (role, health) = match heard {
+                Some(r) if r.live => (Some(r.role), Some(r.health.clone())),
+                _ if !hot && s.state == crate::peers::MemberState::Up => (Some("active"), None),
+                _ => (None, None),
+            };
+            let dead_letters = state
+                .metrics
+                .dead_lettered
+                .get_or_create(&crate::metrics::Metrics::peer(&p.key))
+                .get();
             PeerView {
                 key: p.key.clone(),
                 url: p.url().to_string(),
@@ -161,6 +212,9 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
                 last_error_ms: s.last_error_ms,
                 consecutive_failures: s.consecutive_failures,
                 level,
+                role,
+                health,
+                dead_letters,
             }
         })
         .collect()
@@ -169,7 +223,7 @@ fn peer_views(state: &AppState) -> Vec<PeerView> {
 /// The peers this node forwards to now, and the absent ones whose backlog is retained.
 async fn peers(state: Public) -> HttpResponse {
     let (present, retained): (Vec<_>, Vec<_>) =
-        peer_views(&state).into_iter().partition(|p| p.present);
+        peer_views(&state, &[]).into_iter().partition(|p| p.present);
     let brief = |p: &PeerView| {
         serde_json::json!({
             "key": p.key, "url": p.url, "instance_id": p.instance_id, "state": p.state,
@@ -183,11 +237,39 @@ async fn peers(state: Public) -> HttpResponse {
     }))
 }
 
+/// Counters the status page turns into rates (it polls and takes differences).
+fn counters(state: &AppState) -> serde_json::Value {
+    use crate::metrics::Metrics;
+    let m = &state.metrics;
+    let kind = |f: &prometheus_client::metrics::family::Family<
+        crate::metrics::KindLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
+                k: &str| f.get_or_create(&Metrics::kind(k)).get();
+    serde_json::json!({
+        "events_local": kind(&m.events_appended, "local"),
+        "events_remote": kind(&m.events_appended, "remote"),
+        "evictions_local": kind(&m.local_mutations, "eviction"),
+        "evictions_applied": kind(&m.messages_applied, "eviction"),
+        "index_local": kind(&m.local_mutations, "index"),
+        "index_applied": kind(&m.messages_applied, "index"),
+    })
+}
+
 async fn status(state: Public) -> HttpResponse {
-    let peers = peer_views(&state);
+    let election = state.election.view();
+    let peers = peer_views(&state, &election.peers);
+    // Damaged records skipped at open: the level says so until the next restart.
+    let corrupt: std::collections::BTreeMap<&str, u64> = state
+        .health
+        .disk()
+        .corrupt_records()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
     let level = ["error", "warning"]
         .into_iter()
-        .find(|l| peers.iter().any(|p| p.level == *l))
+        .find(|l| peers.iter().any(|p| p.level == *l) || (*l == "warning" && !corrupt.is_empty()))
         .unwrap_or("ok");
     HttpResponse::Ok().json(serde_json::json!({
         "instance_id": state.config.instance_id,
@@ -195,9 +277,14 @@ async fn status(state: Public) -> HttpResponse {
         "url": state.config.advertise_url.as_str(),
         "now_ms": now_ms(),
         "health": state.health.unhealthy_reason().unwrap_or("healthy"),
+        "role": election.role,
+        "mode": election.mode,
+        "election": election,
+        "counters": counters(&state),
         "drained": state.health.is_drained(),
         "strategy": state.config.peers.discovery.name(),
         "level": level,
+        "corrupt_records": corrupt,
         "caches": state.caches.sizes().into_iter().map(|(n, c)| serde_json::json!({"name": n, "entries": c})).collect::<Vec<_>>(),
         "index": state.index.stats().kinds.into_iter().map(|(kind, k)| (kind.as_str().to_owned(), k)).collect::<std::collections::BTreeMap<_, _>>(),
         "peers": peers,

@@ -4,12 +4,13 @@ use actix_web::{web, HttpResponse};
 
 use super::caller::Signed;
 use super::ApiError;
-use crate::wire::{BacklogReply, Batch, Hello, LeaveReply};
+use crate::wire::{BacklogReply, Batch, ElectionRequest, Hello, LeaveReply};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/peer/batch", web::post().to(batch))
         .route("/v1/peer/leave", web::post().to(leave))
-        .route("/v1/peer/backlog", web::post().to(backlog));
+        .route("/v1/peer/backlog", web::post().to(backlog))
+        .route("/v1/peer/election", web::post().to(election));
 }
 
 async fn batch(req: Signed) -> Result<HttpResponse, ApiError> {
@@ -27,6 +28,7 @@ async fn leave(req: Signed) -> Result<HttpResponse, ApiError> {
     let hello: Hello = req.json()?;
     req.speaks_for(&hello.instance_id)?;
     let known = req.membership.on_leave(&hello);
+    req.election.on_leave(&hello.instance_id);
     Ok(HttpResponse::Ok().json(LeaveReply { known }))
 }
 
@@ -39,4 +41,20 @@ async fn backlog(req: Signed) -> Result<HttpResponse, ApiError> {
         known: pending.is_some(),
         pending: pending.unwrap_or(0),
     }))
+}
+
+/// Hot-standby: a peer's claim (ping, candidacy, lease renewal, release); the reply says what
+/// this node grants and whom it follows.
+async fn election(req: Signed) -> Result<HttpResponse, ApiError> {
+    let claim: ElectionRequest = req.json()?;
+    req.speaks_for(&claim.instance_id)?;
+    if !crate::wire::valid_instance_id(&claim.instance_id) {
+        return Err(ApiError::BadRequest("invalid instance_id".into()));
+    }
+    if claim.instance_id == req.config.instance_id {
+        return Err(ApiError::BadRequest(
+            "an election claim naming this node itself".into(),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(req.election.on_request(&claim)))
 }

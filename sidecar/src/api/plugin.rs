@@ -138,6 +138,6 @@ async fn peer_query(state: Signed) -> Result<HttpResponse, ApiError> {
     )
     .await
     .map_err(|_| ApiError::Unavailable("the master did not answer within 30s".into()))?;
-    let (_, changes) = r.map_err(ApiError::Unavailable)?;
+    let changes = r?;
     Ok(HttpResponse::Ok().json(PeerQueryReply { changes }))
 }

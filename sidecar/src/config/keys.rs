@@ -158,6 +158,8 @@ use Kind::*;
 
 /// `jgroups` (the plugin's) is accepted with a warning and means `shared-fs`.
 const STRATEGIES: &[&str] = &["static", "shared-fs", "dns", "jgroups"];
+pub const MODES: &[&str] = &["active-active", "hot-standby"];
+pub const ELECTION_STRATEGIES: &[&str] = &["keep-majority", "keep-oldest", "manual"];
 const REFRESH_BOUNDS: &str =
     "must be above 0 and at most 500ms (writes must be searchable within half a second)";
 
@@ -175,6 +177,10 @@ pub const KEYS: &[Key] = &[
         "a call on the shared directory not done by then answers 503").checks(&[MinMs(1, "must be above zero")]),
     Key::new("main", None, "sharedDirectoryConcurrency", Size, Some("16"),
         "most calls on the shared directory in flight (threads a hung mount can pin)").checks(&[Min(1)]),
+    Key::new("main", None, "mode", Choice(MODES), Some("active-active"),
+        "active-active: every healthy node takes traffic; hot-standby: exactly one active node answers GET /health 204, the others 503 \"standby\" while they keep applying peer traffic"),
+    Key::new("election", None, "strategy", Choice(ELECTION_STRATEGIES), Some("keep-majority"),
+        "hot-standby: who is active. keep-majority: only while it reaches a majority of the known nodes; keep-oldest: the oldest live node; manual: the node an operator promotes (POST /v1/election/promote, ha-sidecar promote)"),
     Key::new("sidecar", None, "listenUrl", Url, Some("http://127.0.0.1:7710/"),
         "peers, stream, health, metrics, status; https:// serves TLS with certificateFile")
         .example("http://0.0.0.0:7710/"),
@@ -336,6 +342,10 @@ pub const KEYS: &[Key] = &[
         .checks(&[MinMs(1, "must be above zero")]),
     Key::new("gerrit", None, "timeout", Duration, Some("30s"),
         "longest wait for one call to the master").checks(&[MinMs(1, "must be above zero")]),
+    Key::new("gerrit", None, "setAsideAfter", Size, Some("10"),
+        "a call the master answers 500 with the same body this many times in a row, while its \
+         health check passes, is set aside as a dead letter (the plugin's answer to an unknown \
+         event type); 0: retry 500s forever"),
 ];
 
 /// Keys of Gerrit's plugin that mean nothing here: accepted with a warning so an existing

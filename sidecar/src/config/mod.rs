@@ -256,6 +256,9 @@ pub struct GerritConfig {
     pub health_interval: Duration,
     /// Longest wait for one call to the master.
     pub timeout: Duration,
+    /// Consecutive identical `500`s from a healthy master after which a call is set aside;
+    /// 0: never.
+    pub set_aside_after: u64,
 }
 
 /// Request size limits (SPEC §6 "Bounded").
@@ -273,6 +276,40 @@ pub struct Limits {
     pub shared_dir_timeout: Duration,
     /// Most calls on the shared directory in flight (`main.sharedDirectoryConcurrency`).
     pub shared_dir_concurrency: usize,
+}
+
+/// `main.mode`: whether every healthy node takes traffic or exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ActiveActive,
+    HotStandby,
+}
+
+/// `election.strategy`: how a hot-standby cluster picks its active node (see `election`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElectionStrategy {
+    KeepMajority,
+    KeepOldest,
+    Manual,
+}
+
+impl ElectionStrategy {
+    pub fn name(self) -> &'static str {
+        match self {
+            ElectionStrategy::KeepMajority => "keep-majority",
+            ElectionStrategy::KeepOldest => "keep-oldest",
+            ElectionStrategy::Manual => "manual",
+        }
+    }
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::ActiveActive => "active-active",
+            Mode::HotStandby => "hot-standby",
+        }
+    }
 }
 
 /// The validated configuration of one node.
@@ -306,6 +343,10 @@ pub struct Config {
     pub healthcheck_enable: bool,
     pub gerrit: GerritConfig,
     pub alert_webhook: Option<url::Url>,
+    /// `main.mode`.
+    pub mode: Mode,
+    /// `election.strategy` (used with `Mode::HotStandby`).
+    pub election: ElectionStrategy,
     pub limits: Limits,
     /// True when no file was given and the embedded defaults are in force.
     pub embedded_defaults: bool,

@@ -42,6 +42,9 @@ pub struct AppendLog<S: Sink> {
     durable: u64,
     /// Something may be in the file beyond `durable` (a write was attempted since the commit).
     dirty: bool,
+    /// A failed write or fsync could not be cut back yet: nothing is appended (so nothing is
+    /// acknowledged) until a retried cut succeeds.
+    uncut: bool,
 }
 
 impl<S: Sink> AppendLog<S> {
@@ -52,6 +55,7 @@ impl<S: Sink> AppendLog<S> {
             len,
             durable: len,
             dirty: false,
+            uncut: false,
         }
     }
 
@@ -67,6 +71,11 @@ impl<S: Sink> AppendLog<S> {
         self.len == 0
     }
 
+    /// No failed write is waiting to be cut back.
+    pub fn is_clean(&self) -> bool {
+        !self.uncut
+    }
+
     pub fn sink(&self) -> &S {
         &self.sink
     }
@@ -74,6 +83,10 @@ impl<S: Sink> AppendLog<S> {
     /// Writes all of `bytes` (not yet durable). On failure the log is rolled back to its
     /// durable length, uncommitted appends included.
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.uncut {
+            // The last failure left bytes that could not be cut: try again before anything else.
+            self.rollback()?;
+        }
         self.dirty = true;
         let mut done = 0;
         while done < bytes.len() {
@@ -95,6 +108,10 @@ impl<S: Sink> AppendLog<S> {
 
     /// Makes every append durable (one fsync). On failure, rolled back like `append`.
     pub fn commit(&mut self) -> io::Result<()> {
+        if self.uncut {
+            // Every append since the failure was refused: after the cut nothing is pending.
+            self.rollback()?;
+        }
         if !self.dirty {
             return Ok(());
         }
@@ -113,16 +130,26 @@ impl<S: Sink> AppendLog<S> {
         Err(e)
     }
 
-    /// Cuts the file back to its durable length and fsyncs the cut.
+    /// Cuts the file back to its durable length and fsyncs the cut. Until that succeeds (here
+    /// or at a later call) the log refuses appends.
     pub fn rollback(&mut self) -> io::Result<()> {
-        if !self.dirty {
+        if !self.dirty && !self.uncut {
             return Ok(());
         }
+        self.uncut = true;
         self.sink.truncate(self.durable)?;
         self.sink.sync()?;
         self.len = self.durable;
         self.dirty = false;
+        self.uncut = false;
         Ok(())
+    }
+
+    /// Empties the file, durably (the index journal, once its records are in a commit).
+    pub fn reset(&mut self) -> io::Result<()> {
+        self.durable = 0;
+        self.dirty = true;
+        self.rollback()
     }
 }
 
@@ -231,6 +258,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An fsync fails and so does the cut after it (EIO): the log refuses every append until a
+    /// cut succeeds, so nothing is acknowledged behind bytes that are not durable.
+    #[test]
+    fn a_cut_that_fails_blocks_appends_until_it_succeeds() {
+        struct Stuck {
+            data: Vec<u8>,
+            fail: u32,
+        }
+        impl Sink for Stuck {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.data.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn truncate(&mut self, len: u64) -> io::Result<()> {
+                if self.fail > 0 {
+                    self.fail -= 1;
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                self.data.truncate(len as usize);
+                Ok(())
+            }
+            fn sync(&mut self) -> io::Result<()> {
+                if self.fail > 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                Ok(())
+            }
+        }
+        let mut log = AppendLog::new(
+            Stuck {
+                data: vec![],
+                fail: 0,
+            },
+            0,
+        );
+        log.append(b"one").unwrap();
+        log.commit().unwrap();
+        log.sink.fail = 2; // the fsync and its cut, then the next cut
+        log.append(b"two").unwrap();
+        assert!(log.commit().is_err());
+        assert_eq!(log.sink.data, b"onetwo", "the cut failed");
+        assert!(log.append(b"three").is_err(), "refused while uncut");
+        log.commit().unwrap(); // cuts, and nothing was pending
+        assert_eq!(log.sink.data, b"one");
+        log.append(b"four").unwrap();
+        log.commit().unwrap();
+        assert_eq!(log.sink.data, b"onefour");
+        assert_eq!(log.durable_len(), 7);
+        log.reset().unwrap();
+        assert_eq!((log.sink.data.len(), log.len()), (0, 0));
     }
 
     #[test]

@@ -50,9 +50,15 @@ pub fn copy_io(e: &io::Error) -> io::Error {
 struct State {
     full: Option<String>,
     last_probe: Option<Instant>,
+    /// Damaged records skipped at recovery, per store.
+    corrupt: std::collections::BTreeMap<&'static str, u64>,
 }
 
-/// The data directory's "disk full" mark, shared by every store of a node.
+/// The stores whose recovery counts damaged records (`ha_corrupt_records_total{store}`).
+pub const STORES: [&str; 4] = ["outbox", "master", "events", "journal"];
+
+/// The data directory's watch, shared by every store of a node: its "disk full" mark, and the
+/// damaged records recovery skipped (metrics, `/v1/status` level `warning`).
 #[derive(Default)]
 pub struct DiskWatch {
     /// Where probes are written; none for a detached watch (library defaults, tests).
@@ -97,6 +103,20 @@ impl DiskWatch {
         if s.full.take().is_some() {
             tracing::info!("the data directory has space again");
         }
+    }
+
+    /// Notes `records` damaged records that `store`'s recovery skipped.
+    pub fn corrupt(&self, store: &'static str, records: u64) {
+        *self.lock().corrupt.entry(store).or_default() += records;
+    }
+
+    /// Damaged records skipped since start, per store (every store of [`STORES`] listed).
+    pub fn corrupt_records(&self) -> Vec<(&'static str, u64)> {
+        let s = self.lock();
+        STORES
+            .iter()
+            .map(|&k| (k, s.corrupt.get(k).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// What is full, if the last write said so and a probe does not find space now. Blocking

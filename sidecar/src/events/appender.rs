@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,8 +72,6 @@ pub(crate) struct Appender {
     buf: Vec<u8>,
     pending: Vec<Pending>,
     replies: Vec<Reply>,
-    /// Set when a failed write could not be undone; every later append fails with it.
-    poisoned: Option<String>,
     /// Records in the active segment, pending ones included (an empty segment never rolls).
     active_records: u64,
     /// A segment was sealed since the last retention pass (the size limit may be exceeded).
@@ -108,7 +105,6 @@ impl Appender {
             buf: Vec::with_capacity(1 << 20),
             pending: Vec::new(),
             replies: Vec::new(),
-            poisoned: None,
             active_records,
             rolled: false,
             last_retention: Instant::now(),
@@ -171,7 +167,8 @@ impl Appender {
             if let Some(reply) = shutdown {
                 let result = self
                     .active
-                    .file
+                    .log
+                    .sink()
                     .sync_all()
                     .map_err(io_err(self.active_path()));
                 info!("event log appender stopped");
@@ -187,10 +184,6 @@ impl Appender {
     }
 
     fn local(&mut self, body: Bytes, head: EventHead, reply: oneshot::Sender<Result<LocalEvent>>) {
-        if let Some(p) = &self.poisoned {
-            let _ = reply.send(Err(EventError::Internal(p.clone())));
-            return;
-        }
         let origin = self.shared.local.clone();
         let Some(seq) = self
             .hw
@@ -225,10 +218,6 @@ impl Appender {
         head: EventHead,
         reply: oneshot::Sender<Result<AppendOutcome>>,
     ) {
-        if let Some(p) = &self.poisoned {
-            let _ = reply.send(Err(EventError::Internal(p.clone())));
-            return;
-        }
         let origin = match self.hw.get_key_value(origin.as_str()) {
             Some((k, _)) => k.clone(),
             None => Arc::from(origin),
@@ -267,8 +256,11 @@ impl Appender {
         let used = self.committed_len + self.buf.len() as u64;
         if self.active_records > 0 && used + size > self.shared.opts.segment_bytes {
             self.commit();
-            if let Some(p) = &self.poisoned {
-                return Err(EventError::Internal(p.clone()));
+            if !self.active.log.is_clean() {
+                // Sealing a segment whose failed write is not cut back yet would keep it.
+                return Err(EventError::Internal(
+                    "the event log's last failed write could not be cut back yet".into(),
+                ));
             }
             self.roll()?;
         }
@@ -302,11 +294,10 @@ impl Appender {
     fn commit(&mut self) {
         if !self.buf.is_empty() {
             let path = self.active_path();
-            let written = self
-                .active
-                .file
-                .write_all(&self.buf)
-                .and_then(|_| self.active.file.sync_data());
+            // A failed write or fsync is cut back to the last commit by the append log (and
+            // nothing more is appended until that cut succeeds).
+            let log = &mut self.active.log;
+            let written = log.append(&self.buf).and_then(|()| log.commit());
             if let Err(e) = written {
                 self.shared.opts.disk.failed(&path, &e);
                 self.fail_batch(path, e);
@@ -346,7 +337,8 @@ impl Appender {
         }
     }
 
-    /// Undoes a batch whose write or fsync failed, so no reader or later seq ever sees it.
+    /// Undoes a batch whose write or fsync failed (the append log cut its bytes), so no reader
+    /// or later seq ever sees it.
     fn fail_batch(&mut self, path: std::path::PathBuf, source: std::io::Error) {
         error!(path = %path.display(), error = %source, "event log write failed; failing the batch");
         self.active_records -= self.pending.len() as u64;
@@ -354,16 +346,6 @@ impl Appender {
             self.hw.insert(p.origin, p.prev);
         }
         self.buf.clear();
-        let undo = self
-            .active
-            .file
-            .set_len(self.committed_len)
-            .and_then(|_| self.active.file.sync_data());
-        if let Err(e) = undo {
-            self.poisoned = Some(format!(
-                "event log is unusable after a failed write that could not be undone: {e}"
-            ));
-        }
         // Every request gets the error with its kind, so a full disk answers 507, not 500.
         let err = || EventError::Io {
             path: path.clone(),

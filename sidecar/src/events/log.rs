@@ -105,6 +105,8 @@ impl Shared {
 pub struct EventLog {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Request>,
+    /// Appends queued for or in the appender (backpressure beyond it).
+    bound: crate::durable::bound::Bound,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -125,7 +127,7 @@ impl EventLog {
             )));
         }
         let dir = dir.as_ref().to_path_buf();
-        let (mut state, active) = segment::recover(&dir)?;
+        let (mut state, active) = segment::recover(&dir, &opts.disk)?;
         let appended = state.appended;
         let local = state.intern(&opts.instance_id);
         if opts.seq_from_clock && !state.origins.contains_key(&local) {
@@ -148,6 +150,7 @@ impl EventLog {
         Ok(EventLog {
             shared,
             tx,
+            bound: crate::durable::bound::Bound::default(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -169,6 +172,7 @@ impl EventLog {
         } else {
             Bytes::from(event::with_instance_id(body, &self.shared.local))
         };
+        let _room = self.bound.enter(1).await;
         let (reply, rx) = oneshot::channel();
         self.send(Request::Local { body, head, reply })?;
         rx.await.map_err(|_| EventError::Closed)?
@@ -185,6 +189,7 @@ impl EventLog {
     ) -> Result<AppendOutcome> {
         self.check_remote(origin, seq)?;
         let head = event::validate(bytes, self.shared.opts.max_event_bytes)?;
+        let _room = self.bound.enter(1).await;
         let (reply, rx) = oneshot::channel();
         let body = Bytes::copy_from_slice(bytes);
         self.send(Request::Remote {
@@ -207,6 +212,7 @@ impl EventLog {
         origin: &str,
         events: Vec<(u64, &[u8])>,
     ) -> Vec<Result<AppendOutcome>> {
+        let _room = self.bound.enter(events.len()).await;
         let mut waiting = Vec::with_capacity(events.len());
         for (seq, bytes) in events {
             let sent = self.check_remote(origin, seq).and_then(|()| {

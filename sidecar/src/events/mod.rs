@@ -99,6 +99,8 @@ mod tests;
 #[cfg(test)]
 mod tests_concurrency;
 #[cfg(test)]
+mod tests_damage;
+#[cfg(test)]
 mod tests_durability;
 
 use std::fmt;

@@ -1,16 +1,24 @@
 //! Byte layout of segment headers (checkpoints) and event records.
 //!
-//! Segment: `"HAEVSEG1"`, `u32 len`, `u32 crc32`, checkpoint payload (`u32 count`, then per
+//! Segment: `"HAEVSEG2"`, `u32 len`, `u32 crc32`, checkpoint payload (`u32 count`, then per
 //! origin `u8 len, origin, u64 last_seq, u64 max_created_on`), then records.
-//! Record: `u32 len`, `u32 crc32(payload)`, payload = `u8 origin_len, origin, u64 seq,
-//! u64 received_ms, u64 created_on, u8 type_len, type, body`. Integers are little-endian.
+//! Record: a frame of [`crate::durable::frame`] (marker, length, CRC) whose payload is
+//! `u8 origin_len, origin, u64 seq, u64 received_ms, u64 created_on, u8 type_len, type, body`.
+//! Integers are little-endian. A `"HAEVSEG1"` segment (records framed `u32 len, u32 crc32`,
+//! no marker) is rewritten in this framing when the log opens.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"HAEVSEG1";
-/// `len` + `crc` in front of every record and of the checkpoint.
-pub(crate) const FRAME: usize = 8;
+use crate::durable::frame::{self, Frame};
+
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"HAEVSEG2";
+/// The magic of segments in the previous record framing.
+pub(crate) const LEGACY_MAGIC: &[u8; 8] = b"HAEVSEG1";
+/// `len` + `crc` in front of the checkpoint.
+pub(crate) const HEADER_FRAME: usize = 8;
+/// The frame in front of every record.
+pub(crate) const FRAME: usize = frame::FRAME;
 /// No valid record is bigger: a larger length field is corruption, not a record.
 pub(crate) const MAX_PAYLOAD: usize = 256 << 20;
 const MIN_PAYLOAD: usize = 1 + 1 + 8 + 8 + 8 + 1 + 1 + 2;
@@ -60,8 +68,7 @@ impl NewRecord<'_> {
 
     /// Origin and type lengths were checked on the way in (instanceId ≤ 64, type ≤ 255).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0; FRAME]);
+        let start = frame::begin(out);
         out.push(self.origin.len() as u8);
         out.extend_from_slice(self.origin.as_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
@@ -70,10 +77,7 @@ impl NewRecord<'_> {
         out.push(self.event_type.len() as u8);
         out.extend_from_slice(self.event_type.as_bytes());
         out.extend_from_slice(self.body);
-        let len = (out.len() - start - FRAME) as u32;
-        let crc = crc32fast::hash(&out[start + FRAME..]);
-        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        frame::finish(out, start);
     }
 }
 
@@ -87,45 +91,50 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 
 /// Decodes the record at the start of `buf`.
 pub(crate) fn decode(buf: &[u8]) -> Decoded<'_> {
-    if buf.len() < FRAME {
-        return Decoded::Incomplete(FRAME);
+    match frame::decode(buf, MAX_PAYLOAD) {
+        Frame::Intact(p, size) => match view(p) {
+            Ok(v) => Decoded::Record(v, size),
+            Err(what) => Decoded::Corrupt(what.into()),
+        },
+        Frame::Incomplete(n) => Decoded::Incomplete(n),
+        Frame::Corrupt(what) => Decoded::Corrupt(what.into()),
     }
-    let len = u32_at(buf, 0) as usize;
-    if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&len) {
-        return Decoded::Corrupt(format!("record length {len} out of range"));
-    }
-    if buf.len() < FRAME + len {
-        return Decoded::Incomplete(FRAME + len);
-    }
-    let p = &buf[FRAME..FRAME + len];
-    if crc32fast::hash(p) != u32_at(buf, 4) {
-        return Decoded::Corrupt("record checksum mismatch".into());
+}
+
+/// Whether an intact frame's payload is a record (for recovery).
+pub(crate) fn is_record(p: &[u8]) -> bool {
+    view(p).is_ok()
+}
+
+/// Reads a record's payload.
+fn view(p: &[u8]) -> Result<RecordView<'_>, &'static str> {
+    if p.len() < MIN_PAYLOAD {
+        return Err("record too short");
     }
     let olen = p[0] as usize;
     let fixed = 1 + olen + 24;
     if fixed + 1 > p.len() {
-        return Decoded::Corrupt("record origin overruns record".into());
+        return Err("record origin overruns record");
     }
     let tlen = p[fixed] as usize;
     let body_at = fixed + 1 + tlen;
     if body_at > p.len() {
-        return Decoded::Corrupt("record type overruns record".into());
+        return Err("record type overruns record");
     }
     let (Ok(origin), Ok(event_type)) = (
         std::str::from_utf8(&p[1..1 + olen]),
         std::str::from_utf8(&p[fixed + 1..body_at]),
     ) else {
-        return Decoded::Corrupt("record origin or type is not UTF-8".into());
+        return Err("record origin or type is not UTF-8");
     };
-    let view = RecordView {
+    Ok(RecordView {
         origin,
         seq: u64_at(p, 1 + olen),
         received_ms: u64_at(p, 1 + olen + 8),
         created_on: u64_at(p, 1 + olen + 16),
         event_type,
         body: &p[body_at..],
-    };
-    Decoded::Record(view, FRAME + len)
+    })
 }
 
 /// The segment header: magic plus framed checkpoint.
@@ -138,7 +147,7 @@ pub(crate) fn encode_header(cp: &Checkpoint) -> Vec<u8> {
         payload.extend_from_slice(&mark.last_seq.to_le_bytes());
         payload.extend_from_slice(&mark.max_created.to_le_bytes());
     }
-    let mut out = Vec::with_capacity(SEGMENT_MAGIC.len() + FRAME + payload.len());
+    let mut out = Vec::with_capacity(SEGMENT_MAGIC.len() + HEADER_FRAME + payload.len());
     out.extend_from_slice(SEGMENT_MAGIC);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
@@ -148,23 +157,24 @@ pub(crate) fn encode_header(cp: &Checkpoint) -> Vec<u8> {
 
 /// Length of the header at the start of `buf`, or `Err(needed)` when `buf` is too short.
 pub(crate) fn header_len(buf: &[u8]) -> Result<usize, usize> {
-    let fixed = SEGMENT_MAGIC.len() + FRAME;
+    let fixed = SEGMENT_MAGIC.len() + HEADER_FRAME;
     if buf.len() < fixed {
         return Err(fixed);
     }
     Ok(fixed + u32_at(buf, SEGMENT_MAGIC.len()) as usize)
 }
 
-/// Decodes a whole header (`buf` holds at least [`header_len`] bytes).
+/// Decodes a whole header (`buf` holds at least [`header_len`] bytes), of either framing.
 pub(crate) fn decode_header(buf: &[u8]) -> Result<Checkpoint, String> {
-    if &buf[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
+    let magic = &buf[..SEGMENT_MAGIC.len()];
+    if magic != SEGMENT_MAGIC && magic != LEGACY_MAGIC {
         return Err("not an event log segment (bad magic)".into());
     }
     let total = header_len(buf).map_err(|_| "segment header is truncated".to_string())?;
     if total > buf.len() || total > MAX_PAYLOAD {
         return Err("segment header is truncated".into());
     }
-    let p = &buf[SEGMENT_MAGIC.len() + FRAME..total];
+    let p = &buf[SEGMENT_MAGIC.len() + HEADER_FRAME..total];
     if crc32fast::hash(p) != u32_at(buf, SEGMENT_MAGIC.len() + 4) {
         return Err("segment header checksum mismatch".into());
     }

@@ -1,13 +1,13 @@
 //! Segment files: naming, creation, and recovery at open (scan, index rebuild, torn-tail truncation).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::record::{self, Checkpoint, Decoded, FRAME, MAX_PAYLOAD};
+use super::record::{self, Checkpoint, Decoded, MAX_PAYLOAD};
 use super::state::{Pos, Segment, SegmentMeta, State};
 use super::{io_err, EventError, Result};
 
@@ -31,10 +31,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err(dir))
 }
 
-/// The writable handle of the active segment.
+/// The writable handle of the active segment: appends go through the durable core's append
+/// log (a failed write or fsync is cut back to the last commit).
 pub(crate) struct Active {
     pub id: u64,
-    pub file: File,
+    pub log: crate::durable::AppendLog<File>,
 }
 
 /// Creates segment `id` with its checkpoint, durably, and returns its writer and meta.
@@ -72,12 +73,13 @@ pub(crate) fn create(dir: &Path, id: u64, checkpoint: Checkpoint) -> Result<(Act
         max_created: 0,
         checkpoint,
     };
-    Ok((Active { id, file }, meta))
+    let log = crate::durable::AppendLog::new(file, header.len() as u64);
+    Ok((Active { id, log }, meta))
 }
 
 /// Opens (or creates) the log in `dir`: rebuilds the state, truncates a torn tail, and
 /// returns the writer of the last segment.
-pub(crate) fn recover(dir: &Path) -> Result<(State, Active)> {
+pub(crate) fn recover(dir: &Path, watch: &crate::durable::DiskWatch) -> Result<(State, Active)> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -92,7 +94,7 @@ pub(crate) fn recover(dir: &Path) -> Result<(State, Active)> {
     let count = ids.len();
     for (i, id) in ids.into_iter().enumerate() {
         let last = i + 1 == count;
-        let writer = open_segment(dir, id, last, &mut state)?;
+        let writer = open_segment(dir, id, last, &mut state, watch)?;
         if last {
             active = writer;
         }
@@ -132,18 +134,21 @@ pub(crate) fn recover(dir: &Path) -> Result<(State, Active)> {
 
 /// Scans one segment into `state`. Returns the writer when it is the last segment, `None` when
 /// the last segment had no valid header and no records (a crash while creating it) and was removed.
-fn open_segment(dir: &Path, id: u64, last: bool, state: &mut State) -> Result<Option<Active>> {
+/// Recovery ([`crate::durable::frame::recover`]) cuts a torn tail of the last segment, skips
+/// damaged records (counted, the ones after them kept) and rewrites a segment of the previous
+/// framing.
+fn open_segment(
+    dir: &Path,
+    id: u64,
+    last: bool,
+    state: &mut State,
+    watch: &crate::durable::DiskWatch,
+) -> Result<Option<Active>> {
     let path = segment_path(dir, id);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    let file_len = file.metadata().map_err(io_err(&path))?.len();
-    let header = read_header(&mut file, file_len).map_err(io_err(&path))?;
-    let (checkpoint, header_len) = match header {
+    let bytes = fs::read(&path).map_err(io_err(&path))?;
+    let (checkpoint, header_len) = match read_header(&bytes) {
         Ok(h) => h,
-        Err(what) if last && file_len <= 64 << 10 => {
+        Err(what) if last && bytes.len() <= 64 << 10 => {
             // Headers are fsync'd before any record is written, so no record can be lost here.
             warn!(path = %path.display(), error = %what, "removing a segment that was never finished");
             fs::remove_file(&path).map_err(io_err(&path))?;
@@ -158,6 +163,16 @@ fn open_segment(dir: &Path, id: u64, last: bool, state: &mut State) -> Result<Op
             })
         }
     };
+    let header = record::encode_header(&checkpoint);
+    let layout = crate::durable::frame::Layout {
+        store: "events",
+        max: MAX_PAYLOAD,
+        legacy_extra: 0,
+        accept: &record::is_record,
+    };
+    let recovered =
+        crate::durable::frame::recover(&path, bytes, header_len, &header, &layout, !last, watch)
+            .map_err(io_err(&path))?;
     let reader = File::open(&path).map_err(io_err(&path))?;
     state.segments.push_back(SegmentMeta {
         seg: Arc::new(Segment {
@@ -165,8 +180,8 @@ fn open_segment(dir: &Path, id: u64, last: bool, state: &mut State) -> Result<Op
             path: path.clone(),
             file: reader,
         }),
-        header_len: header_len as u64,
-        len: header_len as u64,
+        header_len: header.len() as u64,
+        len: header.len() as u64,
         records: 0,
         newest_received_ms: 0,
         oldest_received_ms: 0,
@@ -177,76 +192,20 @@ fn open_segment(dir: &Path, id: u64, last: bool, state: &mut State) -> Result<Op
         let idx = state.origins.entry(origin.clone()).or_default();
         idx.last_seq = idx.last_seq.max(mark.last_seq);
     }
-
-    let valid = scan_records(&mut file, &path, id, header_len as u64, state)?;
-    state.active().len = valid;
-    if valid < file_len {
-        if last {
-            warn!(path = %path.display(), valid, file_len, "truncating a torn tail");
-            file.set_len(valid)
-                .and_then(|_| file.sync_all())
-                .map_err(io_err(&path))?;
-        } else {
-            warn!(path = %path.display(), valid, file_len, "sealed segment is damaged; ignoring what follows the last intact record");
-        }
-    }
-    Ok(last.then_some(Active { id, file }))
-}
-
-/// Reads and checks the segment header: `Ok(Err(what))` when it is not intact.
-fn read_header(
-    file: &mut File,
-    file_len: u64,
-) -> std::io::Result<Result<(Checkpoint, usize), String>> {
-    let truncated = || Ok(Err("segment header is truncated".to_string()));
-    let mut head = vec![0u8; FRAME + record::SEGMENT_MAGIC.len()];
-    let n = read_full(file, &mut head)?;
-    let Ok(total) = record::header_len(&head[..n]) else {
-        return truncated();
-    };
-    if total > MAX_PAYLOAD || total as u64 > file_len {
-        return truncated();
-    }
-    head.resize(total, 0);
-    file.seek(SeekFrom::Start(0))?;
-    file.read_exact(&mut head)?;
-    Ok(record::decode_header(&head).map(|cp| (cp, total)))
-}
-
-/// Indexes every intact record from `start`; returns the offset just past the last one.
-fn scan_records(
-    file: &mut File,
-    path: &Path,
-    id: u64,
-    start: u64,
-    state: &mut State,
-) -> Result<u64> {
-    file.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut offset = start;
-    let mut buf = Vec::with_capacity(64 << 10);
-    loop {
-        buf.resize(FRAME, 0);
-        let n = read_full(&mut reader, &mut buf).map_err(io_err(path))?;
-        if n < FRAME {
-            return Ok(offset);
-        }
-        let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-        if len <= MAX_PAYLOAD {
-            buf.resize(FRAME + len, 0);
-            let n = read_full(&mut reader, &mut buf[FRAME..]).map_err(io_err(path))?;
-            buf.truncate(FRAME + n);
-        }
-        let (rec, size) = match record::decode(&buf) {
-            Decoded::Record(rec, size) => (rec, size),
-            Decoded::Incomplete(_) | Decoded::Corrupt(_) => return Ok(offset),
+    for &(offset, size) in &recovered.frames {
+        let Decoded::Record(rec, _) = record::decode(&recovered.bytes[offset..offset + size])
+        else {
+            continue;
         };
         let origin = state.intern(rec.origin);
         let prev = state.origins.get(&origin).map_or(0, |i| i.last_seq);
         if rec.seq <= prev {
             warn!(path = %path.display(), offset, origin = %origin, seq = rec.seq, "skipping an out-of-order record");
         } else {
-            let pos = Pos { seg: id, offset };
+            let pos = Pos {
+                seg: id,
+                offset: offset as u64,
+            };
             state.note_record(
                 &origin,
                 rec.seq,
@@ -256,20 +215,28 @@ fn scan_records(
                 rec.created_on,
             );
         }
-        offset += size as u64;
     }
+    state.active().len = recovered.bytes.len() as u64;
+    if !last {
+        return Ok(None);
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let log = crate::durable::AppendLog::new(file, recovered.bytes.len() as u64);
+    Ok(Some(Active { id, log }))
 }
 
-/// Reads as much of `buf` as the source holds; returns the count.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Reads and checks the segment header (of either framing): the checkpoint and its length.
+fn read_header(bytes: &[u8]) -> std::result::Result<(Checkpoint, usize), String> {
+    let truncated = || Err("segment header is truncated".to_string());
+    let Ok(total) = record::header_len(bytes) else {
+        return truncated();
+    };
+    if total > MAX_PAYLOAD || total > bytes.len() {
+        return truncated();
     }
-    Ok(n)
+    record::decode_header(&bytes[..total]).map(|cp| (cp, total))
 }

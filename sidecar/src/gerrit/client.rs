@@ -2,20 +2,73 @@
 //! preemptive Basic auth, probes the master's health, and asks it the indexSync query. TLS is
 //! always verified (system roots plus `gerrit.caFile`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::PluginCall;
 use crate::config::{GerritConfig, HttpConfig};
 
+/// What went wrong talking to the master (or setting up its client).
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("cannot read gerrit.caFile {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gerrit.caFile {path}: {source}")]
+    BadCa {
+        path: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("cannot build the master's HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+    #[error("`{path}` does not make a URL under {base}: {source}")]
+    BadUrl {
+        base: String,
+        path: String,
+        #[source]
+        source: url::ParseError,
+    },
+    /// No answer: the connection failed, timed out or broke (`what` says which, `cause` is the
+    /// innermost error, e.g. "Connection refused").
+    #[error("{what}: {cause}")]
+    Transport { what: &'static str, cause: String },
+    /// An answer other than the one wanted; `answer` is its body, trimmed to 500 characters.
+    #[error("the master answered {status}: {answer}")]
+    Status { status: u16, answer: String },
+    #[error("the master's answer is not a JSON list of ids: {0}")]
+    NotIds(#[source] serde_json::Error),
+    #[error("cannot open the master's queues: {0}")]
+    Queues(#[source] crate::peers::outbox::OutboxError),
+}
+
+impl MasterError {
+    fn transport(e: &reqwest::Error) -> MasterError {
+        let (what, cause) = crate::peers::client::describe(e);
+        MasterError::Transport { what, cause }
+    }
+
+    /// The master's HTTP status, when it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            MasterError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
 /// What the master made of one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Delivery {
     /// 2xx (the plugin's servlets answer 204).
     Done,
     /// The master will never accept it (400 cache not found, 405, 415, …): set aside.
     Refused { status: u16, answer: String },
     /// 409 (in flight), 5xx, 401/403/404, timeouts, connection failures: try again later.
-    Retry(String),
+    Retry(MasterError),
 }
 
 #[derive(Clone)]
@@ -30,7 +83,7 @@ pub struct MasterClient {
 
 impl MasterClient {
     /// `None` when no `gerrit.url` is configured.
-    pub fn new(cfg: &GerritConfig, http: &HttpConfig) -> Result<Option<MasterClient>, String> {
+    pub fn new(cfg: &GerritConfig, http: &HttpConfig) -> Result<Option<MasterClient>, MasterError> {
         let Some(base) = cfg.url.clone() else {
             return Ok(None);
         };
@@ -41,20 +94,21 @@ impl MasterClient {
             .no_proxy()
             .user_agent(concat!("ha-sidecar/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read gerrit.caFile {}: {e}", path.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("gerrit.caFile {}: {e}", path.display()))?
-            {
+            let pem = std::fs::read(path).map_err(|source| MasterError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                MasterError::BadCa {
+                    path: path.clone(),
+                    source,
+                }
+            })? {
                 b = b.add_root_certificate(cert);
             }
         }
-        let http = b
-            .build()
-            .map_err(|e| format!("cannot build the master's HTTP client: {e}"))?;
-        let plugin_base = base
-            .join(&format!("plugins/{}/", cfg.plugin_name))
-            .map_err(|e| format!("bad gerrit.url {base}: {e}"))?;
+        let http = b.build().map_err(MasterError::Build)?;
+        let plugin_base = join(&base, &format!("plugins/{}/", cfg.plugin_name))?;
         let password = cfg
             .password
             .as_ref()
@@ -83,12 +137,12 @@ impl MasterClient {
 
     /// Replays one call: same method, path, body, `Content-Type` and `Event-Created-On`.
     pub async fn deliver(&self, call: &PluginCall) -> Delivery {
-        let url = match self.plugin_base.join(&call.path) {
+        let url = match join(&self.plugin_base, &call.path) {
             Ok(u) => u,
             Err(e) => {
                 return Delivery::Refused {
                     status: 0,
-                    answer: format!("`{}` does not make a URL: {e}", call.path),
+                    answer: e.to_string(),
                 }
             }
         };
@@ -108,7 +162,7 @@ impl MasterClient {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return Delivery::Retry(failure(&e)),
+            Err(e) => return Delivery::Retry(MasterError::transport(&e)),
         };
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
@@ -121,63 +175,68 @@ impl MasterClient {
 
     /// `Ok` while the master answers `GET plugins/<name>/health` (or, when the plugin has no
     /// health servlet, `GET config/server/version`) with 200 or 204.
-    pub async fn health(&self) -> Result<(), String> {
-        let url = self.plugin_base.join("health").map_err(|e| e.to_string())?;
-        let status = self.get_status(url).await?;
+    pub async fn health(&self) -> Result<(), MasterError> {
+        let status = self.get_status(join(&self.plugin_base, "health")?).await?;
         if matches!(status, 200 | 204) {
             return Ok(());
         }
         if status == 404 {
-            let url = self
-                .base
-                .join("config/server/version")
-                .map_err(|e| e.to_string())?;
+            let url = join(&self.base, "config/server/version")?;
             let status = self.get_status(url).await?;
             if matches!(status, 200 | 204) {
                 return Ok(());
             }
-            return Err(format!("config/server/version answered {status}"));
+            return Err(MasterError::Status {
+                status,
+                answer: "(config/server/version)".into(),
+            });
         }
-        Err(format!("the plugin's health answered {status}"))
+        Err(MasterError::Status {
+            status,
+            answer: "(the plugin's health servlet)".into(),
+        })
     }
 
-    async fn get_status(&self, url: url::Url) -> Result<u16, String> {
+    async fn get_status(&self, url: url::Url) -> Result<u16, MasterError> {
         self.auth(self.http.get(url))
             .timeout(Duration::from_secs(5))
             .send()
             .await
             .map(|r| r.status().as_u16())
-            .map_err(|e| failure(&e))
+            .map_err(|e| MasterError::transport(&e))
     }
 
     /// `GET plugins/<name>/query/changes.updated.since/<age>` on this master: its changes
     /// (`<project>~<number>`) updated within `age`.
-    pub async fn changes_updated_since(&self, age: &str) -> Result<(u16, Vec<String>), String> {
-        let url = self
-            .plugin_base
-            .join(&format!("query/changes.updated.since/{age}"))
-            .map_err(|e| e.to_string())?;
+    pub async fn changes_updated_since(&self, age: &str) -> Result<Vec<String>, MasterError> {
+        let url = join(
+            &self.plugin_base,
+            &format!("query/changes.updated.since/{age}"),
+        )?;
         let resp = self
             .auth(self.http.get(url))
             .send()
             .await
-            .map_err(|e| failure(&e))?;
+            .map_err(|e| MasterError::transport(&e))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| failure(&e))?;
+        let bytes = resp.bytes().await.map_err(|e| MasterError::transport(&e))?;
         if status != 200 {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
-            return Err(format!("the master answered {status}: {}", text.trim()));
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]);
+            return Err(MasterError::Status {
+                status,
+                answer: text.trim().to_owned(),
+            });
         }
-        serde_json::from_slice(&bytes)
-            .map(|ids| (status, ids))
-            .map_err(|e| format!("the master's answer is not a JSON list of ids: {e}"))
+        serde_json::from_slice(&bytes).map_err(MasterError::NotIds)
     }
 }
 
-/// What failed, and its innermost cause (the peer client's description of a reqwest error).
-fn failure(e: &reqwest::Error) -> String {
-    let (what, cause) = crate::peers::client::describe(e);
-    format!("{what}: {cause}")
+fn join(base: &url::Url, path: &str) -> Result<url::Url, MasterError> {
+    base.join(path).map_err(|source| MasterError::BadUrl {
+        base: base.to_string(),
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// 409 (in flight), 5xx and the statuses an operator can fix (401, 403, 404, 408, 429) are
@@ -187,7 +246,7 @@ pub fn classify(status: u16, answer: String) -> Delivery {
         400..=499 if !matches!(status, 401 | 403 | 404 | 408 | 409 | 429) => {
             Delivery::Refused { status, answer }
         }
-        _ => Delivery::Retry(format!("the master answered {status}: {answer}")),
+        _ => Delivery::Retry(MasterError::Status { status, answer }),
     }
 }
 

@@ -14,16 +14,14 @@ pub mod probe;
 
 pub use crate::wire::{Family, PluginCall};
 
-use std::sync::{Arc, Mutex};
-
-use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::health::Health;
-use crate::locks::LockExt;
+use crate::lifecycle::Scope;
 use crate::metrics::Metrics;
 use crate::peers::deadletter::DeadLetters;
-use client::MasterClient;
+use client::{MasterClient, MasterError};
 use delivery::{DeliveryCtx, MasterQueues};
 
 /// This node's own master (`[gerrit] url`): its client, its durable queues, and the delivery
@@ -31,23 +29,26 @@ use delivery::{DeliveryCtx, MasterQueues};
 pub struct Master {
     pub client: MasterClient,
     pub queues: Arc<MasterQueues>,
-    stop: CancellationToken,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Delivery and the health probe run here.
+    scope: Scope,
 }
 
 impl Master {
     /// Opens the master's queues; `None` without `gerrit.url`.
-    pub fn open(config: &Config) -> Result<Option<Master>, String> {
+    pub fn open(
+        config: &Config,
+        disk: Arc<crate::durable::DiskWatch>,
+        scope: Scope,
+    ) -> Result<Option<Master>, MasterError> {
         let Some(client) = MasterClient::new(&config.gerrit, &config.http)? else {
             return Ok(None);
         };
-        let queues = MasterQueues::open(&config.data_dir, config.limits.outbox_segment_bytes)
-            .map_err(|e| format!("cannot open the master's queues: {e}"))?;
+        let queues = MasterQueues::open(&config.data_dir, config.limits.outbox_segment_bytes, disk)
+            .map_err(MasterError::Queues)?;
         Ok(Some(Master {
             client,
             queues: Arc::new(queues),
-            stop: CancellationToken::new(),
-            tasks: Mutex::new(Vec::new()),
+            scope,
         }))
     }
 
@@ -59,16 +60,16 @@ impl Master {
             metrics: metrics.clone(),
             retry_interval: config.http.retry_interval,
             max_retry_interval: config.http.max_retry_interval,
+            set_aside_after: config.gerrit.set_aside_after,
         });
-        let mut tasks = self.queues.start(ctx, self.stop.clone());
-        tasks.push(tokio::spawn(probe::run(
+        self.queues.start(ctx, &self.scope);
+        self.scope.spawn(probe::run(
             self.client.clone(),
             health,
             metrics,
             config.gerrit.health_interval,
-            self.stop.clone(),
-        )));
-        self.tasks.locked().extend(tasks);
+            self.scope.token().clone(),
+        ));
     }
 
     /// The master's queues for `/v1/status`, refreshing the `gerrit_pending` gauges.
@@ -101,11 +102,7 @@ impl Master {
     /// Stops the tasks (a call being replayed is replayed again at the next start) and closes
     /// the queues.
     pub async fn shutdown(&self) {
-        self.stop.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.locked());
-        for t in tasks {
-            let _ = t.await;
-        }
+        self.scope.stop().await;
         let queues = self.queues.clone();
         let _ = tokio::task::spawn_blocking(move || queues.shutdown()).await;
     }

@@ -51,6 +51,8 @@ pub struct IndexStore {
     pub(crate) shared: Arc<Shared>,
     pub(crate) opts: IndexOptions,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
+    /// Writes queued for or in the writer thread (backpressure beyond it).
+    bound: crate::durable::bound::Bound,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -144,7 +146,7 @@ impl IndexStore {
             last_commit_micros: AtomicU64::new(0),
             journal_bytes: AtomicU64::new(0),
         });
-        let (journal, records) = Journal::open(&dir.join("journal"))?;
+        let (journal, records) = Journal::open(&dir.join("journal"), &opts.disk)?;
         let mut writer = Writer::new(shared.clone(), writers, journal, opts.clone());
         let replayed = records.len();
         let mut ops = Vec::with_capacity(records.len());
@@ -190,6 +192,7 @@ impl IndexStore {
             shared,
             opts,
             tx: Mutex::new(Some(tx)),
+            bound: crate::durable::bound::Bound::default(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -277,6 +280,7 @@ impl IndexStore {
     }
 
     async fn write(&self, ops: Vec<PreparedOp>, durable: bool) -> Result<Vec<WriteOutcome>> {
+        let _room = self.bound.enter(1).await;
         let (reply, rx) = oneshot::channel();
         self.send(Command::Write {
             ops,

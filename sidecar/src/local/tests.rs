@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::lifecycle::Scope;
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::config::{CacheConfig, CacheLimits, WebSessionConfig};
@@ -18,7 +18,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-async fn fixture(index_synchronize: bool, relay: bool) -> (Fixture, CancellationToken) {
+async fn fixture(index_synchronize: bool, relay: bool) -> (Fixture, Scope) {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::new());
     let caches = Arc::new(Caches::new(CacheConfig {
@@ -58,9 +58,9 @@ async fn fixture(index_synchronize: bool, relay: bool) -> (Fixture, Cancellation
     );
     let outbox = Arc::new(Outbox::open(dir.path(), OutboxOptions::default()).unwrap());
     let queue = outbox.add_peer("http://peer/").unwrap();
-    let stop = CancellationToken::new();
-    let event_relay = relay
-        .then(|| EventRelay::start(events.clone(), outbox.clone(), dir.path(), stop.clone()).0);
+    let stop = Scope::root();
+    let event_relay =
+        relay.then(|| EventRelay::start(events.clone(), outbox.clone(), dir.path(), &stop));
     let local = Local {
         caches,
         index,

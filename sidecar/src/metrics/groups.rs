@@ -1,4 +1,4 @@
-//! Metric groups owned by one subsystem each (web sessions, the Gerrit relay), registered by
+//! Metric groups owned by one subsystem each (web sessions, the Gerrit relay, roles), registered by
 //! [`super::Metrics`] under its prefix.
 
 use super::*;
@@ -98,6 +98,7 @@ pub struct GerritMetrics {
     pub calls_received: Family<KindLabel, Counter>,
     pub delivered: Family<KindLabel, Counter>,
     pub dead_lettered: Family<KindLabel, Counter>,
+    pub set_aside_after_500: Family<KindLabel, Counter>,
     pub delivery_failures: Family<KindLabel, Counter>,
     pub pending: Family<KindLabel, Gauge>,
     pub master_up: Gauge,
@@ -121,6 +122,11 @@ impl GerritMetrics {
             self.dead_lettered.clone(),
         );
         r.register(
+            "gerrit_set_aside_after_500",
+            "Plugin calls set aside after the same 500 from a healthy master (gerrit.setAsideAfter times)",
+            self.set_aside_after_500.clone(),
+        );
+        r.register(
             "gerrit_delivery_failures",
             "Attempts to replay a call into the master that will be retried (409, 5xx, down)",
             self.delivery_failures.clone(),
@@ -134,6 +140,34 @@ impl GerritMetrics {
             "gerrit_master_up",
             "1 while this node's master answers its health check",
             self.master_up.clone(),
+        );
+    }
+}
+
+/// This node's role (`ha_role`, `ha_election_epoch`, `ha_role_changes_total`), set by `election`.
+#[derive(Default)]
+pub struct RoleMetrics {
+    pub role: Family<RoleLabel, Gauge>,
+    pub epoch: Gauge,
+    pub changes: Counter,
+}
+
+impl RoleMetrics {
+    pub(super) fn register(&self, r: &mut Registry) {
+        r.register(
+            "role",
+            "1 for this node's role (active, standby); every node is active with main.mode = active-active",
+            self.role.clone(),
+        );
+        r.register(
+            "election_epoch",
+            "Epoch of the active node this node is or follows (hot-standby; 0 before any)",
+            self.epoch.clone(),
+        );
+        r.register(
+            "role_changes",
+            "Times this node's role changed",
+            self.changes.clone(),
         );
     }
 }

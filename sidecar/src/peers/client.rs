@@ -208,6 +208,25 @@ impl PeerClient {
         Ok((status, bytes.to_vec()))
     }
 
+    /// Sends an alert in the background (the caller never waits on the webhook); a failure is
+    /// logged and counted in `ha_alerts_failed_total`.
+    pub fn spawn_alert(
+        &self,
+        scope: &crate::lifecycle::Scope,
+        url: url::Url,
+        body: serde_json::Value,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) {
+        let client = self.clone();
+        scope.spawn(async move {
+            if let Err(e) = client.post_alert(&url, &body, Duration::from_secs(5)).await {
+                metrics.alerts_failed.inc();
+                let event = body.get("event").and_then(|e| e.as_str()).unwrap_or("?");
+                tracing::warn!(webhook = %url, event, error = %e, "alert webhook failed");
+            }
+        });
+    }
+
     /// POSTs an alert (unsigned JSON) to the operator's webhook.
     pub async fn post_alert(
         &self,

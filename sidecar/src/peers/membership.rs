@@ -1,7 +1,8 @@
 //! Membership policy: turns what discovery sees (and probes, and leave messages) into peers that
 //! are up, left or failed; keeps the queue of an absent peer for `retainAbsent` so a restart
 //! loses nothing; remembers the roster across restarts; raises alerts; writes this node's
-//! heartbeat; catches up after a start; says goodbye at a graceful stop.
+//! heartbeat; catches up after a start; says goodbye at a graceful stop. `roster` keeps the
+//! roster across restarts; `handshake` holds the catch-up and the goodbye.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -17,20 +18,16 @@ use super::outbox::now_ms;
 use super::{MemberState, Peer, Peers};
 use crate::config::{Config, Discovery};
 use crate::health::Health;
+use crate::lifecycle::Scope;
 use crate::locks::LockExt;
 use crate::metrics::Metrics;
 use crate::shared_dir::{SharedDir, SharedDirError};
 use crate::wire::{BacklogReply, Hello};
 
-/// One remembered peer in `<data>/peers.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct RosterEntry {
-    key: String,
-    url: String,
-    instance_id: Option<String>,
-    state: MemberState,
-    absent_since_ms: Option<u64>,
-}
+mod handshake;
+mod roster;
+
+use roster::RosterEntry;
 
 /// Why a node's membership could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +59,8 @@ pub struct Membership {
     heartbeats: Option<Arc<Heartbeats>>,
     roster_path: PathBuf,
     inner: Mutex<Inner>,
+    /// The rounds, the catch-up and alert deliveries run here.
+    scope: Scope,
 }
 
 impl Membership {
@@ -73,6 +72,7 @@ impl Membership {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         shared_dir: Arc<SharedDir>,
+        scope: Scope,
     ) -> Result<Membership, MembershipError> {
         let heartbeats = if config.advertise_url_is_usable() {
             let members = shared_fs::Members::open(&config.shared_dir, false)?;
@@ -129,46 +129,12 @@ impl Membership {
             source,
             heartbeats,
             inner: Mutex::new(Inner::default()),
+            scope,
         };
         if m.source.is_some() {
             m.load_roster();
         }
         Ok(m)
-    }
-
-    fn load_roster(&self) {
-        let entries: Vec<RosterEntry> = match std::fs::read(&self.roster_path) {
-            Ok(b) => match serde_json::from_slice(&b) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(path = %self.roster_path.display(), error = %e, "unreadable peer roster; starting without it");
-                    return;
-                }
-            },
-            Err(_) => return,
-        };
-        let now = now_ms();
-        for e in &entries {
-            let Ok(url) = url::Url::parse(&e.url) else {
-                continue;
-            };
-            let since = e.absent_since_ms.unwrap_or(now);
-            if self.expired(since, now) {
-                self.forget(&e.key);
-                continue;
-            }
-            match self.peers.add_absent(&e.key, url, since, e.state) {
-                Ok(p) => {
-                    if let Some(id) = &e.instance_id {
-                        p.set_instance_id(id);
-                    }
-                    tracing::info!(peer = %e.key, pending = p.queue.stats().pending, "remembered peer: queueing for it until discovery sees it");
-                }
-                Err(err) => {
-                    tracing::error!(peer = %e.key, error = %err, "cannot reopen a remembered peer's queue")
-                }
-            }
-        }
     }
 
     fn expired(&self, absent_since_ms: u64, now: u64) -> bool {
@@ -190,9 +156,15 @@ impl Membership {
         }
     }
 
+    /// Starts the rounds in this membership's scope.
+    pub fn start(self: &Arc<Self>) {
+        self.scope
+            .spawn(self.clone().run(self.scope.token().clone()));
+    }
+
     /// Heartbeats, discovery, probes and expiry until `stop`; the first round is followed by
     /// the catch-up that turns `/health` from "catching up" to healthy.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
         let tick = self.config.peers.heartbeat.max(Duration::from_millis(20));
         let dns_every = match &self.config.peers.discovery {
             Discovery::Dns { interval, .. } => *interval,
@@ -212,7 +184,7 @@ impl Membership {
             }
             if first {
                 first = false;
-                tokio::spawn(self.clone().catch_up(stop.clone()));
+                self.scope.spawn(self.clone().catch_up(stop.clone()));
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -476,146 +448,6 @@ impl Membership {
         }
     }
 
-    async fn save_roster(&self) {
-        if self.source.is_none() {
-            return;
-        }
-        let entries: Vec<RosterEntry> = self
-            .peers
-            .list()
-            .iter()
-            .map(|p| {
-                let s = p.status();
-                RosterEntry {
-                    key: p.key.clone(),
-                    url: p.url().to_string(),
-                    instance_id: s.instance_id,
-                    state: s.state,
-                    absent_since_ms: s.absent_since_ms,
-                }
-            })
-            .collect();
-        {
-            let mut inner = self.inner.locked();
-            if inner.last_roster.as_ref() == Some(&entries) {
-                return;
-            }
-            inner.last_roster = Some(entries.clone());
-        }
-        let path = self.roster_path.clone();
-        let body = serde_json::to_vec_pretty(&entries).expect("the roster serialises");
-        let res = tokio::task::spawn_blocking(move || {
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, &body)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if let Err(e) = res {
-            tracing::warn!(path = %self.roster_path.display(), error = %e, "cannot save the peer roster");
-        }
-    }
-
-    fn hello(&self) -> Vec<u8> {
-        serde_json::to_vec(&Hello {
-            instance_id: self.config.instance_id.clone(),
-            listen_url: self.config.advertise_url.to_string(),
-        })
-        .expect("a hello serialises")
-    }
-
-    /// After a start: `/health` says "catching up" until every reachable peer reports nothing
-    /// left for this node (or `sidecar.catchUpTimeout` passes).
-    async fn catch_up(self: Arc<Self>, stop: CancellationToken) {
-        let started = Instant::now();
-        let deadline = started + self.config.catch_up_timeout;
-        let client = self.peers.client();
-        let body = self.hello();
-        let mut waiting: Vec<url::Url> = self
-            .peers
-            .list()
-            .iter()
-            .filter(|p| p.is_forwarding())
-            .map(|p| p.url())
-            .collect();
-        while !waiting.is_empty() && Instant::now() < deadline && !stop.is_cancelled() {
-            let asks = waiting.iter().map(|u| {
-                let body = body.clone();
-                async move {
-                    let r = client
-                        .post_signed(u, "v1/peer/backlog", body, Duration::from_secs(2))
-                        .await;
-                    match r {
-                        Ok((200, b)) => serde_json::from_slice::<BacklogReply>(&b)
-                            .map(|r| r.pending)
-                            .unwrap_or(0),
-                        // Unreachable, unknown to it, or too old to answer: it holds nothing
-                        // it could deliver now.
-                        _ => 0,
-                    }
-                }
-            });
-            let pending = futures_util::future::join_all(asks).await;
-            waiting = waiting
-                .into_iter()
-                .zip(pending)
-                .filter(|(_, n)| *n > 0)
-                .map(|(u, _)| u)
-                .collect();
-            if !waiting.is_empty() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        }
-        if !waiting.is_empty() && !stop.is_cancelled() {
-            tracing::warn!(peers = ?waiting.iter().map(|u| u.as_str()).collect::<Vec<_>>(), "catch-up incomplete after sidecar.catchUpTimeout; serving anyway");
-        }
-        if !stop.is_cancelled() {
-            self.health.end_catch_up("peers");
-            tracing::info!(
-                took_ms = started.elapsed().as_millis() as u64,
-                "caught up with peers"
-            );
-        }
-    }
-
-    /// Graceful stop: mark the heartbeat leaving, tell every present peer, remove the heartbeat.
-    pub async fn leave(&self) {
-        self.write_heartbeat(true).await;
-        let client = self.peers.client();
-        let body = self.hello();
-        let targets: Vec<_> = self.peers.list().iter().map(|p| p.url()).collect();
-        let sends = targets.iter().map(|u| {
-            let body = body.clone();
-            async move {
-                let r = client
-                    .post_signed(u, "v1/peer/leave", body, Duration::from_secs(1))
-                    .await;
-                match r {
-                    Ok((200..=299, _)) => {}
-                    Ok((status, _)) => {
-                        tracing::debug!(peer = %u, status, "a peer did not take the goodbye")
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %u, error = %e, "could not say goodbye to a peer")
-                    }
-                }
-            }
-        });
-        futures_util::future::join_all(sends).await;
-        if let Some(hb) = self.heartbeats.clone() {
-            match self.shared_dir.run(move || hb.remove()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this node's heartbeat"),
-                Err(e) => tracing::warn!(error = %e, "heartbeat task failed"),
-            }
-        }
-        tracing::info!(peers = targets.len(), "told peers this node is leaving");
-    }
-
     fn alert(&self, event: &'static str, peer: &Arc<Peer>, why: &str) {
         let Some(url) = self.config.alert_webhook.clone() else {
             return;
@@ -632,13 +464,8 @@ impl Membership {
             "outbox_depth": peer.queue.stats().pending,
             "at_ms": now_ms(),
         });
-        let client = self.peers.client().clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = client.post_alert(&url, &body, Duration::from_secs(5)).await {
-                metrics.alerts_failed.inc();
-                tracing::warn!(webhook = %url, event, error = %e, "alert webhook failed");
-            }
-        });
+        self.peers
+            .client()
+            .spawn_alert(&self.scope, url, body, self.metrics.clone());
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::Scope;
 use crate::locks::LockExt;
 use outbox::{Outbox, OutboxError, Queue};
 
@@ -184,22 +185,17 @@ pub struct Peers {
     outbox: Arc<Outbox>,
     ctx: Arc<forwarder::ForwarderCtx>,
     peers: Mutex<BTreeMap<String, Arc<Peer>>>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    shutdown: CancellationToken,
+    /// The forwarders' scope: one child scope per running forwarder.
+    scope: Scope,
 }
 
 impl Peers {
-    pub fn new(
-        outbox: Arc<Outbox>,
-        ctx: forwarder::ForwarderCtx,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn new(outbox: Arc<Outbox>, ctx: forwarder::ForwarderCtx, scope: Scope) -> Self {
         Peers {
             outbox,
             ctx: Arc::new(ctx),
             peers: Mutex::new(BTreeMap::new()),
-            tasks: Mutex::new(Vec::new()),
-            shutdown,
+            scope,
         }
     }
 
@@ -280,18 +276,15 @@ impl Peers {
             }
         }
         if fwd.is_none() {
-            let stop = self.shutdown.child_token();
-            *fwd = Some(stop.clone());
-            let (p, ctx) = (peer.clone(), self.ctx.clone());
-            let task = tokio::spawn(async move {
+            let scope = self.scope.child();
+            *fwd = Some(scope.token().clone());
+            let (p, ctx, stop) = (peer.clone(), self.ctx.clone(), scope.token().clone());
+            scope.spawn(async move {
                 let _running = p.running.lock().await;
                 if !stop.is_cancelled() {
                     forwarder::run(p.clone(), ctx, stop).await;
                 }
             });
-            let mut tasks = self.tasks.locked();
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task);
             tracing::info!(peer = %key, url = %peer.url(), pending = peer.queue.stats().pending, "forwarding to peer");
         }
         drop(fwd);
@@ -376,10 +369,6 @@ impl Peers {
     /// Stops every forwarder and waits for them (in-flight sends are abandoned; they are
     /// re-sent after restart and dropped by the receiver as duplicates).
     pub async fn shutdown(&self) {
-        self.shutdown.cancel();
-        let tasks: Vec<_> = self.tasks.locked().drain(..).collect();
-        for t in tasks {
-            let _ = t.await;
-        }
+        self.scope.stop().await;
     }
 }

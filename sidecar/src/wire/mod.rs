@@ -10,12 +10,14 @@
 //! `tests.rs`), then the receiver's `apply` arm. A receiver of an older version refuses the new
 //! kind for good (the sender dead-letters it), so say in the README when a kind is added.
 
+mod election;
 mod events;
 pub mod index_sync;
 mod message;
 mod plugin;
 mod replies;
 
+pub use election::{Claim, ElectionReply, ElectionRequest, Role};
 pub use events::{CatchUpEvent, CatchUpQuery, CatchUpReply, OriginsReply};
 pub use message::{
     decode_message, encode_batch, Batch, Doc, Envelope, MessageError, MessageKind, PeerMessage,

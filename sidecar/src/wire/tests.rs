@@ -109,6 +109,8 @@ const GOLDEN: &[(&str, RoundTrip)] = &[
     ("hello.json", serde_round_trip::<Hello>),
     ("leave-reply.json", serde_round_trip::<LeaveReply>),
     ("backlog-reply.json", serde_round_trip::<BacklogReply>),
+    ("election-request.json", serde_round_trip::<ElectionRequest>),
+    ("election-reply.json", serde_round_trip::<ElectionReply>),
     (
         "index-digest-request.json",
         serde_round_trip::<DigestRequest>,

@@ -82,5 +82,6 @@ pub(super) fn gerrit_config(v: &mut V<'_>, http: &HttpConfig) -> GerritConfig {
         ca_file,
         health_interval: v.duration("gerrit", None, "healthInterval"),
         timeout: v.duration("gerrit", None, "timeout"),
+        set_aside_after: v.size("gerrit", "setAsideAfter"),
     }
 }

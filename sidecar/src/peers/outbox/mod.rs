@@ -32,8 +32,11 @@ pub struct OutboxOptions {
     pub segment_bytes: u64,
     /// Most appends gathered into one group commit.
     pub max_group: usize,
-    /// Where a full disk is reported (the node's, shared with the other stores).
+    /// Where a full disk and damaged records are reported (the node's, shared with the other
+    /// stores).
     pub disk: Arc<crate::durable::DiskWatch>,
+    /// The label of this outbox's damaged records in `ha_corrupt_records_total{store}`.
+    pub store: &'static str,
 }
 
 impl Default for OutboxOptions {
@@ -42,6 +45,7 @@ impl Default for OutboxOptions {
             segment_bytes: 64 << 20,
             max_group: 4096,
             disk: Arc::default(),
+            store: "outbox",
         }
     }
 }
@@ -70,6 +74,10 @@ pub struct Outbox {
     tx: mpsc::Sender<Cmd>,
     queues: Arc<RwLock<BTreeMap<String, Arc<Queue>>>>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    disk: Arc<crate::durable::DiskWatch>,
+    store: &'static str,
+    /// Appends queued for or in the committer (backpressure beyond it).
+    bound: crate::durable::bound::Bound,
 }
 
 impl Outbox {
@@ -85,6 +93,7 @@ impl Outbox {
         let seq = SeqAllocator::open(&root)?;
         let (tx, rx) = mpsc::channel();
         let queues = Arc::new(RwLock::new(BTreeMap::new()));
+        let (disk, store) = (opts.disk.clone(), opts.store);
         let committer = Committer {
             root: root.clone(),
             rx,
@@ -102,6 +111,9 @@ impl Outbox {
             tx,
             queues,
             thread: std::sync::Mutex::new(Some(thread)),
+            disk,
+            store,
+            bound: crate::durable::bound::Bound::default(),
         })
     }
 
@@ -129,7 +141,7 @@ impl Outbox {
             return Ok(q.clone());
         }
         let dir = self.root.join(Self::queue_dir_name(peer));
-        let (queue, writer) = Queue::open(peer, &dir)?;
+        let (queue, writer) = Queue::open(peer, &dir, self.store, &self.disk)?;
         let queue = Arc::new(queue);
         self.queues
             .write_locked()
@@ -174,6 +186,7 @@ impl Outbox {
         if !self.has_peers() {
             return Ok(None);
         }
+        let _room = self.bound.enter(1).await;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Cmd::Append {
@@ -196,6 +209,7 @@ impl Outbox {
         if !self.has_peers() || payloads.is_empty() {
             return Ok(None);
         }
+        let _room = self.bound.enter(payloads.len()).await;
         let now = now_ms();
         let mut replies = Vec::with_capacity(payloads.len());
         // Sent synchronously, in order: the committer assigns seqs in arrival order.
@@ -271,8 +285,8 @@ impl SeqAllocator {
             for d in dirs.flatten() {
                 if let Ok(segs) = segment::list_segments(&d.path()) {
                     if let Some((_, last)) = segs.last() {
-                        if let Ok(s) = segment::scan(last) {
-                            max_seen = max_seen.max(s.last_seq.unwrap_or(0));
+                        if let Ok(Some(s)) = segment::last_seq(last) {
+                            max_seen = max_seen.max(s);
                         }
                     }
                 }
@@ -293,17 +307,11 @@ impl SeqAllocator {
                 .next
                 .checked_add(SEQ_BLOCK)
                 .ok_or_else(|| std::io::Error::other("the outbox seqs are exhausted (u64::MAX)"))?;
-            let tmp = self.path.with_extension("tmp");
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(format!("{until}\n").as_bytes())?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
+            crate::durable::write_small(
+                &self.path,
+                format!("{until}\n").as_bytes(),
+                crate::durable::Fsync::Durable,
+            )?;
             self.reserved_until = until;
         }
         let s = self.next;

@@ -1,14 +1,17 @@
 //! Outbox segment files: a sequence of CRC-checked records, named by the first record's seq.
 //!
-//! Record layout (little endian): `len u32 | crc32 u32 | seq u64 | accepted_at_ms u64 | payload`,
-//! the CRC covering seq, timestamp and payload. A torn tail (crash mid-write) fails the CRC or the
-//! length check and is cut off when the segment is opened for appending.
+//! Records are frames of [`crate::durable::frame`] (marker, length, CRC) whose payload is
+//! `seq u64 | accepted_at_ms u64 | message` (little endian). Recovery at open
+//! ([`recover`]) cuts a torn tail, skips damaged records (keeping the ones after them) and
+//! rewrites a segment of the previous framing.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-pub const HEADER_LEN: usize = 24;
+use crate::durable::frame::{self, Frame, FRAME};
+
+pub const HEADER_LEN: usize = FRAME + 16;
 /// A record larger than this is corruption, not data (the API limits bodies far below).
 pub const MAX_RECORD: usize = 64 << 20;
 
@@ -21,53 +24,41 @@ pub struct Record {
 }
 
 pub fn encode(seq: u64, accepted_at_ms: u64, payload: &[u8], out: &mut Vec<u8>) {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&seq.to_le_bytes());
-    crc.update(&accepted_at_ms.to_le_bytes());
-    crc.update(payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    let start = frame::begin(out);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&accepted_at_ms.to_le_bytes());
     out.extend_from_slice(payload);
+    frame::finish(out, start);
 }
 
 /// Outcome of decoding at one offset.
 pub enum Decoded {
     Record(Record, usize),
-    /// Not enough bytes for a whole record (end of data, or a torn tail).
-    Incomplete,
+    /// Not enough bytes for a whole record (end of data, or a torn tail); this many are needed.
+    Incomplete(usize),
     /// The bytes are not a record.
     Corrupt(&'static str),
 }
 
+/// Whether an intact frame's payload is a record (seq and timestamp present).
+fn is_record(payload: &[u8]) -> bool {
+    payload.len() >= 16
+}
+
 pub fn decode(buf: &[u8]) -> Decoded {
-    if buf.len() < HEADER_LEN {
-        return Decoded::Incomplete;
+    match frame::decode(buf, MAX_RECORD + 16) {
+        Frame::Intact(p, _) if !is_record(p) => Decoded::Corrupt("record too short"),
+        Frame::Intact(p, n) => Decoded::Record(
+            Record {
+                seq: u64::from_le_bytes(p[0..8].try_into().expect("8 bytes")),
+                accepted_at_ms: u64::from_le_bytes(p[8..16].try_into().expect("8 bytes")),
+                payload: p[16..].to_vec(),
+            },
+            n,
+        ),
+        Frame::Incomplete(n) => Decoded::Incomplete(n),
+        Frame::Corrupt(why) => Decoded::Corrupt(why),
     }
-    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
-    if len > MAX_RECORD {
-        return Decoded::Corrupt("record length out of range");
-    }
-    if buf.len() < HEADER_LEN + len {
-        return Decoded::Incomplete;
-    }
-    let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
-    let mut h = crc32fast::Hasher::new();
-    h.update(&buf[8..HEADER_LEN + len]);
-    if h.finalize() != crc {
-        return Decoded::Corrupt("checksum mismatch");
-    }
-    let seq = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-    let ts = u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes"));
-    Decoded::Record(
-        Record {
-            seq,
-            accepted_at_ms: ts,
-            payload: buf[HEADER_LEN..HEADER_LEN + len].to_vec(),
-        },
-        HEADER_LEN + len,
-    )
 }
 
 pub fn segment_name(first_seq: u64) -> String {
@@ -123,15 +114,12 @@ pub fn read_records(
                     pos += n;
                     out.push(r);
                 }
-                Decoded::Incomplete
-                    if out.is_empty() && (buf.len() as u64) < remaining && buf.len() >= 4 =>
-                {
+                Decoded::Incomplete(need) if out.is_empty() && (buf.len() as u64) < remaining => {
                     // The first record is larger than the read: read exactly it.
-                    let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as u64;
-                    want = remaining.min(HEADER_LEN as u64 + len);
+                    want = remaining.min(need as u64);
                     break;
                 }
-                Decoded::Incomplete => return Ok((out, offset + pos as u64, None)),
+                Decoded::Incomplete(_) => return Ok((out, offset + pos as u64, None)),
                 Decoded::Corrupt(why) => return Ok((out, offset + pos as u64, Some(why))),
             }
         }
@@ -148,35 +136,68 @@ pub fn read_header(path: &Path, offset: u64) -> io::Result<Option<(u64, u64)>> {
     let mut h = [0u8; HEADER_LEN];
     match f.read_exact(&mut h) {
         Ok(()) => Ok(Some((
-            u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")),
-            u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+            u64::from_le_bytes(h[FRAME..FRAME + 8].try_into().expect("8 bytes")),
+            u64::from_le_bytes(h[FRAME + 8..FRAME + 16].try_into().expect("8 bytes")),
         ))),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Scans a whole segment: the valid length (where a torn tail begins), the number of records
-/// and the last seq. Used at start-up only.
-pub fn scan(path: &Path) -> io::Result<ScanResult> {
+/// Recovers a whole segment (see [`frame::recover`]): the torn tail of the active one is cut,
+/// damaged records are skipped and counted under `store`, a segment of the previous framing is
+/// rewritten. Then scans it: its length, records and seqs. Used at open only.
+pub fn recover(
+    path: &Path,
+    store: &'static str,
+    sealed: bool,
+    watch: &crate::durable::DiskWatch,
+) -> io::Result<ScanResult> {
     let buf = std::fs::read(path)?;
-    let mut pos = 0;
-    let mut result = ScanResult::default();
-    while let Decoded::Record(r, n) = decode(&buf[pos..]) {
-        result.records += 1;
-        result.last_seq = Some(r.seq);
-        result.seqs_ts.push((r.seq, r.accepted_at_ms, pos as u64));
-        pos += n;
+    let layout = frame::Layout {
+        store,
+        max: MAX_RECORD + 16,
+        legacy_extra: 16,
+        accept: &is_record,
+    };
+    let r = frame::recover(path, buf, 0, &[], &layout, sealed, watch)?;
+    let mut result = ScanResult {
+        valid_len: r.bytes.len() as u64,
+        corrupt: r.corrupt,
+        ..ScanResult::default()
+    };
+    for &(at, n) in &r.frames {
+        if let Decoded::Record(rec, _) = decode(&r.bytes[at..at + n]) {
+            result.records += 1;
+            result.last_seq = Some(rec.seq);
+            result
+                .seqs_ts
+                .push((rec.seq, rec.accepted_at_ms, at as u64));
+        }
     }
-    result.valid_len = pos as u64;
-    result.file_len = buf.len() as u64;
     Ok(result)
+}
+
+/// The last seq of a segment's intact records, read only (recovery happens when its queue
+/// opens).
+pub fn last_seq(path: &Path) -> io::Result<Option<u64>> {
+    let buf = std::fs::read(path)?;
+    let scan = frame::scan(&buf, 0, MAX_RECORD + 16, is_record);
+    Ok(scan
+        .frames
+        .last()
+        .and_then(|&(at, n)| match decode(&buf[at..at + n]) {
+            Decoded::Record(r, _) => Some(r.seq),
+            _ => None,
+        }))
 }
 
 #[derive(Debug, Default)]
 pub struct ScanResult {
+    /// The segment's length after recovery.
     pub valid_len: u64,
-    pub file_len: u64,
+    /// Damaged records skipped.
+    pub corrupt: u64,
     pub records: u64,
     pub last_seq: Option<u64>,
     /// (seq, accepted_at_ms, offset) of every record.
@@ -197,7 +218,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(segment_name(7));
         std::fs::write(&p, &buf).unwrap();
-        let s = scan(&p).unwrap();
+        let s = recover(&p, "outbox", false, &crate::durable::DiskWatch::default()).unwrap();
         assert_eq!(
             (s.records, s.last_seq, s.valid_len),
             (2, Some(8), full as u64)
@@ -215,7 +236,7 @@ mod tests {
         buf[HEADER_LEN] ^= 0xff;
         assert!(matches!(
             decode(&buf),
-            Decoded::Corrupt("checksum mismatch")
+            Decoded::Corrupt("record checksum mismatch")
         ));
     }
 
@@ -234,7 +255,7 @@ mod tests {
         assert_eq!(recs.len(), 2);
         let (recs, _, _) = read_records(&p, 0, buf.len() as u64, 100, 10).unwrap();
         assert_eq!(recs.len(), 1, "one oversized record still goes alone");
-        assert_eq!(read_header(&p, 124).unwrap(), Some((1, 0)));
+        assert_eq!(read_header(&p, 128).unwrap(), Some((1, 0)));
     }
 
     #[test]
