@@ -49,6 +49,15 @@ pub fn date(text: &str) -> (Option<i64>, Option<i64>) {
     )
 }
 
+/// Parses an events-log replay time (`t1`, `t2`: epoch seconds) and reads the project of an
+/// event's JSON (a consumer's filter); the project's length.
+pub fn events_log(text: &str) -> (Option<u64>, Option<usize>) {
+    (
+        crate::events::replay::parse_time(text).ok(),
+        crate::events::project_of(text.as_bytes()).map(|p| p.len()),
+    )
+}
+
 /// Decodes a peer's batch body and each of its messages, as the receiver does; the count of
 /// messages that decoded.
 pub fn wire_batch(body: &[u8]) -> Option<usize> {
@@ -176,6 +185,16 @@ mod tests {
             let _ = duration(&u);
             let _ = date(&t);
             let _ = date(&u);
+        }
+
+        #[test]
+        fn events_log_times_and_projects_terminate_bounded(t in hostile_text(), u in any::<String>()) {
+            for text in [&t, &u] {
+                let (_, project) = events_log(text);
+                prop_assert!(project.is_none_or(|n| n <= text.len()));
+            }
+            let wrapped = format!(r#"{{"type":"x","project":{}}}"#, serde_json::Value::String(u.clone()));
+            prop_assert_eq!(events_log(&wrapped).1, Some(u.len()));
         }
 
         #[test]

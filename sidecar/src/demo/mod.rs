@@ -1,6 +1,9 @@
 //! `ha-sidecar demo`: two nodes on loopback in temporary directories, and a simulated master
-//! that writes and evicts through the local API (as a real master would, over HTTP), printing
-//! what flows until Ctrl-C.
+//! that uses the local API as a real master would (over HTTP), printing what flows until
+//! Ctrl-C. Rounds take turns (`rounds`): a cache eviction, an index write, a stream event seen
+//! on the other node's tail, a web session, and an outage of node B with its catch-up.
+
+mod rounds;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -26,7 +29,7 @@ fn node_config(
          [sidecar]\n  listenUrl = http://{l}/\n  localListenUrl = http://{ll}/\n\
          [peerInfo \"static\"]\n  url = http://{p}/\n\
          [auth]\n  secretFile = {secret}\n\
-         [http]\n  retryInterval = 200ms\n",
+         [http]\n  retryInterval = 200ms\n  maxRetryInterval = 1s\n",
         shared = dir.join("shared").display(),
         data = dir.join(id).display(),
         l = listen.local_addr()?,
@@ -36,7 +39,24 @@ fn node_config(
     ))
 }
 
-async fn start_pair(dir: &std::path::Path) -> Result<(Node, Node), String> {
+/// Node B's config and addresses, to start it again after the outage round.
+pub(crate) struct Restart {
+    config: config::Config,
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+}
+
+impl Restart {
+    pub(crate) async fn start(&self) -> Result<Node, String> {
+        let peer = TcpListener::bind(self.peer).map_err(|e| e.to_string())?;
+        let local = TcpListener::bind(self.local).map_err(|e| e.to_string())?;
+        Node::start(self.config.clone(), Listeners { peer, local })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn start_pair(dir: &std::path::Path) -> Result<(Node, Node, Restart), String> {
     let secret: [u8; 32] = rand::random();
     {
         // Only the owner may read a secret file (the config refuses it otherwise).
@@ -67,6 +87,7 @@ async fn start_pair(dir: &std::path::Path) -> Result<(Node, Node), String> {
         node_config(dir, "demo-b", &b_peer, &b_local, &a_peer).map_err(|e| e.to_string())?,
     ];
     let env = BTreeMap::new();
+    let mut restart = None;
     for (text, (peer, local)) in texts.iter().zip([(a_peer, a_local), (b_peer, b_local)]) {
         let path = dir.join("demo.config");
         let (cfg, _) = config::load(config::Source {
@@ -74,6 +95,11 @@ async fn start_pair(dir: &std::path::Path) -> Result<(Node, Node), String> {
             env: &env,
         })
         .map_err(|r| r.to_string())?;
+        restart = Some(Restart {
+            config: cfg.clone(),
+            peer: peer.local_addr().map_err(|e| e.to_string())?,
+            local: local.local_addr().map_err(|e| e.to_string())?,
+        });
         nodes.push(
             Node::start(cfg, Listeners { peer, local })
                 .await
@@ -82,7 +108,7 @@ async fn start_pair(dir: &std::path::Path) -> Result<(Node, Node), String> {
     }
     let b = nodes.pop().expect("two nodes");
     let a = nodes.pop().expect("two nodes");
-    Ok((a, b))
+    Ok((a, b, restart.expect("two nodes")))
 }
 
 pub async fn run() -> ExitCode {
@@ -93,7 +119,7 @@ pub async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (a, b) = match start_pair(dir.path()).await {
+    let (a, b, restart) = match start_pair(dir.path()).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("demo: cannot start the nodes: {e}");
@@ -116,66 +142,25 @@ pub async fn run() -> ExitCode {
         a.peer_url()
     );
     println!(
-        "the simulated master caches a project on B, evicts it on A, and checks B. Ctrl-C stops.\n"
+        "the simulated master works on A; each round shows what reaches B (times rounded). \
+         Ctrl-C stops.\n"
     );
-    let http = reqwest::Client::new();
-    let mut round = 0u64;
+    let mut demo = rounds::Demo::new(a, b, restart);
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
+    let mut round = 0u64;
     loop {
         round += 1;
-        let key = format!("tools/project-{}", round % 5);
-        let res = simulate(&http, &a, &b, &key, round).await;
-        match res {
+        match demo.round(round).await {
             Ok(line) => println!("{line}"),
             Err(e) => println!("round {round}: {e}"),
         }
         tokio::select! {
             _ = &mut stop => break,
-            _ = tokio::time::sleep(Duration::from_millis(1000)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(700)) => {}
         }
     }
     println!("\nstopping both nodes");
-    a.shutdown().await;
-    b.shutdown().await;
+    demo.shutdown().await;
     ExitCode::SUCCESS
-}
-
-async fn simulate(
-    http: &reqwest::Client,
-    a: &Node,
-    b: &Node,
-    key: &str,
-    round: u64,
-) -> Result<String, String> {
-    let e = |e: reqwest::Error| e.to_string();
-    let b_url = format!("{}v1/cache/projects/{key}", b.local_url());
-    http.put(&b_url)
-        .json(&serde_json::json!({"name": key, "round": round}))
-        .send()
-        .await
-        .map_err(e)?;
-    let t0 = std::time::Instant::now();
-    let r = http
-        .post(format!("{}v1/cache/projects/evict", a.local_url()))
-        .json(&serde_json::json!({"keys": [key]}))
-        .send()
-        .await
-        .map_err(e)?;
-    let accepted: serde_json::Value = r.json().await.map_err(e)?;
-    // Poll B until the eviction has arrived (bounded).
-    for _ in 0..200 {
-        let s = http.get(&b_url).send().await.map_err(e)?.status();
-        if s == 404 {
-            return Ok(format!(
-                "round {round}: master put `projects/{key}` on B; evicted on A (seq {}); gone from B after {:.1} ms",
-                accepted["seq"],
-                t0.elapsed().as_secs_f64() * 1000.0
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(format!(
-        "round {round}: eviction of `{key}` not yet on B after 1 s (is B reachable?)"
-    ))
 }
