@@ -36,10 +36,13 @@ EXPORT { Export_Id = 1; Path = $DIR/export; Pseudo = /export; Protocols = 3, 4; 
          CLIENT { Clients = $SRV; Access_Type = RW; }  FSAL { Name = VFS; } }
 LOG { Default_Log_Level = EVENT; }
 CONF
-# rpcbind's unix socket lives in /run: a private /run per server (INFRA.md §1b).
+# rpcbind's unix socket lives in /run: a private /run per server (INFRA.md §1b). ganesha starts
+# once the socket exists: under load it could register before rpcbind listened ("Cannot register
+# NFS V3 on UDP").
 ip netns exec "$NS" unshare --mount --propagation private sh -c "
   mount -t tmpfs ha-run /run && mkdir -p /run/ganesha &&
   { rpcbind -w -f & echo \$! > '$DIR/rpcbind.pid'; } &&
+  for i in \$(seq 100); do [ -S /run/rpcbind.sock ] && break; sleep 0.05; done &&
   exec ganesha.nfsd -F -f '$DIR/ganesha.conf' -L '$DIR/ganesha.log' -p /run/ganesha/ganesha.pid
 " > "$DIR/ganesha.out" 2>&1 &
 echo $! > "$DIR/ganesha.pid"

@@ -238,6 +238,18 @@ async fn cli_fails_over_after_sigkill_exactly_once() {
         specs[0].peer_url(),
         specs[1].peer_url(),
     );
+    // Both started together, so each restores the other's event history first and refuses
+    // peer batches meanwhile (`event_history`); this test is about the CLI, so it starts once
+    // both are healthy.
+    for url in [&ap, &bp] {
+        eventually("the node is healthy", Duration::from_secs(30), || async {
+            h.get(format!("{url}health"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 204)
+        })
+        .await;
+    }
     let (pa, pb1) = tokio::join!(
         publish_range(&h, &al, 0, 500, 8),
         publish_range(&h, &bl, 0, 500, 8)
