@@ -700,20 +700,9 @@ async fn wiped_and_joining_nodes_catch_up_before_ready() {
     drop(a);
 }
 
-/// `ha-sidecar reindex` bulk-loads a JSON-lines file through A's local API; B receives it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reindex_loads_a_file_and_peers_receive_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let specs = mesh_specs(dir.path(), 2, INDEX_CONFIG);
-    let a = start_in_process(&specs[0], dir.path()).await;
-    let b = start_in_process(&specs[1], dir.path()).await;
-    let file = dir.path().join("changes.jsonl");
-    let lines: Vec<String> = fixture_changes()
-        .iter()
-        .map(|d| json!({"id": d["id"], "version": 2, "doc": d}).to_string())
-        .collect();
-    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let url = a.local_url();
+/// Runs `ha-sidecar reindex --kind changes --from FILE --url URL`; returns its stdout.
+async fn reindex(file: &Path, url: &str) -> String {
+    let (file, url) = (file.to_owned(), url.to_owned());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(integration::bin())
             .args(["reindex", "--kind", "changes", "--from"])
@@ -724,15 +713,55 @@ async fn reindex_loads_a_file_and_peers_receive_it() {
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+/// `ha-sidecar reindex` bulk-loads a JSON-lines file through A's local API; B receives it.
+/// First the sample shipped in `examples/reindex/` (the format the README documents), then
+/// every fixture document at a newer version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_loads_a_file_and_peers_receive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = mesh_specs(dir.path(), 2, INDEX_CONFIG);
+    let a = start_in_process(&specs[0], dir.path()).await;
+    let b = start_in_process(&specs[1], dir.path()).await;
+    let (h, al, bl) = (http(), a.local_url(), b.local_url());
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/reindex/changes.jsonl");
+    let shipped: Vec<Value> = std::fs::read_to_string(&sample)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The sample is the fixture's first documents, so it cannot drift from the fixture.
+    let fixture = fixture_changes();
+    assert_eq!(shipped.len(), 50);
+    for (line, doc) in shipped.iter().zip(&fixture) {
+        assert_eq!(line["doc"], *doc);
+        assert_eq!(line["id"], doc["id"]);
+    }
+    let stdout = reindex(&sample, &al).await;
+    assert!(stdout.contains("50 applied"), "{stdout}");
+    eventually(
+        "B holds the sample's changes",
+        Duration::from_secs(10),
+        || async { id_versions(&h, &bl).await.len() == 50 },
+    )
+    .await;
+
+    let file = dir.path().join("changes.jsonl");
+    let lines: Vec<String> = fixture
+        .iter()
+        .map(|d| json!({"id": d["id"], "version": 2, "doc": d}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let stdout = reindex(&file, &al).await;
     assert!(stdout.contains("300 applied"), "{stdout}");
-    let h = http();
-    let bl = b.local_url();
     eventually(
         "B holds the reindexed changes",
         Duration::from_secs(10),

@@ -261,6 +261,115 @@ fn start_index_sync(state: &AppState, client: PeerClient, scope: &Scope) {
     scope.spawn(sync.run(empty, scope.token().clone()));
 }
 
+/// What the node needs to talk to its peers: the receiver of their batches, the verifier of
+/// their signatures, TLS, the client of outgoing calls and the forwarders' context.
+struct Transport {
+    receiver: Receiver,
+    verifier: Verifier,
+    tls: Arc<NodeTls>,
+    client: PeerClient,
+    forwarding: ForwarderCtx,
+}
+
+impl Transport {
+    fn build(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        stores: Stores,
+    ) -> Result<Transport, StartError> {
+        let receiver =
+            Receiver::new(&config.data_dir, stores, metrics.clone()).map_err(|source| {
+                StartError::Dir {
+                    path: config.data_dir.join("inbox").display().to_string(),
+                    source,
+                }
+            })?;
+        let verifier = Verifier::new(config.auth.secrets.clone(), config.auth.max_clock_skew);
+        let tls =
+            Arc::new(NodeTls::load(&config.tls).map_err(|e| StartError::Other(e.to_string()))?);
+        let client = PeerClient::new(
+            &config.http,
+            config.auth.secrets.first().cloned(),
+            &config.instance_id,
+            tls.client(),
+        )?;
+        let forwarding = ForwarderCtx {
+            origin: config.instance_id.clone(),
+            client: client.clone(),
+            metrics: metrics.clone(),
+            dead: Arc::new(DeadLetters::new(&config.data_dir)),
+            max_messages: config.http.max_batch_messages,
+            max_bytes: config.http.max_batch_bytes,
+            retry_interval: config.http.retry_interval,
+            max_retry_interval: config.http.max_retry_interval,
+        };
+        Ok(Transport {
+            receiver,
+            verifier,
+            tls,
+            client,
+            forwarding,
+        })
+    }
+}
+
+/// Two of the largest peer bodies in flight at once (authenticated or from senders that do not
+/// declare their body's hash); more wait, then 503. In KiB: the semaphore's permits.
+fn peer_bodies_kib(config: &Config) -> u32 {
+    (config.limits.max_peer_body * 2)
+        .div_ceil(1024)
+        .min(u32::MAX as usize >> 4) as u32
+}
+
+/// Until the event log has fetched the history it lacks (a wiped or new node): 503 "catching
+/// up", and peer batches' events wait. `None` when events are not synchronized.
+fn prepare_history(
+    state: &AppState,
+    client: &PeerClient,
+) -> Option<crate::event_history::EventHistory> {
+    state.config.event.synchronize.then(|| {
+        state.health.begin_catch_up("events");
+        state.events.set_restoring(true);
+        crate::event_history::EventHistory {
+            events: state.events.clone(),
+            client: client.clone(),
+            health: state.health.clone(),
+        }
+    })
+}
+
+/// Starts the node's background work once its listeners serve: session cleanup, the history
+/// restore, membership, the election and index anti-entropy.
+fn start_background(
+    state: &Arc<AppState>,
+    history: Option<crate::event_history::EventHistory>,
+    client: PeerClient,
+    scopes: &Scopes,
+) {
+    let config = &state.config;
+    state.sessions.spawn_cleanup(&scopes.housekeeping);
+    // 503 "catching up" until the peers have delivered what they held for this node.
+    state.health.begin_catch_up("peers");
+    if let Some(history) = history {
+        let peer_urls: Vec<url::Url> = state.peers.list().iter().map(|p| p.url()).collect();
+        let (timeout, stop) = (config.catch_up_timeout, scopes.housekeeping.token().clone());
+        scopes.housekeeping.spawn(async move {
+            history.run(peer_urls, timeout, stop).await;
+        });
+    }
+    state.membership.start();
+    // Hot-standby: the election's rounds run and stop with membership.
+    scopes.membership.spawn(
+        state
+            .election
+            .clone()
+            .run(scopes.membership.token().clone()),
+    );
+    if config.index.synchronize {
+        start_index_sync(state, client, &scopes.index_sync);
+    }
+}
+
 /// The node's scopes, one per stop stage, in the order `Node::shutdown` stops them.
 struct Scopes {
     root: Scope,
@@ -311,8 +420,15 @@ impl Node {
         let master =
             crate::gerrit::Master::open(&config, health.disk().clone(), scopes.master.clone())?
                 .map(Arc::new);
-        let receiver = Receiver::new(
-            &config.data_dir,
+        let Transport {
+            receiver,
+            verifier,
+            tls,
+            client,
+            forwarding,
+        } = Transport::build(
+            &config,
+            &metrics,
             Stores {
                 caches: caches.clone(),
                 sessions: sessions.clone(),
@@ -320,31 +436,7 @@ impl Node {
                 index: index.clone(),
                 master: master.as_ref().map(|m| m.queues.clone()),
             },
-            metrics.clone(),
-        )
-        .map_err(|source| StartError::Dir {
-            path: config.data_dir.join("inbox").display().to_string(),
-            source,
-        })?;
-        let verifier = Verifier::new(config.auth.secrets.clone(), config.auth.max_clock_skew);
-        let tls =
-            Arc::new(NodeTls::load(&config.tls).map_err(|e| StartError::Other(e.to_string()))?);
-        let client = PeerClient::new(
-            &config.http,
-            config.auth.secrets.first().cloned(),
-            &config.instance_id,
-            tls.client(),
         )?;
-        let forwarding = ForwarderCtx {
-            origin: config.instance_id.clone(),
-            client: client.clone(),
-            metrics: metrics.clone(),
-            dead: Arc::new(DeadLetters::new(&config.data_dir)),
-            max_messages: config.http.max_batch_messages,
-            max_bytes: config.http.max_batch_bytes,
-            retry_interval: config.http.retry_interval,
-            max_retry_interval: config.http.max_retry_interval,
-        };
         let peers = Arc::new(Peers::new(outbox.clone(), forwarding, scopes.peers.clone()));
         let membership = Arc::new(Membership::new(
             config.clone(),
@@ -380,11 +472,7 @@ impl Node {
             outbox: outbox.clone(),
             metrics: metrics.clone(),
         });
-        // Two of the largest peer bodies in flight at once (authenticated or from senders that
-        // do not declare their body's hash); more wait, then 503.
-        let peer_bodies_kib = (config.limits.max_peer_body * 2)
-            .div_ceil(1024)
-            .min(u32::MAX as usize >> 4) as u32;
+        let peer_bodies_kib = peer_bodies_kib(&config);
         let state = Arc::new(AppState {
             config: config.clone(),
             caches,
@@ -396,9 +484,9 @@ impl Node {
             verifier: Arc::new(verifier),
             metrics,
             health: health.clone(),
-            sessions: sessions.clone(),
-            membership: membership.clone(),
-            election: election.clone(),
+            sessions,
+            membership,
+            election,
             events,
             master: master.clone(),
             stop: scopes.servers.token().child_token(),
@@ -409,37 +497,10 @@ impl Node {
         if let Some(m) = &master {
             m.start(&config, state.metrics.clone(), health.clone());
         }
-        // Until the event log has fetched the history it lacks (a wiped or new node): 503
-        // "catching up", and peer batches' events wait (set before the listeners open, so no
-        // newer event can overtake the restored ones).
-        let history = config.event.synchronize.then(|| {
-            health.begin_catch_up("events");
-            state.events.set_restoring(true);
-            crate::event_history::EventHistory {
-                events: state.events.clone(),
-                client: client.clone(),
-                health: health.clone(),
-            }
-        });
+        // Set before the listeners open, so no newer event can overtake the restored ones.
+        let history = prepare_history(&state, &client);
         let (handles, peer_addr, local_addr) = serve(&state, listeners, &scopes.servers)?;
-        sessions.spawn_cleanup(&scopes.housekeeping);
-        // 503 "catching up" until the peers have delivered what they held for this node.
-        health.begin_catch_up("peers");
-        if let Some(history) = history {
-            let peer_urls: Vec<url::Url> = state.peers.list().iter().map(|p| p.url()).collect();
-            let (timeout, stop) = (config.catch_up_timeout, scopes.housekeeping.token().clone());
-            scopes.housekeeping.spawn(async move {
-                history.run(peer_urls, timeout, stop).await;
-            });
-        }
-        membership.start();
-        // Hot-standby: the election's rounds run and stop with membership.
-        scopes
-            .membership
-            .spawn(election.run(scopes.membership.token().clone()));
-        if config.index.synchronize {
-            start_index_sync(&state, client, &scopes.index_sync);
-        }
+        start_background(&state, history, client, &scopes);
         tracing::info!(
             instance = %config.instance_id,
             listen = %peer_addr,

@@ -126,6 +126,18 @@ impl Verifier {
         headers: Option<&SignatureHeaders>,
         now_ms: u64,
     ) -> Result<(), AuthError> {
+        let (h, ts) = self.timestamped(headers)?;
+        if hex::decode(&h.signature).is_err() {
+            return Err(AuthError::Malformed(HEADER_SIGNATURE));
+        }
+        self.in_window(ts, now_ms)
+    }
+
+    /// A secret is configured and the headers are there with a well-formed timestamp.
+    fn timestamped<'h>(
+        &self,
+        headers: Option<&'h SignatureHeaders>,
+    ) -> Result<(&'h SignatureHeaders, u64), AuthError> {
         if self.secrets.is_empty() {
             return Err(AuthError::NoSecret);
         }
@@ -134,10 +146,7 @@ impl Verifier {
             .timestamp_ms
             .parse()
             .map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
-        if hex::decode(&h.signature).is_err() {
-            return Err(AuthError::Malformed(HEADER_SIGNATURE));
-        }
-        self.in_window(ts, now_ms)
+        Ok((h, ts))
     }
 
     fn in_window(&self, ts: u64, now_ms: u64) -> Result<(), AuthError> {
@@ -160,14 +169,7 @@ impl Verifier {
         body_sha256: &str,
         now_ms: u64,
     ) -> Result<(), AuthError> {
-        if self.secrets.is_empty() {
-            return Err(AuthError::NoSecret);
-        }
-        let h = headers.ok_or(AuthError::Missing(HEADER_SIGNATURE))?;
-        let ts: u64 = h
-            .timestamp_ms
-            .parse()
-            .map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?;
+        let (h, ts) = self.timestamped(headers)?;
         if h.nonce.len() < 16
             || h.nonce.len() > 64
             || !h.nonce.bytes().all(|b| b.is_ascii_hexdigit())

@@ -31,6 +31,35 @@ pub struct EventHistory {
     pub health: Arc<Health>,
 }
 
+/// Why a peer's history could not be restored (the restore goes on with the next peer).
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Client(#[from] crate::peers::client::ClientError),
+    #[error("{path}: status {status}: {message}")]
+    Status {
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("bad {what} reply: {source}")]
+    BadReply {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("bad origin {0:?} in the origins reply")]
+    BadOrigin(String),
+    #[error("asked for {asked}, got {got}")]
+    WrongOrigin { asked: String, got: String },
+    #[error("cannot append {origin}'s events: {source}")]
+    Append {
+        origin: String,
+        #[source]
+        source: crate::events::EventError,
+    },
+}
+
 /// What one restore did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
@@ -88,14 +117,17 @@ impl EventHistory {
     }
 
     /// Fetches every origin's events the peer holds beyond this log's last seq of it.
-    async fn restore_peer(&self, peer: &url::Url, deadline: Instant) -> Result<u64, String> {
+    async fn restore_peer(&self, peer: &url::Url, deadline: Instant) -> Result<u64, HistoryError> {
         let body = self.get(peer, "v1/peer/events").await?;
         let theirs: OriginsReply =
-            serde_json::from_slice(&body).map_err(|e| format!("bad origins reply: {e}"))?;
+            serde_json::from_slice(&body).map_err(|source| HistoryError::BadReply {
+                what: "origins".into(),
+                source,
+            })?;
         let mut restored = 0;
         for (origin, their_last) in theirs.origins {
             if !crate::wire::valid_instance_id(&origin) {
-                return Err(format!("bad origin {origin:?} in the origins reply"));
+                return Err(HistoryError::BadOrigin(origin));
             }
             loop {
                 let mine = self.mine().get(&origin).copied().unwrap_or(0);
@@ -110,10 +142,16 @@ impl EventHistory {
                         ),
                     )
                     .await?;
-                let reply = CatchUpReply::decode(&body)
-                    .map_err(|e| format!("bad catch-up reply for {origin}: {e}"))?;
+                let reply =
+                    CatchUpReply::decode(&body).map_err(|source| HistoryError::BadReply {
+                        what: format!("catch-up ({origin})"),
+                        source,
+                    })?;
                 if reply.origin != origin {
-                    return Err(format!("asked for {origin}, got {}", reply.origin));
+                    return Err(HistoryError::WrongOrigin {
+                        asked: origin,
+                        got: reply.origin.to_string(),
+                    });
                 }
                 let events: Vec<(u64, &[u8])> = reply
                     .events
@@ -129,7 +167,7 @@ impl EventHistory {
                     match r {
                         Ok(crate::events::AppendOutcome::Appended) => restored += 1,
                         Ok(_) => {}
-                        Err(e) => return Err(format!("cannot append {origin}'s events: {e}")),
+                        Err(source) => return Err(HistoryError::Append { origin, source }),
                     }
                 }
                 if asked < PAGE {
@@ -144,14 +182,14 @@ impl EventHistory {
         self.events.last_seq_by_origin()
     }
 
-    async fn get(&self, peer: &url::Url, path: &str) -> Result<Vec<u8>, String> {
-        match self.client.get_signed(peer, path, REQUEST_TIMEOUT).await {
-            Ok((200, body)) => Ok(body),
-            Ok((status, body)) => Err(format!(
-                "{path}: status {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            )),
-            Err(e) => Err(e.to_string()),
+    async fn get(&self, peer: &url::Url, path: &str) -> Result<Vec<u8>, HistoryError> {
+        match self.client.get_signed(peer, path, REQUEST_TIMEOUT).await? {
+            (200, body) => Ok(body),
+            (status, body) => Err(HistoryError::Status {
+                path: path.to_owned(),
+                status,
+                message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            }),
         }
     }
 }

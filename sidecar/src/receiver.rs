@@ -184,21 +184,7 @@ impl Receiver {
                 }
             };
             let (seq, kind) = (env.seq, env.kind.as_str());
-            if !crate::plausible::seq_ok(seq, hwm, now_us) {
-                // Not applied and no mark moved: one forged seq must not silence the origin.
-                let why = implausible(seq, hwm, now_us);
-                self.forged("seq_ahead");
-                tracing::error!(origin, seq, mark = hwm, "refused a peer message: {why}");
-                self.refused(origin, seq, kind, &why);
-                reply.rejected.push(reject(seq, why));
-                continue;
-            }
-            if seq <= hwm {
-                reply.duplicates += 1;
-                self.metrics
-                    .messages_duplicate
-                    .get_or_create(&Metrics::kind(kind))
-                    .inc();
+            if !self.is_new(origin, (seq, kind), hwm, now_us, &mut reply) {
                 continue;
             }
             let applied = match env.body {
@@ -234,14 +220,7 @@ impl Receiver {
                 Ok(msg) => self.apply_cache(&msg),
             };
             match applied {
-                Ok(kind) => {
-                    tracing::debug!(origin, seq, kind, "applied");
-                    reply.applied += 1;
-                    self.metrics
-                        .messages_applied
-                        .get_or_create(&Metrics::kind(kind))
-                        .inc();
-                }
+                Ok(kind) => self.applied(origin, seq, kind, &mut reply),
                 Err(ApplyError::Refuse(why)) => {
                     self.refused(origin, seq, kind, &why);
                     reply.rejected.push(reject(seq, why));
@@ -300,6 +279,45 @@ impl Receiver {
             self.persist(origin, g, hwm).await?;
         }
         Ok(())
+    }
+
+    /// Whether message `seq` of `origin` is to be applied: not a duplicate (at or below the
+    /// mark) and plausible. An implausible seq is refused without moving the mark: one forged
+    /// seq must not silence the origin.
+    fn is_new(
+        &self,
+        origin: &str,
+        (seq, kind): (u64, &str),
+        hwm: u64,
+        now_us: u64,
+        reply: &mut BatchReply,
+    ) -> bool {
+        if !crate::plausible::seq_ok(seq, hwm, now_us) {
+            let why = implausible(seq, hwm, now_us);
+            self.forged("seq_ahead");
+            tracing::error!(origin, seq, mark = hwm, "refused a peer message: {why}");
+            self.refused(origin, seq, kind, &why);
+            reply.rejected.push(reject(seq, why));
+            return false;
+        }
+        if seq <= hwm {
+            reply.duplicates += 1;
+            self.metrics
+                .messages_duplicate
+                .get_or_create(&Metrics::kind(kind))
+                .inc();
+            return false;
+        }
+        true
+    }
+
+    fn applied(&self, origin: &str, seq: u64, kind: &'static str, reply: &mut BatchReply) {
+        tracing::debug!(origin, seq, kind, "applied");
+        reply.applied += 1;
+        self.metrics
+            .messages_applied
+            .get_or_create(&Metrics::kind(kind))
+            .inc();
     }
 
     fn forged(&self, reason: &str) {

@@ -95,16 +95,8 @@ fn expire_one(
     report: &mut CleanupReport,
     before_reap: &mut dyn FnMut(&Path),
 ) -> Result<(), StoreError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(StoreError::Io {
-                op: "stat",
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
+    let Some(meta) = stat(path)? else {
+        return Ok(());
     };
     let hint_ms = meta.modified().map(unix_ms).unwrap_or(0);
     if hint_ms > now_ms {
@@ -131,22 +123,27 @@ fn expire_one(
     Ok(())
 }
 
+/// The entry's metadata (links not followed); `None` once it is gone.
+fn stat(path: &Path) -> Result<Option<std::fs::Metadata>, StoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io {
+            op: "stat",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
 fn remove_stale_temp(
     path: &Path,
     now_ms: u64,
     grace_ms: u64,
     report: &mut CleanupReport,
 ) -> Result<(), StoreError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(StoreError::Io {
-                op: "stat",
-                path: path.to_path_buf(),
-                source: e,
-            })
-        }
+    let Some(meta) = stat(path)? else {
+        return Ok(());
     };
     // ctime, not mtime: a writer stamps the temp file's mtime with the expiry before renaming.
     let ctime_ms =

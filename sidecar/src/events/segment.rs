@@ -3,7 +3,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tracing::{info, warn};
 
@@ -59,20 +58,15 @@ pub(crate) fn create(dir: &Path, id: u64, checkpoint: Checkpoint) -> Result<(Act
         .map_err(io_err(&path))?;
     sync_dir(dir)?;
     let reader = File::open(&path).map_err(io_err(&path))?;
-    let meta = SegmentMeta {
-        seg: Arc::new(Segment {
+    let meta = SegmentMeta::empty(
+        Segment {
             id,
             path,
             file: reader,
-        }),
-        header_len: header.len() as u64,
-        len: header.len() as u64,
-        records: 0,
-        newest_received_ms: 0,
-        oldest_received_ms: 0,
-        max_created: 0,
+        },
+        header.len() as u64,
         checkpoint,
-    };
+    );
     let log = crate::durable::AppendLog::new(file, header.len() as u64);
     Ok((Active { id, log }, meta))
 }
@@ -174,20 +168,15 @@ fn open_segment(
         crate::durable::frame::recover(&path, bytes, header_len, &header, &layout, !last, watch)
             .map_err(io_err(&path))?;
     let reader = File::open(&path).map_err(io_err(&path))?;
-    state.segments.push_back(SegmentMeta {
-        seg: Arc::new(Segment {
+    state.segments.push_back(SegmentMeta::empty(
+        Segment {
             id,
             path: path.clone(),
             file: reader,
-        }),
-        header_len: header.len() as u64,
-        len: header.len() as u64,
-        records: 0,
-        newest_received_ms: 0,
-        oldest_received_ms: 0,
-        max_created: 0,
-        checkpoint: checkpoint.clone(),
-    });
+        },
+        header.len() as u64,
+        checkpoint.clone(),
+    ));
     for (origin, mark) in &checkpoint {
         let idx = state.origins.entry(origin.clone()).or_default();
         idx.last_seq = idx.last_seq.max(mark.last_seq);

@@ -40,6 +40,22 @@ pub(crate) struct SegmentMeta {
     pub checkpoint: Checkpoint,
 }
 
+impl SegmentMeta {
+    /// A segment holding only its header (records are counted in as they are read or written).
+    pub(crate) fn empty(seg: Segment, header_len: u64, checkpoint: Checkpoint) -> SegmentMeta {
+        SegmentMeta {
+            seg: Arc::new(seg),
+            header_len,
+            len: header_len,
+            records: 0,
+            newest_received_ms: 0,
+            oldest_received_ms: 0,
+            max_created: 0,
+            checkpoint,
+        }
+    }
+}
+
 /// A byte position in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Pos {

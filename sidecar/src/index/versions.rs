@@ -123,7 +123,6 @@ impl VersionMap {
     /// JSON of a live document not yet committed, `None` for a tombstone or a committed state.
     pub fn set(&mut self, id: &str, e: Entry, source: Option<Arc<str>>) {
         let (b, idh) = id_hash(id);
-        let digest = &mut self.digests[b as usize];
         let old = match self.shards[b as usize].get_mut(id) {
             Some(slot) => Some(std::mem::replace(slot, e)),
             None => {
@@ -132,21 +131,9 @@ impl VersionMap {
             }
         };
         if let Some(old) = old {
-            digest.count -= 1;
-            digest.hash = digest.hash.wrapping_sub(entry_hash(idh, &old));
-            if old.deleted() {
-                self.tombstones -= 1;
-            } else {
-                self.docs -= 1;
-            }
+            self.tally(b, idh, &old, false);
         }
-        digest.count += 1;
-        digest.hash = digest.hash.wrapping_add(entry_hash(idh, &e));
-        if e.deleted() {
-            self.tombstones += 1;
-        } else {
-            self.docs += 1;
-        }
+        self.tally(b, idh, &e, true);
         match source {
             Some(source) => {
                 self.pending.insert(
@@ -167,16 +154,29 @@ impl VersionMap {
     pub fn remove(&mut self, id: &str) {
         let (b, idh) = id_hash(id);
         if let Some(old) = self.shards[b as usize].remove(id) {
-            let digest = &mut self.digests[b as usize];
-            digest.count -= 1;
-            digest.hash = digest.hash.wrapping_sub(entry_hash(idh, &old));
-            if old.deleted() {
-                self.tombstones -= 1;
-            } else {
-                self.docs -= 1;
-            }
+            self.tally(b, idh, &old, false);
         }
         self.pending.remove(id);
+    }
+
+    /// Counts an entry of bucket `b` in (`add`) or out of its digest and the doc/tombstone counts.
+    fn tally(&mut self, b: u8, idh: u64, e: &Entry, add: bool) {
+        let digest = &mut self.digests[b as usize];
+        let counter = if e.deleted() {
+            &mut self.tombstones
+        } else {
+            &mut self.docs
+        };
+        let h = entry_hash(idh, e);
+        if add {
+            digest.count += 1;
+            digest.hash = digest.hash.wrapping_add(h);
+            *counter += 1;
+        } else {
+            digest.count -= 1;
+            digest.hash = digest.hash.wrapping_sub(h);
+            *counter -= 1;
+        }
     }
 
     pub fn note_pending_op(&mut self) {

@@ -197,15 +197,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), ClientError> {
         let url = join(base, path.trim_start_matches('/'))?;
-        let resp = self
-            .signed_post(&url, body)?
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| transport(&url, &e))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| transport(&url, &e))?;
-        Ok((status, bytes.to_vec()))
+        reply_of(&url, self.signed_post(&url, body)?.timeout(timeout)).await
     }
 
     /// Signs and GETs `<base><path_and_query>` (the event catch-up endpoints, signed over the
@@ -223,20 +215,15 @@ impl PeerClient {
             None => url.path().to_owned(),
         };
         let sig = auth::sign(secret, "GET", &signed, b"", crate::peers::outbox::now_ms());
-        let resp = self
+        let request = self
             .http
             .get(url.clone())
             .header(auth::HEADER_TIMESTAMP, &sig.timestamp_ms)
             .header(auth::HEADER_NONCE, &sig.nonce)
             .header(auth::HEADER_SIGNATURE, &sig.signature)
             .header(auth::HEADER_CONTENT_SHA256, auth::content_sha256(b""))
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| transport(&url, &e))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| transport(&url, &e))?;
-        Ok((status, bytes.to_vec()))
+            .timeout(timeout);
+        reply_of(&url, request).await
     }
 
     /// Sends an alert in the background (the caller never waits on the webhook); a failure is
@@ -376,4 +363,15 @@ pub(crate) fn describe(e: &reqwest::Error) -> (&'static str, String) {
         Some(r) => (kind, r.to_string()),
         None => (kind, e.to_string()),
     }
+}
+
+/// Sends a request and reads its whole reply: the status and the body.
+async fn reply_of(
+    url: &url::Url,
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, Vec<u8>), ClientError> {
+    let resp = request.send().await.map_err(|e| transport(url, &e))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(|e| transport(url, &e))?;
+    Ok((status, bytes.to_vec()))
 }

@@ -2,9 +2,11 @@
 //! are up, left or failed; keeps the queue of an absent peer for `retainAbsent` so a restart
 //! loses nothing; remembers the roster across restarts; raises alerts; writes this node's
 //! heartbeat; catches up after a start; says goodbye at a graceful stop. `roster` keeps the
-//! roster across restarts; `handshake` holds the catch-up and the goodbye.
+//! roster across restarts; `handshake` holds the catch-up and the goodbye; `state` is the
+//! state machine without I/O (what a transition means, when failed probes fail a peer, when an
+//! absent peer's queue expires), unit-tested with paused time.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use crate::wire::{BacklogReply, Hello};
 
 mod handshake;
 mod roster;
+mod state;
 
 use roster::RosterEntry;
 
@@ -40,8 +43,8 @@ pub enum MembershipError {
 
 #[derive(Default)]
 struct Inner {
-    /// When probes of a peer started failing without a break.
-    unreachable_since: HashMap<String, Instant>,
+    /// Runs of failed probes, per peer.
+    unreachable: state::Unreachable,
     /// Keys found to be this node itself (a DNS record of our own address).
     selves: HashSet<String>,
     last_roster: Option<Vec<RosterEntry>>,
@@ -138,7 +141,7 @@ impl Membership {
     }
 
     fn expired(&self, absent_since_ms: u64, now: u64) -> bool {
-        now.saturating_sub(absent_since_ms) > self.config.peers.retain_absent.as_millis() as u64
+        state::expired(absent_since_ms, now, self.config.peers.retain_absent)
     }
 
     fn forget(&self, key: &str) {
@@ -294,18 +297,8 @@ impl Membership {
 
     fn became_up(&self, peer: &Arc<Peer>) {
         let old = peer.set_state(MemberState::Up);
-        self.inner.locked().unreachable_since.remove(&peer.key);
-        match old {
-            MemberState::Up => return,
-            MemberState::Failed => {
-                tracing::info!(peer = %peer.key, pending = peer.queue.stats().pending, "failed peer recovered");
-                self.alert("peer_recovered", peer, "the peer is back");
-            }
-            MemberState::Left => {
-                tracing::info!(peer = %peer.key, pending = peer.queue.stats().pending, "peer rejoined")
-            }
-        }
-        peer.wake();
+        self.inner.locked().unreachable.answered(&peer.key);
+        self.carry_out(peer, state::transition(old, MemberState::Up), "");
     }
 
     fn absent(&self, key: &str, state: MemberState, why: &str) {
@@ -318,13 +311,27 @@ impl Membership {
         self.set_down(&peer, state, why);
     }
 
-    fn set_down(&self, peer: &Arc<Peer>, state: MemberState, why: &str) {
-        let old = peer.set_state(state);
-        if old == state {
-            return;
-        }
-        match state {
-            MemberState::Failed => {
+    fn set_down(&self, peer: &Arc<Peer>, down: MemberState, why: &str) {
+        let old = peer.set_state(down);
+        self.carry_out(peer, state::transition(old, down), why);
+    }
+
+    /// Says what a change of a peer's state means: logs, the failure metric, alerts, and a
+    /// wake of the forwarder of a peer that is back.
+    fn carry_out(&self, peer: &Arc<Peer>, t: state::Transition, why: &str) {
+        use state::Transition;
+        match t {
+            Transition::Unchanged => {}
+            Transition::Recovered => {
+                tracing::info!(peer = %peer.key, pending = peer.queue.stats().pending, "failed peer recovered");
+                self.alert("peer_recovered", peer, "the peer is back");
+                peer.wake();
+            }
+            Transition::Rejoined => {
+                tracing::info!(peer = %peer.key, pending = peer.queue.stats().pending, "peer rejoined");
+                peer.wake();
+            }
+            Transition::Failed => {
                 tracing::warn!(peer = %peer.key, url = %peer.url(), reason = why, "peer failed: it vanished without leaving; its messages are kept");
                 self.metrics
                     .peer_failures
@@ -332,10 +339,9 @@ impl Membership {
                     .inc();
                 self.alert("peer_failed", peer, why);
             }
-            MemberState::Left => {
+            Transition::Left => {
                 tracing::info!(peer = %peer.key, reason = why, "peer left gracefully; its messages are kept")
             }
-            MemberState::Up => {}
         }
     }
 
@@ -406,18 +412,15 @@ impl Membership {
                 self.became_up(peer);
             }
             Probe::NotReady(_) => {
-                self.inner.locked().unreachable_since.remove(&peer.key);
+                self.inner.locked().unreachable.answered(&peer.key);
             }
             Probe::Unreachable(why) => {
-                let since = *self
-                    .inner
-                    .locked()
-                    .unreachable_since
-                    .entry(peer.key.clone())
-                    .or_insert_with(Instant::now);
-                if since.elapsed() >= self.config.peers.ttl
-                    && peer.status().state == MemberState::Up
-                {
+                let failed = self.inner.locked().unreachable.failed(
+                    &peer.key,
+                    tokio::time::Instant::now(),
+                    self.config.peers.ttl,
+                );
+                if failed && peer.status().state == MemberState::Up {
                     let why = format!("unreachable for more than peerInfo.shared-fs.ttl: {why}");
                     self.set_down(peer, MemberState::Failed, &why);
                 }

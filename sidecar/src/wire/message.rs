@@ -114,7 +114,7 @@ pub enum MessageError {
     #[error("{0}")]
     BadIndex(#[source] crate::index::IndexError),
     #[error("cannot read message: {0}")]
-    BadPlugin(String),
+    BadPlugin(#[source] super::plugin::PluginCallError),
     #[error("index message {kind}/{id} must carry either a doc or deleted: true")]
     DocOrDeleted { kind: Kind, id: String },
 }

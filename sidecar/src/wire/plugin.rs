@@ -72,14 +72,23 @@ pub struct PluginCall {
     pub body: Option<String>,
 }
 
+/// Why a plugin call cannot be replayed into a master.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginCallError {
+    #[error("plugin call with method `{0}`")]
+    Method(String),
+    #[error("plugin call to no known endpoint: `{0}`")]
+    Endpoint(String),
+}
+
 impl PluginCall {
     /// Why this call cannot be replayed: a method or an endpoint the plugin does not have.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PluginCallError> {
         if !matches!(self.method.as_str(), "POST" | "DELETE") {
-            return Err(format!("plugin call with method `{}`", self.method));
+            return Err(PluginCallError::Method(self.method.clone()));
         }
         if Family::of(&self.path).is_none() {
-            return Err(format!("plugin call to no known endpoint: `{}`", self.path));
+            return Err(PluginCallError::Endpoint(self.path.clone()));
         }
         Ok(())
     }
