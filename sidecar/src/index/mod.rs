@@ -10,7 +10,8 @@
 //! - `versions`: the in-memory version map (id → version, deleted) and the digest buckets;
 //! - `journal`: the node-local write-ahead journal that makes an accepted write survive SIGKILL;
 //! - `writer`: the dedicated writer thread that owns every decision, the journal and commits;
-//! - `store`: [`IndexStore`], opening and the write API; `read`: get, search, digests, export.
+//! - `store`: [`IndexStore`], opening and the write API; `read`: get, search, digests, export;
+//!   `topk`: the changes' top-k (newest first) with per-segment bounds.
 //!
 //! Invariants: only the writer thread mutates the version map or an `IndexWriter`; a write is
 //! acknowledged only after its journal record is fsync'd; a write never rolls a version back.
@@ -33,6 +34,7 @@ pub(crate) mod query;
 mod read;
 mod schema;
 mod store;
+mod topk;
 mod versions;
 mod writer;
 
