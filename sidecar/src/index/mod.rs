@@ -22,8 +22,10 @@
 //!   it is acknowledged only after.
 //! - A tombstone is forgotten after `tombstone_ttl`; after that a late older write of that id is
 //!   accepted again, so the TTL must outlive any partition or peer backlog.
-//! - Documents are kept as `serde_json::Value` serialized back to text: equal as JSON values,
+//! - Documents are kept as the JSON text given (`apply_raw`, `apply_each_raw`) or their `Value`
+//!   serialized (`apply`, `upsert`), and returned parsed back to a `Value`: equal as JSON values,
 //!   but object keys come back sorted (serde_json without `preserve_order`).
+//! - Changes are returned by `updated` then `number`, both descending (`topk`); other kinds by id.
 //! - Dropping the store without `shutdown` lets the writer commit and exit in the background;
 //!   reopening the same directory before it is done fails on tantivy's writer lock.
 
