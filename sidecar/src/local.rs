@@ -9,7 +9,9 @@ use std::sync::Arc;
 use crate::cache::{CacheError, Caches};
 use crate::event_relay::{EventRelay, RelayStopped};
 use crate::events::{EventError, EventLog, LocalEvent};
-use crate::index::{ExportedDoc, IndexError, IndexStore, Kind, WriteOutcome};
+use serde_json::value::RawValue;
+
+use crate::index::{IndexError, IndexStore, Kind, RawDoc, WriteOutcome};
 use crate::metrics::Metrics;
 use crate::peers::outbox::{Outbox, OutboxError};
 use crate::sessions::{Sessions, SessionsError, SESSIONS_CACHE};
@@ -106,11 +108,13 @@ impl Local {
 
     /// Writes index documents and tombstones (a put, a delete, a bulk load) under the version
     /// rule; only the writes applied here are queued for the peers (one group commit), when
-    /// `[index] synchronize`. `forwarded` says whether the index is synchronized.
+    /// `[index] synchronize`. `forwarded` says whether the index is synchronized. Each
+    /// document's JSON text is used as the master sent it: spliced into its peer message and
+    /// stored as `_source` (parsed once, for the indexed fields), never serialized again.
     pub async fn index_write(
         &self,
         kind: Kind,
-        docs: Vec<ExportedDoc>,
+        docs: Vec<LocalIndexDoc>,
     ) -> Result<(Vec<WriteOutcome>, Accepted), LocalError> {
         // Encoded before the write, from borrowed documents, so they are not copied for it; a
         // bulk load's encoding is CPU work of milliseconds, so it runs off the executor.
@@ -127,7 +131,8 @@ impl Local {
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
         };
-        let outcomes = self.index.apply(kind, docs).await?;
+        let raw = docs.into_iter().map(LocalIndexDoc::into_raw).collect();
+        let outcomes = self.index.apply_raw(kind, raw).await?;
         self.metrics
             .index_outcomes(kind.as_str(), "local", &outcomes);
         self.count("index", outcomes.len() as u64);
@@ -263,8 +268,32 @@ fn check_cache(cache: &str) -> Result<(), CacheError> {
 /// From this many documents on, a write's peer messages are encoded on a blocking thread.
 const BLOCKING_PREP_DOCS: usize = 256;
 
+/// One document of a local index write: an upsert (`doc`, the JSON text as the master sent
+/// it) or a delete (`deleted`; a `doc` beside it is ignored).
+#[derive(Debug)]
+pub struct LocalIndexDoc {
+    pub id: String,
+    pub version: u64,
+    pub deleted: bool,
+    pub doc: Option<Box<RawValue>>,
+}
+
+impl LocalIndexDoc {
+    fn into_raw(self) -> RawDoc {
+        RawDoc {
+            id: self.id,
+            version: self.version,
+            deleted: self.deleted,
+            source: match self.deleted {
+                true => None,
+                false => self.doc.map(|d| Box::<str>::from(d).into_string()),
+            },
+        }
+    }
+}
+
 /// The peer message of each document, in order.
-fn encode_index_messages(kind: Kind, docs: &[ExportedDoc]) -> Vec<Vec<u8>> {
+fn encode_index_messages(kind: Kind, docs: &[LocalIndexDoc]) -> Vec<Vec<u8>> {
     docs.iter()
         .map(|d| {
             PeerMessage::Index {
@@ -272,7 +301,10 @@ fn encode_index_messages(kind: Kind, docs: &[ExportedDoc]) -> Vec<Vec<u8>> {
                 id: Cow::Borrowed(&d.id),
                 version: d.version,
                 deleted: d.deleted,
-                doc: d.doc.as_ref().map(Doc::Value),
+                doc: match d.deleted {
+                    true => None,
+                    false => d.doc.as_deref().map(Doc::Raw),
+                },
             }
             .encode()
         })

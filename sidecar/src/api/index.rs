@@ -9,8 +9,10 @@ use serde::Deserialize;
 use super::caller::LocalCaller;
 use super::error::parse_json;
 use super::{read_body, ApiError};
-use crate::index::{ExportedDoc, Kind, WriteOutcome};
-use crate::local::Accepted;
+use serde_json::value::RawValue;
+
+use crate::index::{Kind, WriteOutcome};
+use crate::local::{Accepted, LocalIndexDoc};
 
 /// Results of a search unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 100;
@@ -29,7 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 struct PutBody {
     version: u64,
-    doc: serde_json::Value,
+    /// Kept as sent: spliced into the peer message and stored (see `Local::index_write`).
+    doc: Box<RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -52,7 +55,7 @@ struct BulkDoc {
     version: u64,
     #[serde(default)]
     deleted: bool,
-    doc: Option<serde_json::Value>,
+    doc: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -87,12 +90,11 @@ async fn put(
     let kind: Kind = kind.parse()?;
     let body = read_body(payload, state.config.limits.max_local_body).await?;
     let p: PutBody = parse_json(&body)?;
-    let doc = ExportedDoc {
+    let doc = LocalIndexDoc {
         id,
         version: p.version,
         deleted: false,
         doc: Some(p.doc),
-        deleted_at: None,
     };
     let (outcomes, accepted) = state.local.index_write(kind, vec![doc]).await?;
     Ok(write_reply(outcomes[0], p.version, accepted))
@@ -107,12 +109,11 @@ async fn delete(
     let kind: Kind = kind.parse()?;
     let q: DeleteQuery = query(&req)
         .map_err(|e| ApiError::BadRequest(format!("{e} (a delete needs ?version=N, a u64)")))?;
-    let doc = ExportedDoc {
+    let doc = LocalIndexDoc {
         id,
         version: q.version,
         deleted: true,
         doc: None,
-        deleted_at: None,
     };
     let (outcomes, accepted) = state.local.index_write(kind, vec![doc]).await?;
     Ok(write_reply(outcomes[0], q.version, accepted))
@@ -176,15 +177,14 @@ async fn bulk(
             parsed.docs.len()
         )));
     }
-    let docs: Vec<ExportedDoc> = parsed
+    let docs: Vec<LocalIndexDoc> = parsed
         .docs
         .into_iter()
-        .map(|d| ExportedDoc {
+        .map(|d| LocalIndexDoc {
             id: d.id,
             version: d.version,
             deleted: d.deleted,
             doc: if d.deleted { None } else { d.doc },
-            deleted_at: None,
         })
         .collect();
     let (outcomes, Accepted { forwarded, seq }) = state.local.index_write(kind, docs).await?;

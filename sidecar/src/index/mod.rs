@@ -10,7 +10,8 @@
 //! - `versions`: the in-memory version map (id → version, deleted) and the digest buckets;
 //! - `journal`: the node-local write-ahead journal that makes an accepted write survive SIGKILL;
 //! - `writer`: the dedicated writer thread that owns every decision, the journal and commits;
-//! - `store`: [`IndexStore`], opening and the write API; `read`: get, search, digests, export.
+//! - `store`: [`IndexStore`], opening and the write API; `read`: get, search, digests, export;
+//!   `topk`: the changes' top-k (newest first) with per-segment bounds.
 //!
 //! Invariants: only the writer thread mutates the version map or an `IndexWriter`; a write is
 //! acknowledged only after its journal record is fsync'd; a write never rolls a version back.
@@ -21,8 +22,10 @@
 //!   it is acknowledged only after.
 //! - A tombstone is forgotten after `tombstone_ttl`; after that a late older write of that id is
 //!   accepted again, so the TTL must outlive any partition or peer backlog.
-//! - Documents are kept as `serde_json::Value` serialized back to text: equal as JSON values,
+//! - Documents are kept as the JSON text given (`apply_raw`, `apply_each_raw`) or their `Value`
+//!   serialized (`apply`, `upsert`), and returned parsed back to a `Value`: equal as JSON values,
 //!   but object keys come back sorted (serde_json without `preserve_order`).
+//! - Changes are returned by `updated` then `number`, both descending (`topk`); other kinds by id.
 //! - Dropping the store without `shutdown` lets the writer commit and exit in the background;
 //!   reopening the same directory before it is done fails on tantivy's writer lock.
 
@@ -33,6 +36,7 @@ pub(crate) mod query;
 mod read;
 mod schema;
 mod store;
+mod topk;
 mod versions;
 mod writer;
 

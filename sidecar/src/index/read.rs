@@ -7,7 +7,6 @@
 use std::ops::RangeInclusive;
 
 use serde_json::Value;
-use tantivy::collector::sort_key::SortByStaticFastValue;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::TermQuery;
 use tantivy::schema::{IndexRecordOption, Value as _};
@@ -123,18 +122,8 @@ impl IndexStore {
         let top = TopDocs::with_limit(limit);
         let (total, addrs): (usize, Vec<DocAddress>) = match &ks.schema.sort_by_updated {
             Some((updated, number)) => {
-                // A string tie-break costs ~1 ms per 10k matches; the change number is a u64.
-                let by = (
-                    (
-                        SortByStaticFastValue::<i64>::for_field(updated),
-                        Order::Desc,
-                    ),
-                    (SortByStaticFastValue::<u64>::for_field(number), Order::Desc),
-                );
-                let (n, hits) = searcher
-                    .search(&query, &(Count, top.order_by(by)))
-                    .map_err(err)?;
-                (n, hits.into_iter().map(|(_, a)| a).collect())
+                super::topk::top_by_updated(&searcher, query.as_ref(), updated, number, limit)
+                    .map_err(err)?
             }
             None => {
                 let by = top.order_by_string_fast_field("_id", Order::Asc);

@@ -230,14 +230,9 @@ impl IndexStore {
         source: String,
     ) -> Result<PreparedOp> {
         check_write(kind, id, version)?;
-        if source.len() > self.opts.max_doc_bytes {
-            return Err(IndexError::DocumentTooLarge {
-                kind,
-                id: id.into(),
-                size: source.len(),
-                max: self.opts.max_doc_bytes,
-            });
-        }
+        // Parsing is bounded by the request's own size limit; the document's limit is on its
+        // compact serialization, as for a `Value` (whitespace in the given text is not held
+        // against it).
         let doc: Value = serde_json::from_str(&source).map_err(|e| IndexError::BadDocument {
             kind,
             id: id.into(),
@@ -246,6 +241,12 @@ impl IndexStore {
         if !doc.is_object() {
             return Err(not_an_object(kind, id));
         }
+        let source = if source.len() > self.opts.max_doc_bytes {
+            serde_json::to_string(&doc)
+                .map_err(|e| IndexError::internal(format!("serialize {kind}/{id}"), e))?
+        } else {
+            source
+        };
         self.prepare_source(kind, id, version, source, &doc)
     }
 
@@ -381,27 +382,43 @@ impl IndexStore {
         let now = now_ms();
         let ops = docs
             .into_iter()
-            .map(|d| match (d.deleted, d.source) {
-                (true, _) => self.prepare(
-                    kind,
-                    ExportedDoc {
-                        id: d.id,
-                        version: d.version,
-                        deleted: true,
-                        doc: None,
-                        deleted_at: None,
-                    },
-                    now,
-                ),
-                (false, Some(source)) => self.prepare_raw_upsert(kind, &d.id, d.version, source),
-                (false, None) => Err(IndexError::BadDocument {
-                    kind,
-                    id: d.id,
-                    reason: "an upsert needs a document".into(),
-                }),
-            })
+            .map(|d| self.prepare_raw(kind, d, now))
             .collect();
         self.write_each(ops).await
+    }
+
+    /// Like [`IndexStore::apply`] (a bad document fails the whole call before anything is
+    /// written) for documents given as JSON text (the master's own writes, as its request
+    /// carried them): parsed once, stored as given.
+    pub async fn apply_raw(&self, kind: Kind, docs: Vec<RawDoc>) -> Result<Vec<WriteOutcome>> {
+        let now = now_ms();
+        let ops = docs
+            .into_iter()
+            .map(|d| self.prepare_raw(kind, d, now))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(ops, true).await
+    }
+
+    fn prepare_raw(&self, kind: Kind, d: RawDoc, now: u64) -> Result<PreparedOp> {
+        match (d.deleted, d.source) {
+            (true, _) => self.prepare(
+                kind,
+                ExportedDoc {
+                    id: d.id,
+                    version: d.version,
+                    deleted: true,
+                    doc: None,
+                    deleted_at: None,
+                },
+                now,
+            ),
+            (false, Some(source)) => self.prepare_raw_upsert(kind, &d.id, d.version, source),
+            (false, None) => Err(IndexError::BadDocument {
+                kind,
+                id: d.id,
+                reason: "an upsert needs a document".into(),
+            }),
+        }
     }
 
     fn prepare(&self, kind: Kind, d: ExportedDoc, now: u64) -> Result<PreparedOp> {

@@ -375,3 +375,95 @@ async fn bad_queries_name_the_problem() {
     );
     store.shutdown().await.expect("shutdown");
 }
+
+/// The changes' top-k skips segments by their `updated` bound and ranks matches newest doc
+/// first: across several segments, with updates (deleted copies), tombstones, ties on `updated`
+/// and documents without it, the order and total stay those of the reference sort.
+#[tokio::test]
+async fn top_k_across_segments_matches_the_reference_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), fast_opts());
+    let mut docs: Vec<Value> = changes();
+    // Ties: every fifth change takes the `updated` of the change before it; a few have none.
+    for i in (5..docs.len()).step_by(5) {
+        docs[i]["updated"] = docs[i - 1]["updated"].clone();
+    }
+    for i in [7, 77, 177] {
+        docs[i].as_object_mut().expect("object").remove("updated");
+    }
+    let put = |d: &Value, version: u64| ExportedDoc {
+        id: d["id"].as_str().expect("id").into(),
+        version,
+        deleted: false,
+        doc: Some(d.clone()),
+        deleted_at: None,
+    };
+    // Five segments (one commit per chunk), then updates and deletes in a sixth.
+    for chunk in docs.chunks(60) {
+        let batch = chunk.iter().map(|d| put(d, 1)).collect();
+        store.apply(Kind::Changes, batch).await.expect("load");
+        store.commit().await.expect("commit");
+    }
+    let mut later = Vec::new();
+    for i in (3..docs.len()).step_by(11) {
+        docs[i]["updated"] = docs[(i * 7) % docs.len()]["updated"].clone();
+        later.push(put(&docs[i], 2));
+    }
+    let mut deleted = std::collections::HashSet::new();
+    for i in (2..docs.len()).step_by(13) {
+        let id = docs[i]["id"].as_str().expect("id").to_string();
+        later.push(ExportedDoc {
+            id: id.clone(),
+            version: 3,
+            deleted: true,
+            doc: None,
+            deleted_at: None,
+        });
+        deleted.insert(id);
+    }
+    store.apply(Kind::Changes, later).await.expect("updates");
+    store.commit().await.expect("commit");
+    let live: Vec<Change> = docs
+        .iter()
+        .filter(|d| !deleted.contains(d["id"].as_str().expect("id")))
+        .map(|d| {
+            let mut d = d.clone();
+            let missing = d.get("updated").is_none();
+            // The model needs a time; a missing one sorts below every real one.
+            if missing {
+                d["updated"] = json!(0);
+            }
+            let mut c = model(&d);
+            if missing {
+                c.updated = i64::MIN;
+            }
+            c
+        })
+        .collect();
+    for q in ["", "status:open", "crash", "owner:alice", "-owner:bob"] {
+        let mut expected: Vec<&Change> = live
+            .iter()
+            .filter(|c| match q {
+                "status:open" => open_(c),
+                "crash" => bare(c, "crash"),
+                "owner:alice" => c.owner == "alice",
+                "-owner:bob" => c.owner != "bob",
+                _ => true,
+            })
+            .collect();
+        expected.sort_by(|a, b| {
+            b.updated
+                .cmp(&a.updated)
+                .then_with(|| b.number.cmp(&a.number))
+        });
+        let want: Vec<&str> = expected.iter().map(|c| c.id.as_str()).collect();
+        assert!(want.len() > 10, "{q} selects {}", want.len());
+        for limit in [1, 3, 10, 50, 1000] {
+            let got = store.search(Kind::Changes, q, limit).expect(q);
+            let ids: Vec<&str> = got.results.iter().map(|d| d.id.as_str()).collect();
+            assert_eq!(got.total, want.len(), "total of {q}");
+            assert_eq!(ids, want[..limit.min(want.len())], "{q}, limit {limit}");
+        }
+    }
+    store.shutdown().await.expect("shutdown");
+}

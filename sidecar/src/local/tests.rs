@@ -143,13 +143,13 @@ async fn an_eviction_applies_here_then_is_queued_for_every_peer() {
     );
 }
 
-fn doc(id: &str, version: u64) -> ExportedDoc {
-    ExportedDoc {
+fn doc(id: &str, version: u64) -> LocalIndexDoc {
+    let text = serde_json::json!({"project": "p", "subject": id}).to_string();
+    LocalIndexDoc {
         id: id.into(),
         version,
         deleted: false,
-        doc: Some(serde_json::json!({"project": "p", "subject": id})),
-        deleted_at: None,
+        doc: Some(RawValue::from_string(text).expect("JSON")),
     }
 }
 
@@ -164,7 +164,7 @@ async fn only_index_writes_applied_here_are_queued() {
     assert_eq!(outcomes, vec![WriteOutcome::Applied; 2]);
     assert!(a.forwarded && a.seq.is_some());
     // One stale (version 1 < 2), one applied delete.
-    let del = ExportedDoc {
+    let del = LocalIndexDoc {
         deleted: true,
         doc: None,
         ..doc("p~2", 3)
