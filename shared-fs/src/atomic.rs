@@ -52,6 +52,13 @@ impl AtomicError {
         }
     }
 
+    /// True when the temp file could not be created because its directory does not exist (the
+    /// caller may create the directory and write again).
+    pub fn is_missing_dir(&self) -> bool {
+        matches!(self, AtomicError::Io { op: "create temp", source, .. }
+            if source.kind() == io::ErrorKind::NotFound)
+    }
+
     /// The OS error kind, when this is an I/O error.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
