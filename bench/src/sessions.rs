@@ -43,7 +43,9 @@ const CONCURRENCY: usize = 16;
 const EXTRA_BYTES: usize = 300;
 
 pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
-    eprintln!("web sessions: one node per sync mode, {CONCURRENCY} clients, {SLICES} alternated slices");
+    eprintln!(
+        "web sessions: one node per sync mode, {CONCURRENCY} clients, {SLICES} alternated slices"
+    );
     let dir = tempfile::tempdir()?;
     let specs = mesh_specs(dir.path(), 1, "");
     let node = Proc::spawn(&specs[0], dir.path(), &[]);

@@ -221,7 +221,10 @@ async fn batched_sync_sessions_are_visible_at_once_and_fsynced_within_the_bound(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("20 batched creates synced {:?} after the first", first.elapsed());
+    eprintln!(
+        "20 batched creates synced {:?} after the first",
+        first.elapsed()
+    );
     assert!(api::metric(&h, &a_peer, "ha_session_sync_rounds_total", &[]).await >= 1.0);
     assert_eq!(
         api::metric(&h, &a_peer, "ha_session_sync_errors_total", &[]).await,

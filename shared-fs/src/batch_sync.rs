@@ -398,7 +398,10 @@ mod tests {
         sync.enqueue(p.clone());
         sync.enqueue(dir.path().join("gone"));
         assert_eq!(sync.pending(), 2);
-        assert!(sync.flush(Duration::from_secs(10)), "flush ends long before the bound");
+        assert!(
+            sync.flush(Duration::from_secs(10)),
+            "flush ends long before the bound"
+        );
         assert_eq!(sync.pending(), 0);
         assert_eq!(errors.load(Ordering::SeqCst), 0);
         sync.enqueue(p);

@@ -286,7 +286,9 @@ impl Store {
         expiry_hint: Option<SystemTime>,
     ) -> Result<bool, StoreError> {
         let (path, body, opts) = self.prepare(hash, payload, expiry_hint)?;
-        in_dir(&path, || atomic::replace_existing_atomic(&path, &body, &opts))
+        in_dir(&path, || {
+            atomic::replace_existing_atomic(&path, &body, &opts)
+        })
     }
 
     /// Reads an entry; `Ok(None)` if absent; [`StoreError::Corrupt`] if it failed the envelope check.

@@ -123,7 +123,10 @@ impl SessionJson {
 
 /// The deferred fsync of `websession.sync = batched`, reporting to the `ha_session_sync_*`
 /// metrics.
-fn batch_sync(bound: Duration, metrics: Arc<Metrics>) -> Result<shared_fs::BatchSync, SessionsError> {
+fn batch_sync(
+    bound: Duration,
+    metrics: Arc<Metrics>,
+) -> Result<shared_fs::BatchSync, SessionsError> {
     shared_fs::BatchSync::new(bound, move |e| {
         let m = &metrics.sessions;
         match e {
