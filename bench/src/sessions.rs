@@ -122,6 +122,15 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         report.set("redis_set_fsync_per_s", theirs.per_s());
         report.set("redis_set_everysec_per_s", theirs_everysec.per_s());
     }
+    // What the batched node's deferred fsyncs looked like (a round slower than half the bound
+    // makes writers wait for their own fsync).
+    let bpeer = bspecs[0].peer_url();
+    eprintln!(
+        "  batched node: {} sync rounds, last {:.3} s, {} pending",
+        api::metric(&h, &bpeer, "ha_session_sync_rounds_total", &[]).await,
+        api::metric(&h, &bpeer, "ha_session_sync_last_round_seconds", &[]).await,
+        api::metric(&h, &bpeer, "ha_session_sync_pending", &[]).await,
+    );
     // The batched node's deferred fsyncs and its watcher's backlog must not run during the
     // read phases of the other node.
     drop(everysec);
