@@ -176,6 +176,80 @@ async fn cross_node_login_and_logout_over_a_plain_directory() {
     }
 }
 
+/// `websession.sync = batched` (README, *Web sessions*): a `201` means the session file is
+/// renamed into place, so another node reads it at once through the shared directory, and its
+/// fsync comes within `syncInterval`: the node's count of written-but-unsynced files
+/// (`ha_session_sync_pending`) is above zero right after the creates and back at zero within the
+/// bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_sync_sessions_are_visible_at_once_and_fsynced_within_the_bound() {
+    let bound = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[websession]\n  sync = batched\n  syncInterval = 2s\n";
+    let nodes = two_nodes(dir.path(), extra, None).await;
+    let (a, b, a_peer) = (
+        nodes[0].local_url(),
+        nodes[1].local_url(),
+        nodes[0].peer_url(),
+    );
+    let h = http();
+    let pending = || api::metric(&h, &a_peer, "ha_session_sync_pending", &[]);
+    assert_eq!(pending().await, 0.0, "nothing written yet");
+    let first = Instant::now();
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let token = create_ok(&h, &a, i).await;
+        // At once, no retry: the file is in place before the answer.
+        let (st, body) = get(&h, &b, &token).await;
+        assert_eq!((st, body["account_id"].as_u64()), (200, Some(i)), "{body}");
+        tokens.push(token);
+    }
+    let queued = pending().await;
+    if first.elapsed() < bound / 2 {
+        // Still within the gathering half of the bound: none of them can be synced yet.
+        assert_eq!(queued, 20.0, "the creates' fsyncs are deferred");
+    } else {
+        eprintln!("creates took {:?}: deferral not asserted", first.elapsed());
+    }
+    // Polled every 20 ms: the pending count reaches 0 within the bound (plus the poll and a
+    // margin for this shared machine's scheduling).
+    while pending().await > 0.0 {
+        assert!(
+            first.elapsed() < bound + Duration::from_millis(500),
+            "session files still unsynced {:?} after the first create",
+            first.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "20 batched creates synced {:?} after the first",
+        first.elapsed()
+    );
+    assert!(api::metric(&h, &a_peer, "ha_session_sync_rounds_total", &[]).await >= 1.0);
+    assert_eq!(
+        api::metric(&h, &a_peer, "ha_session_sync_errors_total", &[]).await,
+        0.0
+    );
+    for t in &tokens {
+        assert_complete(&session_path(&dir.path().join("shared"), t));
+    }
+    // A refresh and a logout behave as with `always` (coherent across nodes within 2 s).
+    let t = &tokens[0];
+    assert_eq!(refresh(&h, &b, t, json!({"n": 1})).await.0, 200);
+    eventually("B's refresh is seen on A", COHERENCE, || async {
+        get(&h, &a, t).await.1["n"] == 1
+    })
+    .await;
+    assert_eq!(delete(&h, &a, t).await, 202);
+    eventually("A's logout is honoured on B", COHERENCE, || async {
+        get(&h, &b, t).await.0 == 404
+    })
+    .await;
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
 /// Over real NFS: each node uses its own gvfs mount of one ganesha export. inotify sees nothing
 /// of the other client's writes here, so without forwarding only the cache bound (and polling)
 /// can honour the logout.

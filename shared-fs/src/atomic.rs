@@ -52,6 +52,13 @@ impl AtomicError {
         }
     }
 
+    /// True when the temp file could not be created because its directory does not exist (the
+    /// caller may create the directory and write again).
+    pub fn is_missing_dir(&self) -> bool {
+        matches!(self, AtomicError::Io { op: "create temp", source, .. }
+            if source.kind() == io::ErrorKind::NotFound)
+    }
+
     /// The OS error kind, when this is an I/O error.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
@@ -105,11 +112,27 @@ pub fn write_atomic_with(
 /// The content is complete before the name appears. Uses `renameat2(RENAME_NOREPLACE)` where the
 /// file system supports it, else `link` (atomic on NFS: the classic NFS-safe exclusive create),
 /// else a check-then-rename that is only safe for names nobody else can guess (random tokens).
+///
+/// On Linux it first tries an unnamed file (`O_TMPFILE`) linked in under the target name
+/// (`linkat`, which refuses an existing name): no temp name ever appears in the directory, so a
+/// watcher of it sees one event (the name appearing, complete) instead of six or more (temp
+/// created, written, stamped, closed, renamed away, renamed in), and a crash leaves no temp
+/// file. Where the file system has no `O_TMPFILE` (NFS, FUSE) or `/proc` is missing, the temp
+/// name is used as described above.
 pub fn create_new_atomic(
     path: &Path,
     bytes: &[u8],
     opts: &WriteOptions,
 ) -> Result<bool, AtomicError> {
+    #[cfg(target_os = "linux")]
+    if let Some(created) = create_new_unnamed(path, bytes, opts)? {
+        return Ok(created);
+    }
+    create_new_named(path, bytes, opts)
+}
+
+/// [`create_new_atomic`] through a temp name and `rename_noreplace`.
+fn create_new_named(path: &Path, bytes: &[u8], opts: &WriteOptions) -> Result<bool, AtomicError> {
     let temp = write_temp(path, bytes, opts)?;
     match rename_noreplace(&temp, path) {
         Ok(true) => finish(path, opts).map(|()| true),
@@ -122,6 +145,69 @@ pub fn create_new_atomic(
             Err(e)
         }
     }
+}
+
+/// [`create_new_atomic`] through an unnamed file: `None` when this file system (or a missing
+/// `/proc`) does not allow it, and nothing was written.
+#[cfg(target_os = "linux")]
+fn create_new_unnamed(
+    path: &Path,
+    bytes: &[u8],
+    opts: &WriteOptions,
+) -> Result<Option<bool>, AtomicError> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let (dir, _) = split(path)?;
+    let opened = OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir);
+    let mut file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(AtomicError::io("create temp", dir, e))
+        }
+        Err(e) if unsupported(&e) || e.raw_os_error() == Some(libc::EISDIR) => return Ok(None),
+        Err(e) => return Err(AtomicError::io("create temp", dir, e)),
+    };
+    file.write_all(bytes)
+        .map_err(|e| AtomicError::io("write", path, e))?;
+    if let Some(mtime) = opts.mtime {
+        file.set_modified(mtime)
+            .map_err(|e| AtomicError::io("set mtime", path, e))?;
+    }
+    if opts.fsync {
+        file.sync_all()
+            .map_err(|e| AtomicError::io("fsync", path, e))?;
+    }
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| AtomicError::io("link", path, io::ErrorKind::InvalidInput.into()))?;
+    let to = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| AtomicError::io("link", path, io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EEXIST) => Ok(Some(false)),
+            // No `/proc` (or the directory vanished meanwhile): the named way decides.
+            Some(libc::ENOENT) => Ok(None),
+            _ if unsupported(&e) => Ok(None),
+            _ => Err(AtomicError::io("link", path, e)),
+        };
+    }
+    drop(file);
+    finish(path, opts).map(|()| Some(true))
 }
 
 /// Replaces `path` only if it exists; returns `false` (and writes nothing) if it does not.
@@ -388,6 +474,36 @@ mod tests {
         assert!(!create_new_atomic(&p, b"2", &WriteOptions::default()).unwrap());
         assert_eq!(std::fs::read(&p).unwrap(), b"1");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn create_new_by_temp_name_refuses_existing_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let opts = WriteOptions::default();
+        assert!(create_new_named(&p, b"1", &opts).unwrap());
+        assert!(!create_new_named(&p, b"2", &opts).unwrap());
+        assert!(!create_new_atomic(&p, b"3", &opts).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"1");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn create_new_stamps_mtime_and_mode_and_reports_a_missing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(4_000_000_000);
+        let opts = WriteOptions {
+            fsync: true,
+            mtime: Some(when),
+        };
+        let p = dir.path().join("b");
+        assert!(create_new_atomic(&p, b"x", &opts).unwrap());
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.modified().unwrap(), when);
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        let missing = dir.path().join("no/such/c");
+        let e = create_new_atomic(&missing, b"x", &opts).unwrap_err();
+        assert!(e.is_missing_dir(), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Everything ha-sidecar does on the shared (NFS) directory; synchronous, no HTTP, no async.
 //!
 //! * [`atomic`] — atomic, durable file replacement (temp file, fsync, rename, fsync dir).
+//! * [`batch_sync`] — deferred fsync within a bound (`websession.sync = batched`).
 //! * [`store`] — a hashed key → file store with fan-out, checksummed envelopes and quarantine.
 //! * [`sessions`] — web session files (`websessions/`): tokens, expiry, cleanup.
 //! * [`members`] — heartbeat files (`members/`) and clock-skew-safe freshness.
@@ -14,6 +15,7 @@
 //! invisible for ~30 s after a failed lookup of the same name).
 
 pub mod atomic;
+pub mod batch_sync;
 pub mod members;
 mod scan;
 pub mod sessions;
@@ -22,6 +24,7 @@ pub mod store;
 mod test_util;
 pub mod watch;
 
+pub use batch_sync::{BatchSync, SyncEvent};
 pub use members::{Heartbeat, Member, MemberState, Members, MembersView};
 pub use sessions::{CleanupReport, SessionFiles, SessionOptions, SessionRecord, SessionToken};
 pub use store::{KeyHash, Store, StoreOptions};

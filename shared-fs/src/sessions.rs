@@ -10,9 +10,12 @@ mod cleanup;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use rand::TryRngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::batch_sync::BatchSync;
 use crate::store::{KeyHash, Store, StoreError, StoreOptions};
 use crate::watch::Change;
 
@@ -144,6 +147,8 @@ impl Default for SessionOptions {
 pub struct SessionFiles {
     store: Store,
     opts: SessionOptions,
+    /// `Some`: writes are not fsync'd before they return but handed to this (`batched`).
+    batch: Option<Arc<BatchSync>>,
 }
 
 impl SessionFiles {
@@ -156,7 +161,41 @@ impl SessionFiles {
                 max_payload: opts.max_record_bytes,
             },
         )?;
-        Ok(SessionFiles { store, opts })
+        Ok(SessionFiles {
+            store,
+            opts,
+            batch: None,
+        })
+    }
+
+    /// From now on, writes return once the file is renamed into place (visible to every node)
+    /// and leave its fsync, and its directory's, to `sync` (at most [`BatchSync::bound`] later):
+    /// `websession.sync = batched`. Without it, a write returns only once it is durable.
+    pub fn with_batch_sync(self, sync: Arc<BatchSync>) -> Result<SessionFiles, SessionError> {
+        let store = Store::open(
+            self.store.root(),
+            StoreOptions {
+                fsync: false,
+                ..*self.store.options()
+            },
+        )?;
+        Ok(SessionFiles {
+            store,
+            opts: self.opts,
+            batch: Some(sync),
+        })
+    }
+
+    /// The deferred sync of `batched` writes, if any.
+    pub fn batch_sync(&self) -> Option<&Arc<BatchSync>> {
+        self.batch.as_ref()
+    }
+
+    /// Hands a file just written to the deferred sync (`batched`); nothing otherwise.
+    fn written(&self, hash: &KeyHash) {
+        if let Some(b) = &self.batch {
+            b.enqueue(self.store.path_for(hash));
+        }
     }
 
     /// The `websessions` directory (the root to watch).
@@ -179,10 +218,12 @@ impl SessionFiles {
         let body = encode(record)?;
         loop {
             let token = new_token()?;
+            let hash = token.hash();
             if self
                 .store
-                .create_new(&token.hash(), &body, Some(expiry_time(record)))?
+                .create_new(&hash, &body, Some(expiry_time(record)))?
             {
+                self.written(&hash);
                 return Ok(token);
             }
             // A 2^-256 collision: draw again rather than overwrite someone's session.
@@ -206,6 +247,7 @@ impl SessionFiles {
         let hash = token_hash(token).ok_or(SessionError::MalformedToken)?;
         let body = encode(record)?;
         self.store.put(&hash, &body, Some(expiry_time(record)))?;
+        self.written(&hash);
         Ok(())
     }
 
@@ -214,9 +256,13 @@ impl SessionFiles {
     pub fn refresh(&self, token: &str, record: &SessionRecord) -> Result<bool, SessionError> {
         let hash = token_hash(token).ok_or(SessionError::MalformedToken)?;
         let body = encode(record)?;
-        Ok(self
+        let replaced = self
             .store
-            .replace_existing(&hash, &body, Some(expiry_time(record)))?)
+            .replace_existing(&hash, &body, Some(expiry_time(record)))?;
+        if replaced {
+            self.written(&hash);
+        }
+        Ok(replaced)
     }
 
     /// Deletes a session (logout); `false` if it was not there or the token is malformed.

@@ -10,7 +10,8 @@
 //!   scheduled `poll_interval` after the previous one *ends*, so the worker is never a hot loop:
 //!   its duty cycle is at most `scan / (scan + interval)`. [`Watcher::stats`] reports the last
 //!   scan's duration so an operator can size the interval.
-//! * **Hidden names** (starting with `.`: the temp files of atomic writes) are ignored.
+//! * **Hidden names** (starting with `.`: the temp files of atomic writes) are ignored, and so
+//!   are native events for `#<inode>`, an unnamed (`O_TMPFILE`) file not yet linked in.
 //! * The callback runs on the worker thread; it should be quick (e.g. invalidate a cache entry).
 //! * Dropping the [`Watcher`] stops the native watch and joins the worker (a poll in progress is
 //!   abandoned between two directories).
@@ -259,6 +260,15 @@ struct Worker {
     stats: Arc<Mutex<WatchStats>>,
 }
 
+/// `#<inode>`: the name Linux reports for an unnamed (`O_TMPFILE`) file being written before it
+/// is linked in under its real name (which is reported then). Nothing to look at.
+fn unnamed(rel: &Path) -> bool {
+    rel.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix('#'))
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn hidden(rel: &Path) -> bool {
     rel.iter()
         .any(|c| c.as_encoded_bytes().first() == Some(&b'.'))
@@ -305,7 +315,7 @@ impl Worker {
         let Ok(rel) = abs.strip_prefix(&self.root) else {
             return;
         };
-        if rel.as_os_str().is_empty() || hidden(rel) {
+        if rel.as_os_str().is_empty() || hidden(rel) || unnamed(rel) {
             return;
         }
         let rel = rel.to_path_buf();
@@ -341,6 +351,11 @@ impl Worker {
         };
         if gone_file {
             self.emit(rel.to_path_buf(), ChangeKind::Removed);
+        }
+        // Only a directory seen before can have subdirectories seen before: for a file (the
+        // common case) this skips a walk over every known directory.
+        if !self.dirs.contains_key(rel) {
+            return;
         }
         let gone_dirs: Vec<PathBuf> = self
             .dirs

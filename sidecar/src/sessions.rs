@@ -121,6 +121,34 @@ impl SessionJson {
     }
 }
 
+/// The deferred fsync of `websession.sync = batched`, reporting to the `ha_session_sync_*`
+/// metrics.
+fn batch_sync(
+    bound: Duration,
+    metrics: Arc<Metrics>,
+) -> Result<shared_fs::BatchSync, SessionsError> {
+    shared_fs::BatchSync::new(bound, move |e| {
+        let m = &metrics.sessions;
+        match e {
+            shared_fs::SyncEvent::Queued { pending } => {
+                m.sync_pending.set(pending as i64);
+            }
+            shared_fs::SyncEvent::Synced {
+                pending,
+                errors,
+                took,
+                ..
+            } => {
+                m.sync_pending.set(pending as i64);
+                m.sync_rounds.inc();
+                m.sync_errors.inc_by(errors);
+                m.sync_round_seconds.set(took.as_secs_f64());
+            }
+        }
+    })
+    .map_err(|e| SessionsError::Storage(format!("cannot start the session sync thread: {e}")))
+}
+
 /// The first digits of a hash, for logs (never the token).
 pub fn hash_prefix(hash: &KeyHash) -> &str {
     &hash.as_str()[..12]
@@ -164,7 +192,10 @@ impl Sessions {
         shared: Arc<SharedDir>,
         metrics: Arc<Metrics>,
     ) -> Result<Sessions, SessionsError> {
-        let files = SessionFiles::open(shared_dir, SessionOptions::default())?;
+        let mut files = SessionFiles::open(shared_dir, SessionOptions::default())?;
+        if let Some(bound) = config.batched_sync {
+            files = files.with_batch_sync(Arc::new(batch_sync(bound, metrics.clone())?))?;
+        }
         let cache = Arc::new(ReadCache::new());
         let watched = cache.clone();
         let m = metrics.clone();
@@ -429,10 +460,19 @@ impl Sessions {
         });
     }
 
-    /// Stops the watcher (joins its thread).
+    /// Stops the watcher (joins its thread) and, with `sync = batched`, fsyncs what is pending
+    /// (waiting at most `main.sharedDirectoryTimeout`: a hung mount does not hold the stop).
     pub fn stop_watching(&self) {
         let w = self.watcher.locked().take();
         drop(w);
+        if let Some(b) = self.files.batch_sync() {
+            if !b.flush(self.shared.timeout()) {
+                tracing::error!(
+                    pending = b.pending(),
+                    "session files written but not fsync'd at the stop: the shared directory does not answer"
+                );
+            }
+        }
     }
 
     /// Runs shared-directory work through the node's bulkhead (bounded threads, deadline).
@@ -473,6 +513,7 @@ mod tests {
             synchronize: true,
             cleanup_interval: Duration::from_secs(3600),
             max_age,
+            batched_sync: None,
         }
     }
 

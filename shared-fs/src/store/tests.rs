@@ -318,3 +318,11 @@ fn non_regular_files_are_quarantined_without_blocking() {
     // The symlink's target was not touched.
     assert_eq!(s.get(&valid).unwrap().unwrap().bytes, br#"{"ok":true}"#);
 }
+
+#[test]
+fn key_hash_is_lowercase_hex_sha256() {
+    assert_eq!(
+        KeyHash::of(b"abc").as_str(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}

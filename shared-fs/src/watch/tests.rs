@@ -178,3 +178,39 @@ fn missing_root_is_an_error() {
     let err = Watcher::new(&dir.path().join("nope"), Duration::from_secs(1), |_| {}).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+/// A new file written unnamed and linked in (`atomic::create_new_atomic`) is reported once, as
+/// created, with nothing for the unnamed file before it.
+#[test]
+fn a_file_linked_in_from_an_unnamed_one_is_one_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ab/c")).unwrap();
+    let (seen, cb) = recorder();
+    let opts = WatchOptions {
+        poll_interval: Duration::from_secs(3600),
+        native: true,
+    };
+    let w = Watcher::with_options(dir.path(), opts, cb).unwrap();
+    if !w.native_active() {
+        eprintln!("no inotify here: skipped");
+        return;
+    }
+    let p = dir.path().join("ab/c/new.json");
+    assert!(crate::atomic::create_new_atomic(&p, b"x", &Default::default()).unwrap());
+    assert!(eventually(PATIENCE, || saw(
+        &seen,
+        "ab/c/new.json",
+        ChangeKind::Created
+    )));
+    std::thread::sleep(Duration::from_millis(200));
+    let all = seen.lock().unwrap().clone();
+    assert_eq!(
+        all,
+        vec![Change {
+            path: PathBuf::from("ab/c/new.json"),
+            kind: ChangeKind::Created
+        }]
+    );
+    assert!(unnamed(Path::new("ab/c/#123")));
+    assert!(!unnamed(Path::new("ab/c/#")) && !unnamed(Path::new("ab/c/#1a")));
+}

@@ -2,9 +2,63 @@
 //! that peer is a trusted proxy (`sidecar.trustedProxies`) — the address it forwarded in
 //! `X-Forwarded-For`. An untrusted sender's `X-Forwarded-For` is ignored.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 
+use actix_web::http::Method;
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::config::Cidr;
+use crate::metrics::{HttpLabel, Metrics};
+
+/// The client address as the access log shows it (empty when unknown), formatted straight into
+/// the line (no `String` per request).
+pub(crate) struct Client(pub(crate) Option<IpAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Distinct (method, status) pairs whose histogram a worker keeps at hand; past that (odd
+/// methods), the family is asked each time, as before.
+const TIMERS_KEPT: usize = 64;
+
+/// One worker's `ha_http_request_duration_seconds` histograms by (method, status).
+#[derive(Default)]
+pub(crate) struct Timers(RefCell<Vec<(Method, u16, Histogram)>>);
+
+impl Timers {
+    pub(crate) fn get(
+        &self,
+        metrics: &Metrics,
+        listener: &'static str,
+        method: &Method,
+        status: u16,
+    ) -> Histogram {
+        let mut kept = self.0.borrow_mut();
+        if let Some((_, _, h)) = kept.iter().find(|(m, s, _)| *s == status && m == method) {
+            return h.clone();
+        }
+        let h = metrics
+            .http_seconds
+            .get_or_create(&HttpLabel {
+                listener: listener.to_owned(),
+                method: method.as_str().to_owned(),
+                status: status.to_string(),
+            })
+            .clone();
+        if kept.len() < TIMERS_KEPT {
+            kept.push((method.clone(), status, h.clone()));
+        }
+        h
+    }
+}
 
 /// The client of a request. Walks `X-Forwarded-For` from the right (the entry the nearest proxy
 /// added) past every trusted proxy; the first untrusted address is the client.
@@ -35,10 +89,10 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 
 /// The path as the access log shows it: a session token in `/v1/sessions/{token}` is a
 /// credential and never reaches a log line, so it is replaced.
-pub(crate) fn loggable_path(path: &str) -> &str {
+pub(crate) fn loggable_path(path: &str) -> Cow<'static, str> {
     match path.strip_prefix("/v1/sessions/") {
-        Some(rest) if !rest.is_empty() => "/v1/sessions/<token>",
-        _ => path,
+        Some(rest) if !rest.is_empty() => Cow::Borrowed("/v1/sessions/<token>"),
+        _ => Cow::Owned(path.to_owned()),
     }
 }
 

@@ -30,7 +30,7 @@ use crate::cache::Caches;
 use crate::config::Config;
 use crate::events::EventLog;
 use crate::health::Health;
-use crate::metrics::{HttpLabel, Metrics};
+use crate::metrics::Metrics;
 use crate::peers::outbox::Outbox;
 use crate::peers::Peers;
 use crate::receiver::Receiver;
@@ -134,41 +134,43 @@ fn app(
     let instance = state.config.instance_id.clone();
     let metrics = state.metrics.clone();
     let trusted = state.config.trusted_proxies.clone();
+    // Per worker (actix builds one app per worker thread): the request histogram of each
+    // (method, status) resolved once, instead of three `String`s allocated and hashed into the
+    // family on every request.
+    let timers = std::rc::Rc::new(access::Timers::default());
     App::new()
         .app_data(caller::Registered(state))
         .wrap(DefaultHeaders::new().add(("X-HA-Instance", instance)))
         .wrap_fn(move |req, srv| {
             let start = Instant::now();
-            let method = req.method().to_string();
-            let path = access::loggable_path(req.path()).to_owned();
+            let method = req.method().clone();
+            let path = access::loggable_path(req.path());
             let xff: Vec<&str> = req
                 .headers()
                 .get_all("x-forwarded-for")
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            let client = access::client_ip(req.peer_addr().map(|a| a.ip()), &xff, &trusted);
-            let metrics = metrics.clone();
+            let client = access::Client(access::client_ip(
+                req.peer_addr().map(|a| a.ip()),
+                &xff,
+                &trusted,
+            ));
+            let (metrics, timers) = (metrics.clone(), timers.clone());
             let fut = srv.call(req);
             async move {
                 let res = fut.await?;
                 let status = res.status().as_u16();
                 let elapsed = start.elapsed();
-                let client = client.map(|c| c.to_string()).unwrap_or_default();
                 // Microsecond precision: `ms=0.056`, not `ms=0.055804000000000006`.
                 let ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+                let m = method.as_str();
                 if access::is_noisy(&path) {
-                    tracing::debug!(target: "access", listener, client = %client, method = %method, path = %path, status, ms, "request");
+                    tracing::debug!(target: "access", listener, client = %client, method = m, path = &*path, status, ms, "request");
                 } else {
-                    tracing::info!(target: "access", listener, client = %client, method = %method, path = %path, status, ms, "request");
+                    tracing::info!(target: "access", listener, client = %client, method = m, path = &*path, status, ms, "request");
                 }
-                let label = HttpLabel {
-                    listener: listener.to_owned(),
-                    method,
-                    status: status.to_string(),
-                };
-                metrics
-                    .http_seconds
-                    .get_or_create(&label)
+                timers
+                    .get(&metrics, listener, &method, status)
                     .observe(elapsed.as_secs_f64());
                 Ok(res)
             }

@@ -159,6 +159,8 @@ use Kind::*;
 /// `jgroups` (the plugin's) is accepted with a warning and means `shared-fs`.
 const STRATEGIES: &[&str] = &["static", "shared-fs", "dns", "jgroups"];
 pub const MODES: &[&str] = &["active-active", "hot-standby"];
+/// `websession.sync`: when a written session file is fsync'd.
+pub const SESSION_SYNC: &[&str] = &["always", "batched"];
 pub const ELECTION_STRATEGIES: &[&str] = &["keep-majority", "keep-oldest", "manual"];
 const REFRESH_BOUNDS: &str =
     "must be above 0 and at most 500ms (writes must be searchable within half a second)";
@@ -320,6 +322,11 @@ pub const KEYS: &[Key] = &[
         "how often expired sessions are removed from the shared directory"),
     Key::new("websession", None, "maxAge", Duration, Some("12 hours"),
         "a session expires this long after its creation or last refresh"),
+    Key::new("websession", None, "sync", Choice(SESSION_SYNC), Some("always"),
+        "always: a 2xx to a create or refresh means its file is durable (fsync'd); batched: the file is visible to every node at once and fsync'd within syncInterval (an OS crash in between loses it: that user logs in again)"),
+    Key::new("websession", None, "syncInterval", Duration, Some("1s"),
+        "with sync = batched: longest time from a session write's answer to its fsync (like Redis appendfsync everysec); writers wait when the disk lags further")
+        .checks(&[MinMs(10, "must be at least 10ms"), MaxMs(60_000, "must not exceed 1 minute")]),
     Key::new("healthcheck", None, "enable", Bool, Some("true"),
         "false: /health answers 404"),
     Key::new("alert", None, "webhookUrl", Url, None,

@@ -237,6 +237,9 @@ pub struct WebSessionConfig {
     pub synchronize: bool,
     pub cleanup_interval: Duration,
     pub max_age: Duration,
+    /// `websession.sync = batched`: the bound on deferred fsyncs (`syncInterval`); `None`:
+    /// `always` (every write fsync'd before its answer).
+    pub batched_sync: Option<Duration>,
 }
 
 /// `[gerrit]`: this node's own Gerrit master, into which the plugin calls that peers received

@@ -123,6 +123,10 @@ pub(super) fn validate(
         synchronize: v.boolean("websession", "synchronize"),
         cleanup_interval: v.duration("websession", None, "cleanupInterval"),
         max_age: v.duration("websession", None, "maxAge"),
+        batched_sync: {
+            let interval = v.duration("websession", None, "syncInterval");
+            (v.choice("websession", "sync") == "batched").then_some(interval)
+        },
     };
     let alert_webhook = webhook_url(&mut v);
     let gerrit = gerrit::gerrit_config(&mut v, &http);

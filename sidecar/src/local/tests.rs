@@ -46,6 +46,7 @@ async fn fixture(index_synchronize: bool, relay: bool) -> (Fixture, Scope) {
                 synchronize: true,
                 cleanup_interval: Duration::from_secs(3600),
                 max_age: Duration::from_secs(60),
+                batched_sync: None,
             },
             Arc::new(crate::shared_dir::SharedDir::new(
                 4,

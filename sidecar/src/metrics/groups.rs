@@ -16,6 +16,11 @@ pub struct SessionMetrics {
     pub cleanup_scanned: Counter,
     pub cleanup_removed: Counter,
     pub cleanup_seconds: FloatGauge,
+    /// `websession.sync = batched`: files written but not yet fsync'd, and the sync rounds.
+    pub sync_pending: Gauge,
+    pub sync_rounds: Counter,
+    pub sync_errors: Counter,
+    pub sync_round_seconds: FloatGauge,
 }
 
 impl SessionMetrics {
@@ -88,6 +93,26 @@ impl SessionMetrics {
             "session_cleanup_last_seconds",
             "Duration of the last session cleanup pass",
             self.cleanup_seconds.clone(),
+        );
+        r.register(
+            "session_sync_pending",
+            "websession.sync = batched: session files written (and answered) but not yet fsync'd; back to 0 within syncInterval",
+            self.sync_pending.clone(),
+        );
+        r.register(
+            "session_sync_rounds",
+            "websession.sync = batched: rounds of deferred fsyncs",
+            self.sync_rounds.clone(),
+        );
+        r.register(
+            "session_sync_errors",
+            "websession.sync = batched: deferred fsyncs that failed (logged)",
+            self.sync_errors.clone(),
+        );
+        r.register(
+            "session_sync_last_round_seconds",
+            "websession.sync = batched: duration of the last round of deferred fsyncs",
+            self.sync_round_seconds.clone(),
         );
     }
 }
