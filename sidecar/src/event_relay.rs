@@ -1,5 +1,6 @@
 //! Moves this node's own stream events from the event log into the outbox, in seq order, and
-//! remembers how far it got (`<data>/events.queued`), so an event fsync'd in the log reaches
+//! remembers how far it got (`<data>/events.queued`, a `durable::Mark` rewritten in place
+//! without fsync), so an event fsync'd in the log reaches
 //! every peer even when the process dies between the log append and the outbox append: at
 //! start the relay re-queues every local event after the marker.
 //!
@@ -8,7 +9,7 @@
 //! marker is written without fsync: a stale marker only re-queues events that peers already
 //! hold, and they drop them as duplicates (`EventLog::append_remote` dedups on the event id).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::durable::Mark;
 use crate::events::EventLog;
 use crate::lifecycle::Scope;
 use crate::peers::outbox::Outbox;
@@ -43,7 +45,15 @@ impl EventRelay {
         scope: &Scope,
     ) -> Arc<EventRelay> {
         let marker = data_dir.join("events.queued");
-        let start = read_marker(&marker);
+        let (marker, start) = match Mark::open(&marker) {
+            Ok((mark, start)) => (Some(mark), start),
+            Err(e) => {
+                // Without it the relay re-queues from the log's start of this origin: peers
+                // drop what they hold as duplicates.
+                tracing::warn!(path = %marker.display(), error = %e, "cannot read the event relay marker; re-queueing from the oldest local event");
+                (None, 0)
+            }
+        };
         let relay = Arc::new(EventRelay {
             queued: watch::Sender::new(start),
             stopped: CancellationToken::new(),
@@ -70,27 +80,36 @@ impl EventRelay {
     }
 }
 
-fn read_marker(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Not fsync'd: a marker that goes back after a crash re-queues events peers drop as duplicates.
-fn write_marker(path: &Path, seq: u64) -> std::io::Result<()> {
-    crate::durable::write_small(
-        path,
-        format!("{seq}\n").as_bytes(),
-        crate::durable::Fsync::No,
-    )
+/// In place (no new file per update): the relay writes it each time it catches up.
+async fn write_marker(marker: &mut Option<Mark>, seq: u64) -> bool {
+    let Some(mut mark) = marker.take() else {
+        return false;
+    };
+    let (mark, r) = tokio::task::spawn_blocking(move || {
+        let r = mark.store_relaxed(seq);
+        (mark, r)
+    })
+    .await
+    .map_err(|e| tracing::warn!(error = %e, "event relay marker task failed"))
+    .ok()
+    .unzip();
+    *marker = mark;
+    match r {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot write the event relay marker");
+            false
+        }
+        None => false,
+    }
 }
 
 async fn run(
     relay: Arc<EventRelay>,
     log: Arc<EventLog>,
     outbox: Arc<Outbox>,
-    marker: PathBuf,
+    mut marker: Option<Mark>,
     stop: CancellationToken,
 ) {
     let origin = log.instance_id().to_owned();
@@ -125,15 +144,8 @@ async fn run(
         let read = tokio::task::spawn_blocking(move || l.read_origin(&o, after, ROUND)).await;
         let result = match read {
             Ok(Ok(events)) if events.is_empty() => {
-                if after != written {
-                    let (m, s) = (marker.clone(), after);
-                    match tokio::task::spawn_blocking(move || write_marker(&m, s)).await {
-                        Ok(Ok(())) => written = after,
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "cannot write the event relay marker")
-                        }
-                        Err(e) => tracing::warn!(error = %e, "event relay marker task failed"),
-                    }
+                if after != written && write_marker(&mut marker, after).await {
+                    written = after;
                 }
                 tokio::select! {
                     _ = wake.changed() => continue,
@@ -180,7 +192,7 @@ async fn run(
     }
     let q = relay.queued();
     if q != written {
-        let _ = tokio::task::spawn_blocking(move || write_marker(&marker, q)).await;
+        write_marker(&mut marker, q).await;
     }
     relay.stopped.cancel();
 }
@@ -204,8 +216,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        // A crash after the log append, before the outbox append: the marker says 2.
-        write_marker(&dir.path().join("events.queued"), 2).unwrap();
+        // A crash after the log append, before the outbox append: the marker says 2 (in the
+        // text format of earlier versions, which is upgraded in place at the first update).
+        std::fs::write(dir.path().join("events.queued"), "2\n").unwrap();
         let outbox = Arc::new(
             Outbox::open(dir.path(), crate::peers::outbox::OutboxOptions::default()).unwrap(),
         );
@@ -215,7 +228,7 @@ mod tests {
         relay.wait_queued(5).await.unwrap();
         assert_eq!(queue.stats().pending, 3, "events 3, 4 and 5 re-queued");
         scope.stop().await;
-        assert_eq!(read_marker(&dir.path().join("events.queued")), 5);
+        assert_eq!(Mark::open(&dir.path().join("events.queued")).unwrap().1, 5);
         log.shutdown().await.unwrap();
     }
 }

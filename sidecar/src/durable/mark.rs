@@ -1,5 +1,6 @@
 //! A durable mark: one `u64` that only grows (the receiver's high-water mark per origin),
-//! rewritten **in place** with one `fdatasync` per update.
+//! rewritten **in place** with one `fdatasync` per update (`store`), or without it for a mark
+//! that may go back after a crash (`store_relaxed`: the event relay's marker).
 //!
 //! The file is created once with its full size (two slots, each in its own 4 KiB block, so
 //! one torn sector cannot damage both) by `write_small` with `Fsync::Durable` (a temporary
@@ -99,6 +100,20 @@ impl Mark {
         Ok(())
     }
 
+    /// Writes `value` in place without waiting for the device: for marks whose loss only
+    /// repeats idempotent work (the event relay's `events.queued`). A crash may bring back an
+    /// older value (the slot written is torn, or never reached the disk), never a larger one.
+    /// The file itself is created durably once, like [`Mark::store`] does.
+    pub fn store_relaxed(&mut self, value: u64) -> io::Result<()> {
+        let Some(file) = &self.file else {
+            self.create(value)?;
+            return Ok(());
+        };
+        file.write_all_at(&encode(value), self.next_slot * SLOT_STRIDE)?;
+        self.next_slot = 1 - self.next_slot;
+        Ok(())
+    }
+
     /// Writes the full-size file holding `value` (`write_small`, durably: aside, fsync,
     /// rename, directory fsync).
     fn create(&mut self, value: u64) -> io::Result<()> {
@@ -114,6 +129,25 @@ impl Mark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relaxed_values_are_read_back_and_an_old_text_mark_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.queued");
+        std::fs::write(&p, "41\n").unwrap();
+        let (mut m, v) = Mark::open(&p).unwrap();
+        assert_eq!(v, 41, "the old text format");
+        for value in [42, 43, 10_000] {
+            m.store_relaxed(value).unwrap();
+            assert_eq!(Mark::open(&p).unwrap().1, value);
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), FILE_LEN);
+        }
+        // The inode stays the same: rewritten in place, not replaced.
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&p).unwrap().ino();
+        m.store_relaxed(10_001).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino);
+    }
 
     #[test]
     fn values_survive_reopening_and_alternate_slots() {

@@ -1,6 +1,6 @@
-//! The one writer of small whole files: marks (`seq.next`, `events.queued`; `acked` and the
-//! receiver's high-water marks are created here, then rewritten in place at a fixed size by
-//! the outbox queue and `durable::Mark`), flags (the drain flag), rosters (`peers.json`) and
+//! The one writer of small whole files: marks (`seq.next`; `acked`, the receiver's high-water
+//! marks and `events.queued` are created here, then rewritten in place at a fixed size by the
+//! outbox queue and `durable::Mark`), flags (the drain flag), rosters (`peers.json`) and
 //! cursors (`stream-events --cursor-file`). Every one is replaced whole: written aside, then renamed
 //! over, so a reader or a crash sees the old content or the new, never a mix. Whether it is
 //! also fsync'd is the caller's choice, named at the call by [`Fsync`].
