@@ -1,6 +1,7 @@
 //! One test binary for every multi-node and multi-process test (see STYLE.md).
 
 mod config_fixtures;
+mod conn_flood;
 mod consumers;
 mod durability;
 mod events;
