@@ -204,3 +204,62 @@ async fn a_connection_flood_leaves_health_and_peer_traffic_answered() {
     )
     .await;
 }
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// B starts with an open-files limit of 400 it cannot raise: each listener gets 100 connections
+/// (half of what is left once 200 are kept for the stores), so 600 idle connections flooding its
+/// peer listener never bring it near the limit, and A's evictions still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_beyond_the_open_files_limit_does_not_stop_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs = mesh_specs(dir.path(), 2, "");
+    let a = Proc::spawn(&specs[0], dir.path(), &[]);
+    let b = Proc::spawn_with_nofile(&specs[1], dir.path(), 400);
+    let h = http();
+    a.wait_ready(&h).await;
+    b.wait_ready(&h).await;
+    assert!(b.log().contains("connection limit"), "{}", b.log());
+    let (al, bl, bp) = (
+        specs[0].local_url(),
+        specs[1].local_url(),
+        specs[1].peer_url(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders = flood(
+        specs[1].listen_port,
+        600,
+        stop.clone(),
+        patience(Duration::from_secs(30)),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut most_fds = 0;
+    for i in 0..20 {
+        let key = format!("k{i}");
+        assert_eq!(
+            api::put(&h, &bl, "projects", &key, json!({"v": i})).await,
+            204
+        );
+        assert_eq!(api::evict(&h, &al, "projects", &[key.as_str()]).await, 202);
+        eventually(
+            "the eviction reaches B through the flood",
+            Duration::from_secs(10),
+            || async { api::get(&h, &bl, "projects", &key).await == 404 },
+        )
+        .await;
+        health_within_a_second(&h, &bp).await;
+        most_fds = most_fds.max(open_fds(b.pid()));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut opened = 0;
+    for f in flooders {
+        opened += f.await.unwrap();
+    }
+    eprintln!("flood: {opened} connections opened; B held at most {most_fds} descriptors of 400");
+    assert!(most_fds < 400 - 100, "B held {most_fds} descriptors");
+    assert!(!b.log().contains("Too many open files"), "{}", b.log());
+}
