@@ -10,6 +10,7 @@ mod gerrit_delivery;
 mod index;
 mod lb_gerrit;
 mod membership;
+mod memory_flood;
 mod ops;
 mod packaging;
 mod peer_flood;

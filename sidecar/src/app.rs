@@ -423,6 +423,7 @@ impl Node {
         });
         let (handles, peer_addr, local_addr) = serve(&state, listeners, &scopes.servers)?;
         sessions.spawn_cleanup(&scopes.housekeeping);
+        crate::memory::spawn_trimmer(&scopes.housekeeping);
         // 503 "catching up" until the peers have delivered what they held for this node.
         health.begin_catch_up("peers");
         if let Some(history) = history {
