@@ -12,6 +12,8 @@ use crate::Budget;
 struct Pair {
     a: Proc,
     b: Proc,
+    /// A client of the peer listeners (trusting the test CA over TLS).
+    peer_http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -24,7 +26,42 @@ async fn pair(extra_a: &str, b_env: &[(&str, &str)]) -> anyhow::Result<Pair> {
     let h = integration::http();
     a.wait_ready(&h).await;
     b.wait_ready(&h).await;
-    Ok(Pair { a, b, _dir: dir })
+    Ok(Pair {
+        a,
+        b,
+        peer_http: h,
+        _dir: dir,
+    })
+}
+
+/// Two nodes over https with mutual TLS between them (a CA and node certificates generated
+/// here, as `integration/tests/tls.rs` does); the local APIs stay plain, as a master's are.
+async fn pair_tls() -> anyhow::Result<Pair> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let ca = integration::tls::TestCa::new(d, "ca");
+    let mut specs = mesh_specs(d, 2, "");
+    for s in specs.iter_mut() {
+        let (cert, key) = ca.issue(d, &s.id, &[&s.id, "127.0.0.1"]);
+        s.scheme = "https";
+        s.peers = s
+            .peers
+            .iter()
+            .map(|p| p.replace("http://", "https://"))
+            .collect();
+        s.extra = ca.node_config(&cert, &key, true);
+    }
+    let a = Proc::spawn(&specs[0], d, &[]);
+    let b = Proc::spawn(&specs[1], d, &[]);
+    let h = integration::tls::client(&ca.pem, None);
+    a.wait_ready(&h).await;
+    b.wait_ready(&h).await;
+    Ok(Pair {
+        a,
+        b,
+        peer_http: h,
+        _dir: dir,
+    })
 }
 
 pub fn rss_mib(pid: i32) -> f64 {
@@ -116,11 +153,11 @@ async fn sustained(
         requests += t.await?;
     }
     let accept_secs = start.elapsed().as_secs_f64();
-    let h = integration::http();
+    let h = &p.peer_http;
     let b_peer = p.b.spec.peer_url();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let applied = api::metric(&h, &b_peer, "ha_messages_applied_total", &["eviction"]).await;
+        let applied = api::metric(h, &b_peer, "ha_messages_applied_total", &["eviction"]).await;
         if applied as u64 >= requests {
             break;
         }
@@ -288,6 +325,16 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
     report.set("rss_after_load_mib", rss_mib(p.a.pid()));
     drop(p);
 
+    // The same two runs over https with mutual TLS, right after the plain ones (same machine
+    // load): the ratio is the cost of TLS.
+    eprintln!("evictions: A → B over mutual TLS, 100 keys per request, then one");
+    let p = pair_tls().await?;
+    let (_, del) = sustained(&p, 100, 8, budget.sustain, u64::MAX).await?;
+    report.set("evictions_per_s_batched_tls", del);
+    let (_, del) = sustained(&p, 1, 32, budget.sustain, u64::MAX).await?;
+    report.set("evictions_per_s_single_tls", del);
+    drop(p);
+
     eprintln!("evictions: plugin-like baseline (one peer request per message)");
     let p = pair("[http]\n  maxBatchMessages = 1\n", &[]).await?;
     // Fewer clients and a bounded count: one peer request per message drains a backlog slowly,
@@ -350,6 +397,16 @@ pub async fn run(report: &mut Report, budget: Budget) -> anyhow::Result<()> {
         "evictions_per_s_single",
         Some("raw_http_msgs_per_s_single_32conn"),
         "keys delivered/s, one key per request (target ≥ 10,000)",
+    );
+    report.row(
+        "evictions_per_s_batched_tls",
+        Some("evictions_per_s_batched"),
+        "as batched, peers over https with mutual TLS; ratio = TLS / plain (target ≥ 0.8)",
+    );
+    report.row(
+        "evictions_per_s_single_tls",
+        Some("evictions_per_s_single"),
+        "as single, peers over https with mutual TLS; ratio = TLS / plain",
     );
     report.row(
         "plugin_baseline_evictions_per_s",

@@ -208,6 +208,8 @@ pub struct Proc {
     pub log_path: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// The open-files limit (soft and hard) the process starts with, when set.
+    pub nofile: Option<u64>,
 }
 
 impl Proc {
@@ -224,6 +226,24 @@ impl Proc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            nofile: None,
+        };
+        p.start();
+        p
+    }
+
+    /// As [`Proc::spawn`], with an open-files limit of `nofile` (soft and hard: the node cannot
+    /// raise it).
+    pub fn spawn_with_nofile(spec: &NodeSpec, dir: &Path, nofile: u64) -> Proc {
+        let config_path = dir.join(format!("{}.config", spec.id));
+        std::fs::write(&config_path, spec.text()).unwrap();
+        let mut p = Proc {
+            spec: spec.clone(),
+            config_path,
+            log_path: dir.join(format!("{}.log", spec.id)),
+            child: None,
+            env: Vec::new(),
+            nofile: Some(nofile),
         };
         p.start();
         p
@@ -243,6 +263,22 @@ impl Proc {
             .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; it only reads `lim`.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         self.child = Some(cmd.spawn().expect("spawn ha-sidecar"));
     }

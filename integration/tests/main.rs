@@ -1,6 +1,7 @@
 //! One test binary for every multi-node and multi-process test (see STYLE.md).
 
 mod config_fixtures;
+mod conn_flood;
 mod consumers;
 mod durability;
 mod events;
@@ -9,6 +10,7 @@ mod gerrit_delivery;
 mod index;
 mod lb_gerrit;
 mod membership;
+mod memory_flood;
 mod ops;
 mod packaging;
 mod peer_flood;

@@ -153,4 +153,43 @@ async fn https_between_nodes_with_mutual_tls_refusals_and_rotation() {
     )
     .await;
     assert!(nodes[1].log().contains("TLS certificate reloaded"));
+
+    // CA rotation: both nodes' CA file (their `http.caFile` and `clientCaFile`) gets a new CA
+    // beside the old one, then A's certificate is reissued by the new CA. B accepts A's client
+    // certificate only if it reloaded its client CAs; the eviction proves it did.
+    let new_ca = TestCa::new(d, "new-ca");
+    let both = [
+        std::fs::read(&ca.pem).unwrap(),
+        std::fs::read(&new_ca.pem).unwrap(),
+    ]
+    .concat();
+    let tmp = ca.pem.with_extension("tmp");
+    std::fs::write(&tmp, both).unwrap();
+    std::fs::rename(&tmp, &ca.pem).unwrap();
+    let url = format!("{}readyz", b.peer_url());
+    eventually(
+        "B reloads its CA files",
+        Duration::from_secs(10),
+        || async {
+            // A handshake makes B look at its files (at most once a second).
+            let _ = served_cert(&ca.pem, &url).await;
+            nodes[1].log().contains("client CA file reloaded")
+        },
+    )
+    .await;
+    new_ca.issue(d, &a.id, &[&a.id, "127.0.0.1"]);
+    let new_a = client(&ca.pem, Some((&keys[0].0, &keys[0].1)));
+    let (status, body) = signed_batch(&new_a, &b.peer_url(), &a.id).await.unwrap();
+    assert_eq!(status, 200, "A's certificate from the new CA: {body}");
+    assert_eq!(
+        api::put(&h, &bl, "projects", "k3", json!({"v": 3})).await,
+        204
+    );
+    assert_eq!(api::evict(&h, &al, "projects", &["k3"]).await, 202);
+    eventually(
+        "eviction reaches B after the CA rotation",
+        Duration::from_secs(20),
+        || async { api::get(&h, &bl, "projects", "k3").await == 404 },
+    )
+    .await;
 }

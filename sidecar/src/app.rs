@@ -348,6 +348,7 @@ fn start_background(
 ) {
     let config = &state.config;
     state.sessions.spawn_cleanup(&scopes.housekeeping);
+    crate::memory::spawn_trimmer(&scopes.housekeeping);
     // 503 "catching up" until the peers have delivered what they held for this node.
     state.health.begin_catch_up("peers");
     if let Some(history) = history {

@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod local;
 pub mod locks;
 pub mod log_writer;
+pub mod memory;
 pub mod metrics;
 pub mod parsers;
 pub mod peers;

@@ -71,7 +71,7 @@ pub struct IndexWriteLabel {
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 mod groups;
-pub use groups::{GerritMetrics, RoleMetrics, SessionMetrics};
+pub use groups::{ConnectionMetrics, GerritMetrics, RoleMetrics, SessionMetrics};
 
 pub struct Metrics {
     registry: Registry,
@@ -114,6 +114,7 @@ pub struct Metrics {
     pub index_docs_pushed: Family<PeerLabel, Counter>,
     pub gerrit: GerritMetrics,
     pub roles: RoleMetrics,
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -164,6 +165,7 @@ impl Metrics {
             index_docs_pushed: Family::default(),
             gerrit: GerritMetrics::default(),
             roles: RoleMetrics::default(),
+            connections: ConnectionMetrics::default(),
             registry: Registry::default(),
         };
         m.register_delivery(&mut r);
@@ -337,6 +339,7 @@ impl Metrics {
         );
         self.gerrit.register(r);
         self.roles.register(r);
+        self.connections.register(r);
     }
 
     /// Creates every series whose labels are known at start, at zero, so an alert rule can tell

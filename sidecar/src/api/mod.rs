@@ -3,6 +3,7 @@
 
 mod access;
 mod caller;
+pub mod connections;
 mod error;
 mod events;
 mod events_log;
@@ -175,6 +176,20 @@ fn app(
                 Ok(res)
             }
         })
+        // Inside the access log, so a refusal is logged and counted like any answer.
+        .wrap_fn(|req, srv| {
+            use futures_util::future::{ready, Either, TryFutureExt};
+            if connections::admit(req.request()) {
+                return Either::Left(srv.call(req).map_ok(|r| r.map_into_left_body()));
+            }
+            let mut res = actix_web::ResponseError::error_response(&ApiError::Unavailable(
+                "too many connections: this one is kept for /health, /readyz, /metrics and /v1/peer/*"
+                    .into(),
+            ));
+            res.head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            Either::Right(ready(Ok(req.into_response(res).map_into_right_body())))
+        })
         .configure(routes)
         .default_service(web::to(not_found))
 }
@@ -192,8 +207,19 @@ fn serve(
         _ => state.config.local_listen.is_https(),
     };
     let tls = state.tls.server().filter(|_| https);
+    let conns = connections::Connections::new(
+        name,
+        &state.config.limits,
+        connections::open_files_limit(),
+        &state.metrics,
+    );
+    let per_worker = conns.per_worker(workers);
     let server = HttpServer::new(move || app(state.clone(), name, routes))
-        .on_connect(peer_names)
+        .on_connect(move |conn, data| {
+            data.insert(conns.accept(connections::socket_of(conn)));
+            peer_names(conn, data);
+        })
+        .max_connections(per_worker)
         // Without it, a small write behind an unacknowledged one (an SSE chunk after the last)
         // waits for the client's delayed ACK: ~40 ms added to a tailer's latency.
         .tcp_nodelay(true)

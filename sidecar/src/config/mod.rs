@@ -279,6 +279,12 @@ pub struct Limits {
     pub shared_dir_timeout: Duration,
     /// Most calls on the shared directory in flight (`main.sharedDirectoryConcurrency`).
     pub shared_dir_concurrency: usize,
+    /// Most connections per listener (`sidecar.maxConnections`; 0: from the open-files limit).
+    pub max_connections: usize,
+    /// Connections kept for the reserved paths (`sidecar.reservedConnections`).
+    pub reserved_connections: usize,
+    /// Open files kept from connections (`sidecar.fileDescriptorReserve`).
+    pub fd_reserve: usize,
 }
 
 /// `main.mode`: whether every healthy node takes traffic or exactly one.

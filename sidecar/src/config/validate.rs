@@ -149,7 +149,16 @@ pub(super) fn validate(
         max_keys_per_request: 10_000,
         shared_dir_timeout: v.duration("main", None, "sharedDirectoryTimeout"),
         shared_dir_concurrency: v.size("main", "sharedDirectoryConcurrency") as usize,
+        max_connections: v.size("sidecar", "maxConnections") as usize,
+        reserved_connections: v.size("sidecar", "reservedConnections") as usize,
+        fd_reserve: v.size("sidecar", "fileDescriptorReserve") as usize,
     };
+    if limits.max_connections > 0 && limits.reserved_connections >= limits.max_connections {
+        v.err(
+            "sidecar.reservedConnections",
+            "must be below sidecar.maxConnections, or no connection is left for other requests",
+        );
+    }
     if limits.max_peer_body < http.max_batch_bytes {
         v.err(
             "http.maxBatchBytes",

@@ -202,3 +202,61 @@ impl RoleMetrics {
         );
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    pub listener: String,
+    /// request (a 503 above the soft limit), idle (a probation that ended)
+    pub reason: String,
+}
+
+/// The listeners' connections (`ha_connections`, `ha_connections_refused_total`), owned by
+/// `api::connections`; every series exists from the start.
+#[derive(Default)]
+pub struct ConnectionMetrics {
+    pub open: Family<ListenerLabel, Gauge>,
+    pub refused: Family<RefusedLabel, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub fn open(&self, listener: &str) -> Gauge {
+        self.open
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn refused(&self, listener: &str, reason: &str) -> Counter {
+        self.refused
+            .get_or_create(&RefusedLabel {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .clone()
+    }
+
+    pub(super) fn register(&self, r: &mut Registry) {
+        for listener in ["local", "peer"] {
+            self.open(listener);
+            for reason in ["request", "idle"] {
+                self.refused(listener, reason);
+            }
+        }
+        r.register(
+            "connections",
+            "Connections open now, per listener (at most sidecar.maxConnections)",
+            self.open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Above the soft limit (maxConnections - reservedConnections): requests answered 503 (request) and idle connections closed (idle)",
+            self.refused.clone(),
+        );
+    }
+}

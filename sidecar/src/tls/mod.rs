@@ -4,10 +4,12 @@
 //! * **One key, two roles.** The node's certificate is served on https listeners and presented
 //!   as client certificate to peers ([`ReloadingKey`] resolves both), so with
 //!   `sidecar.clientCaFile` a peer proves which node it is.
-//! * **Rotation.** [`ReloadingKey`] looks at the files' mtime, size and inode at most once per
-//!   [`RECHECK`] (during a handshake) and reloads them when they changed; a pair that does not
-//!   load (a half-written file, a key that does not match) is logged and the previous pair kept.
-//!   New connections get the new certificate; open ones keep theirs.
+//! * **Rotation.** The certificate and key, `sidecar.clientCaFile` and `http.caFile` are
+//!   reloaded through one mechanism ([`reload`]): their files' mtime, size and inode are looked
+//!   at at most once per [`RECHECK`] (during a handshake) and reloaded when they changed; a
+//!   version that does not load (a half-written file, a key that does not match) is logged and
+//!   the previous one kept. New connections get the new certificate and CAs; open ones keep
+//!   theirs.
 //! * **Mutual TLS on `/v1/peer/*` only.** The server asks every client for a certificate and
 //!   verifies one if given, but lets a client without one in (health, metrics, status and the
 //!   event stream serve load balancers and Prometheus). The names of a verified certificate
@@ -16,18 +18,21 @@
 //! * **Never trust-all.** Peers are verified against `http.caFile`, else the system's roots.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
+
+mod reload;
+pub use reload::{Reloading, ReloadingClientVerifier, ReloadingServerVerifier};
 
 /// How often the certificate files are looked at for a change.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -79,24 +84,10 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     Ok(Arc::new(ck))
 }
 
-/// What identifies a version of a file: a rotation changes at least one of these.
-fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
-}
-
-struct Loaded {
-    key: Arc<CertifiedKey>,
-    stamps: [Option<(SystemTime, u64, u64)>; 2],
-    checked: Instant,
-}
-
 /// The node's certificate and key, reloaded when the files change (see the module docs).
 pub struct ReloadingKey {
     cert: PathBuf,
-    key: PathBuf,
-    loaded: Mutex<Loaded>,
+    pair: Reloading<Arc<CertifiedKey>>,
 }
 
 impl std::fmt::Debug for ReloadingKey {
@@ -108,38 +99,20 @@ impl std::fmt::Debug for ReloadingKey {
 impl ReloadingKey {
     /// Loads the pair now (an error names the file).
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<ReloadingKey>, TlsError> {
-        let stamps = [stamp(cert), stamp(key)];
-        let loaded = load_pair(cert, key)?;
+        let pair = Reloading::load(
+            "TLS certificate",
+            vec![cert.to_path_buf(), key.to_path_buf()],
+            |p| load_pair(&p[0], &p[1]),
+        )?;
         Ok(Arc::new(ReloadingKey {
             cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            loaded: Mutex::new(Loaded {
-                key: loaded,
-                stamps,
-                checked: Instant::now(),
-            }),
+            pair,
         }))
     }
 
     /// The current pair, reloaded first if the files changed (looked at once per [`RECHECK`]).
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let mut l = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        if l.checked.elapsed() >= RECHECK {
-            l.checked = Instant::now();
-            let stamps = [stamp(&self.cert), stamp(&self.key)];
-            if stamps != l.stamps {
-                match load_pair(&self.cert, &self.key) {
-                    Ok(k) => {
-                        l.key = k;
-                        l.stamps = stamps;
-                        tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                    }
-                    // A rotation caught half-way: keep serving the old pair, retry next time.
-                    Err(e) => tracing::warn!(error = %e, "TLS certificate not reloaded"),
-                }
-            }
-        }
-        l.key.clone()
+        self.pair.current()
     }
 }
 
@@ -220,15 +193,7 @@ fn server_config(
         .map_err(|e| TlsError::Setup(e.to_string()))?;
     let builder = match client_ca {
         Some(path) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(
-                Arc::new(load_roots(path)?),
-                provider(),
-            )
-            // Health, metrics, status and the stream are for clients without one.
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| file_err(path, e))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(ReloadingClientVerifier::load(path)?))
         }
         None => builder.with_no_client_auth(),
     };
@@ -241,19 +206,21 @@ fn client_config(
     key: Option<Arc<ReloadingKey>>,
     ca: Option<&Path>,
 ) -> Result<ClientConfig, TlsError> {
-    let roots = match ca {
-        Some(path) => load_roots(path)?,
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = match ca {
+        // WebPKI verification against the file's CAs as they are now (reloaded on change).
+        Some(path) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ReloadingServerVerifier::load(path)?)),
         None => {
             let mut roots = RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(found.certs);
-            roots
+            builder.with_root_certificates(roots)
         }
     };
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_root_certificates(roots);
     let mut config = match key {
         Some(k) => builder.with_client_cert_resolver(k),
         None => builder.with_no_client_auth(),
@@ -408,10 +375,10 @@ mod tests {
         assert_eq!(r.current().cert[0], first);
         // A half-written rotation keeps the old pair.
         std::fs::write(&key, "not a key").unwrap();
-        r.loaded.lock().unwrap().checked -= RECHECK;
+        r.pair.state.lock().unwrap().checked -= RECHECK;
         assert_eq!(r.current().cert[0], first);
         let second = write("two");
-        r.loaded.lock().unwrap().checked -= RECHECK;
+        r.pair.state.lock().unwrap().checked -= RECHECK;
         assert_eq!(r.current().cert[0], second);
     }
 }
