@@ -260,6 +260,24 @@ mod tests {
         }
     }
 
+    /// Found by `make fuzz` (target `sse`): invalid UTF-8 in a `data:` line is replaced by
+    /// U+FFFD, so the data can be up to three times the bytes received; the bound is that.
+    #[test]
+    fn invalid_utf8_in_sse_data_is_replaced_within_three_bytes_per_byte() {
+        let bytes = b"data:\xff\xff\xff\n\n";
+        for cut in 0..=bytes.len() {
+            let (msgs, data) = sse(bytes, &[cut]);
+            assert_eq!((msgs, data), (1, 9), "cut at {cut}");
+            assert!(data <= 3 * bytes.len());
+        }
+        let crash = [
+            0x69, 0x64, 0x0b, 0x00, 0x0a, 0x64, 0x61, 0x74, 0x61, 0x3a, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0x0a, 0x0a,
+        ];
+        // An id line with a control byte, then five invalid bytes of data: 15 bytes of U+FFFD.
+        assert_eq!(sse(&crash, &[3]), (1, 15));
+    }
+
     #[test]
     fn the_no_break_space_query_ends() {
         assert_eq!(query("a\u{a0}b").unwrap(), 3);
