@@ -3,6 +3,7 @@
 mod config_fixtures;
 mod conn_flood;
 mod consumers;
+mod damage;
 mod durability;
 mod events;
 mod gerrit;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::events::holes::Hole;
 use crate::events::EventLog;
 use crate::health::Health;
 use crate::peers::client::PeerClient;
@@ -65,6 +66,10 @@ pub enum HistoryError {
 pub struct Restored {
     pub events: u64,
     pub peers_unanswered: usize,
+    /// Events lost to damage put back in place ([`crate::events::holes`]).
+    pub refilled: u64,
+    /// Holes no peer answered for (kept for the next start).
+    pub holes_left: usize,
 }
 
 impl EventHistory {
@@ -85,9 +90,16 @@ impl EventHistory {
         };
         self.events.set_restoring(false);
         self.health.end_catch_up("events");
-        if r.events > 0 || r.peers_unanswered > 0 {
+        if r.holes_left > 0 {
+            tracing::error!(
+                holes = r.holes_left,
+                "events lost to damage could not be refilled: no peer answered; retried at the next start"
+            );
+        }
+        if r.events > 0 || r.peers_unanswered > 0 || r.refilled > 0 {
             tracing::info!(
                 events = r.events,
+                refilled = r.refilled,
                 peers_unanswered = r.peers_unanswered,
                 took_ms = started.elapsed().as_millis() as u64,
                 "event history restored from peers"
@@ -98,6 +110,13 @@ impl EventHistory {
 
     async fn restore(&self, peers: &[url::Url], deadline: Instant) -> Restored {
         let mut out = Restored::default();
+        // Holes first: an origin's missing tail fetched below goes after them.
+        for hole in self.events.holes() {
+            match self.refill(peers, &hole, deadline).await {
+                Some(n) => out.refilled += n,
+                None => out.holes_left += 1,
+            }
+        }
         // Each peer in turn: what one lacks, another may hold.
         for peer in peers {
             if Instant::now() >= deadline {
@@ -176,6 +195,94 @@ impl EventHistory {
             }
         }
         Ok(restored)
+    }
+
+    /// Fetches a hole's events from the first peer that answers and puts them back. `None`
+    /// when no peer answered (the hole is kept).
+    async fn refill(&self, peers: &[url::Url], hole: &Hole, deadline: Instant) -> Option<u64> {
+        // Peers that answered they no longer hold the hole's start (410): when all did, the
+        // events are gone everywhere and the hole is closed.
+        let mut gone = 0;
+        for peer in peers {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let fetched = match self.fetch_hole(peer, hole).await {
+                Ok(events) => events,
+                Err(e) => {
+                    if matches!(e, HistoryError::Status { status: 410, .. }) {
+                        gone += 1;
+                    }
+                    tracing::warn!(peer = %peer, hole = %hole, error = %e, "cannot fetch events lost to damage from a peer");
+                    if gone == peers.len() {
+                        tracing::error!(hole = %hole, "no peer holds the events lost to damage any more; they are lost here");
+                        return self.events.refill(hole, Vec::new()).await.ok().map(|_| 0);
+                    }
+                    continue;
+                }
+            };
+            let events = fetched
+                .iter()
+                .map(|(seq, bytes)| (*seq, bytes.as_ref()))
+                .collect();
+            match self.events.refill(hole, events).await {
+                Ok(n) => {
+                    let missing = (hole.before - hole.after - 1).saturating_sub(n as u64);
+                    if missing > 0 {
+                        tracing::warn!(peer = %peer, hole = %hole, refilled = n, missing,
+                            "a peer did not hold every event of a hole (dropped by its origin or by retention)");
+                    }
+                    return Some(n as u64);
+                }
+                Err(e) => {
+                    tracing::error!(peer = %peer, hole = %hole, error = %e, "cannot refill events lost to damage");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// A peer's events inside `hole`, page by page.
+    async fn fetch_hole(
+        &self,
+        peer: &url::Url,
+        hole: &Hole,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, HistoryError> {
+        let origin = &hole.origin;
+        let mut out: Vec<(u64, bytes::Bytes)> = Vec::new();
+        let mut after = hole.after;
+        loop {
+            let body = self
+                .get(
+                    peer,
+                    &format!("v1/peer/events/{origin}?after={after}&limit={PAGE}&from_oldest=true"),
+                )
+                .await?;
+            let reply = CatchUpReply::decode(&body).map_err(|source| HistoryError::BadReply {
+                what: format!("catch-up ({origin})"),
+                source,
+            })?;
+            if *reply.origin != **origin {
+                return Err(HistoryError::WrongOrigin {
+                    asked: origin.clone(),
+                    got: reply.origin.to_string(),
+                });
+            }
+            let page = reply.events.len();
+            let mut beyond = false;
+            for e in &reply.events {
+                if e.seq >= hole.before {
+                    beyond = true;
+                } else if e.seq > after {
+                    out.push((e.seq, bytes::Bytes::copy_from_slice(e.event)));
+                    after = e.seq;
+                }
+            }
+            if beyond || page < PAGE || after + 1 >= hole.before {
+                return Ok(out);
+            }
+        }
     }
 
     fn mine(&self) -> BTreeMap<String, u64> {

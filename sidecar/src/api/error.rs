@@ -183,7 +183,7 @@ impl From<crate::events::EventError> for ApiError {
             }
             E::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
             E::CursorExpired(_) => ApiError::Gone(e.to_string()),
-            E::Closed | E::Restoring => ApiError::Unavailable(e.to_string()),
+            E::Closed | E::Restoring | E::Refilling => ApiError::Unavailable(e.to_string()),
             E::Io { .. } => or_disk_full(&e, ApiError::Internal(e.to_string())),
             E::Corrupt { .. } | E::Internal(_) => ApiError::Internal(e.to_string()),
         }

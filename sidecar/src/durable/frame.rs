@@ -219,6 +219,10 @@ pub struct Recovered {
     pub corrupt: u64,
     /// A torn tail was cut.
     pub torn: u64,
+    /// Where records were lost: for each damaged span (and a damaged end of a sealed file),
+    /// how many of `frames` precede it. Stores that can refill lost records from elsewhere
+    /// (the event log, from its peers) find what is missing around these points.
+    pub cuts: Vec<usize>,
 }
 
 /// Recovers one file whose frames start at `prefix.len()` (the caller checked and re-encoded
@@ -259,12 +263,18 @@ pub fn recover(
             bytes: out,
             frames,
             corrupt: 0,
+            cuts: Vec::new(),
         });
     }
     let scan = scan(&bytes, old_prefix, layout.max, layout.accept);
     let torn = (bytes.len() - scan.end) as u64;
     let mut corrupt = 0;
+    let mut cuts = Vec::new();
     for d in &scan.damaged {
+        cuts.push(
+            scan.frames
+                .partition_point(|&(at, _)| (at as u64) < d.offset),
+        );
         tracing::error!(path = %path.display(), offset = d.offset, bytes = d.len, records = d.records, store = layout.store,
             "damaged records skipped (the intact records after them are kept)");
         corrupt += d.records;
@@ -277,6 +287,7 @@ pub fn recover(
         tracing::error!(path = %path.display(), offset = scan.end, bytes = torn, store = layout.store,
             "the end of a sealed file is damaged; cut it");
         corrupt += marks.max(1);
+        cuts.push(scan.frames.len());
     } else if torn > 0 {
         tracing::warn!(path = %path.display(), offset = scan.end, cut = torn, "cutting a torn tail");
     }
@@ -295,6 +306,7 @@ pub fn recover(
             frames: scan.frames,
             corrupt,
             torn,
+            cuts,
         });
     }
     let mut out = prefix.to_vec();
@@ -309,6 +321,7 @@ pub fn recover(
         frames,
         corrupt,
         torn,
+        cuts,
     })
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use super::event::EventHead;
+use super::holes::{self, Hole};
 use super::log::{AppendOutcome, LocalEvent, Shared};
 use super::record::{Checkpoint, NewRecord, OriginMark};
 use super::ring::{self, RecentEvent};
@@ -37,6 +38,12 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<AppendOutcome>>,
     },
     Retention(oneshot::Sender<Result<()>>),
+    /// Events of a hole fetched from a peer, checked, seq ascending ([`super::holes`]).
+    Refill {
+        hole: Hole,
+        events: Vec<(u64, Bytes, EventHead)>,
+        reply: oneshot::Sender<Result<()>>,
+    },
     Shutdown(oneshot::Sender<Result<()>>),
 }
 
@@ -138,6 +145,14 @@ impl Appender {
                         reply,
                     } => self.remote(origin, seq, body, head, reply),
                     Request::Retention(reply) => retention.push(reply),
+                    Request::Refill {
+                        hole,
+                        events,
+                        reply,
+                    } => {
+                        self.commit();
+                        let _ = reply.send(self.refill(&hole, &events));
+                    }
                     Request::Shutdown(reply) => {
                         shutdown = Some(reply);
                         break;
@@ -357,6 +372,54 @@ impl Appender {
                 Reply::Remote(tx, _) => drop(tx.send(Err(err()))),
             }
         }
+    }
+
+    /// Puts a hole's events back where they belong (see [`super::holes`]), then reloads the
+    /// state from the files (positions after the insertion moved). Readers in flight keep the
+    /// segments they hold open (the old files); the ring of recent events is left as it is:
+    /// refilled events are old ones, for cursors from before the hole.
+    fn refill(&mut self, hole: &Hole, events: &[(u64, Bytes, EventHead)]) -> Result<()> {
+        if !self.active.log.is_clean() {
+            return Err(EventError::Internal(
+                "the event log's last failed write could not be cut back yet".into(),
+            ));
+        }
+        let received_ms = self.shared.opts.clock.now_ms();
+        let mut records = Vec::new();
+        for (seq, body, head) in events {
+            NewRecord {
+                origin: &hole.origin,
+                seq: *seq,
+                received_ms,
+                created_on: head.created_on,
+                event_type: &head.event_type,
+                body,
+            }
+            .encode(&mut records);
+        }
+        let plan = holes::plan(&self.shared.read_state(), hole)?;
+        let Some(plan) = plan else {
+            warn!(hole = %hole, "events lost to damage are past retention now; not refilled");
+            return Ok(());
+        };
+        holes::rewrite(&plan, &records)?;
+        let (mut state, active, _) = segment::recover(&self.shared.dir, &self.shared.opts.disk)?;
+        let mut current = self.shared.write_state();
+        state.appended = current.appended;
+        state.local_floor = current.local_floor;
+        self.hw = state
+            .origins
+            .iter()
+            .map(|(o, i)| (o.clone(), i.mark()))
+            .collect();
+        let back = state.segments.back().expect("the log always has a segment");
+        self.committed_len = back.len;
+        self.active_records = back.records;
+        *current = state;
+        drop(current);
+        self.active = active;
+        info!(hole = %hole, events = events.len(), "refilled events lost to damage from a peer");
+        Ok(())
     }
 
     /// Seals the active segment (already committed) and starts the next one.

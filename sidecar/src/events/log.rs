@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 use super::appender::{Appender, Request};
 use super::cursor::{Cursor, StartPoint};
 use super::filter::TypeFilter;
+use super::holes::{self, Hole};
 use super::ring::{Recent, RecentEvent, Ring};
 use super::state::State;
 use super::{event, read, segment, EventError, EventId, EventLogOptions, Result};
@@ -109,6 +110,8 @@ pub struct EventLog {
     bound: crate::durable::bound::Bound,
     /// Set while the history is restored from peers: peer batches' events are refused.
     restoring: std::sync::atomic::AtomicBool,
+    /// Events lost to damage, waiting to be refilled from peers ([`holes`](super::holes)).
+    holes: Mutex<Vec<Hole>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -129,7 +132,8 @@ impl EventLog {
             )));
         }
         let dir = dir.as_ref().to_path_buf();
-        let (mut state, active) = segment::recover(&dir, &opts.disk)?;
+        let (mut state, active, found) = segment::recover(&dir, &opts.disk)?;
+        let holes = holes::note(&dir, found)?;
         let appended = state.appended;
         let local = state.intern(&opts.instance_id);
         if opts.seq_from_clock && !state.origins.contains_key(&local) {
@@ -154,6 +158,7 @@ impl EventLog {
             tx,
             bound: crate::durable::bound::Bound::default(),
             restoring: std::sync::atomic::AtomicBool::new(false),
+            holes: Mutex::new(holes),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -227,6 +232,44 @@ impl EventLog {
     pub fn set_restoring(&self, on: bool) {
         self.restoring
             .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Events this log lost to damage and has not refilled yet.
+    pub fn holes(&self) -> Vec<Hole> {
+        self.holes.locked().clone()
+    }
+
+    /// Puts the events of `hole` fetched from a peer (seq ascending, each inside the hole)
+    /// back where they belong in the log, and forgets the hole. Returns how many were put back.
+    /// Events a peer does not hold any more stay lost (logged); the hole is closed either way.
+    pub async fn refill(&self, hole: &Hole, events: Vec<(u64, &[u8])>) -> Result<usize> {
+        let mut checked = Vec::with_capacity(events.len());
+        let mut prev = hole.after;
+        for (seq, bytes) in events {
+            if !hole.contains(seq) || seq <= prev {
+                return Err(EventError::BadOrigin(format!(
+                    "seq {seq} of {} is not the next one inside the hole {hole}",
+                    hole.origin
+                )));
+            }
+            prev = seq;
+            let head = event::validate(bytes, self.shared.opts.max_event_bytes)?;
+            checked.push((seq, Bytes::copy_from_slice(bytes), head));
+        }
+        let n = checked.len();
+        if n > 0 {
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::Refill {
+                hole: hole.clone(),
+                events: checked,
+                reply,
+            })?;
+            rx.await.map_err(|_| EventError::Closed)??;
+        }
+        let mut holes = self.holes.locked();
+        holes.retain(|h| h != hole);
+        holes::store(&self.shared.dir, &holes)?;
+        Ok(n)
     }
 
     fn check_restoring(&self) -> Result<()> {
@@ -318,6 +361,13 @@ impl EventLog {
     /// `spawn_blocking`. Errors with `CursorExpired` when retention removed events the cursor
     /// still had to deliver.
     pub fn read(&self, from: &StartPoint, filter: &TypeFilter, max: usize) -> Result<Page> {
+        // A reader passing a hole now would move its cursor beyond the events refilled into
+        // it; while the history restore (which refills) runs, it waits.
+        if self.restoring.load(std::sync::atomic::Ordering::SeqCst)
+            && !self.holes.locked().is_empty()
+        {
+            return Err(EventError::Refilling);
+        }
         read::read_page(&self.shared, from, filter, max.max(1))
     }
 

@@ -86,6 +86,7 @@ mod appender;
 mod cursor;
 mod event;
 mod filter;
+pub mod holes;
 mod log;
 mod read;
 pub(crate) mod record;
@@ -158,6 +159,10 @@ pub enum EventError {
     /// batches wait (the sender retries), so a newer event cannot overtake older restored ones.
     #[error("the event log is restoring its history from peers; retry shortly")]
     Restoring,
+    /// Events lost to damage are being refilled from peers ([`holes`]): reading now could
+    /// pass them by for good.
+    #[error("the event log is refilling events lost to damage from its peers; retry shortly")]
+    Refilling,
     #[error("event log internal error: {0}")]
     Internal(String),
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
+use super::holes::{Finder, Hole};
 use super::record::{self, Checkpoint, Decoded, MAX_PAYLOAD};
 use super::state::{Pos, Segment, SegmentMeta, State};
 use super::{io_err, EventError, Result};
@@ -72,8 +73,12 @@ pub(crate) fn create(dir: &Path, id: u64, checkpoint: Checkpoint) -> Result<(Act
 }
 
 /// Opens (or creates) the log in `dir`: rebuilds the state, truncates a torn tail, and
-/// returns the writer of the last segment.
-pub(crate) fn recover(dir: &Path, watch: &crate::durable::DiskWatch) -> Result<(State, Active)> {
+/// returns the writer of the last segment and the holes mid-log damage left (see
+/// [`holes`](super::holes)).
+pub(crate) fn recover(
+    dir: &Path,
+    watch: &crate::durable::DiskWatch,
+) -> Result<(State, Active, Vec<Hole>)> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut ids = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -85,10 +90,11 @@ pub(crate) fn recover(dir: &Path, watch: &crate::durable::DiskWatch) -> Result<(
     ids.sort_unstable();
     let mut state = State::default();
     let mut active = None;
+    let mut finder = Finder::default();
     let count = ids.len();
     for (i, id) in ids.into_iter().enumerate() {
         let last = i + 1 == count;
-        let writer = open_segment(dir, id, last, &mut state, watch)?;
+        let writer = open_segment(dir, id, last, &mut state, &mut finder, watch)?;
         if last {
             active = writer;
         }
@@ -123,7 +129,8 @@ pub(crate) fn recover(dir: &Path, watch: &crate::durable::DiskWatch) -> Result<(
         bytes = state.total_bytes(),
         "event log opened"
     );
-    Ok((state, active))
+    let holes = finder.holes(&state);
+    Ok((state, active, holes))
 }
 
 /// Scans one segment into `state`. Returns the writer when it is the last segment, `None` when
@@ -136,6 +143,7 @@ fn open_segment(
     id: u64,
     last: bool,
     state: &mut State,
+    finder: &mut Finder,
     watch: &crate::durable::DiskWatch,
 ) -> Result<Option<Active>> {
     let path = segment_path(dir, id);
@@ -181,7 +189,11 @@ fn open_segment(
         let idx = state.origins.entry(origin.clone()).or_default();
         idx.last_seq = idx.last_seq.max(mark.last_seq);
     }
-    for &(offset, size) in &recovered.frames {
+    let mut cuts = recovered.cuts.iter().peekable();
+    for (i, &(offset, size)) in recovered.frames.iter().enumerate() {
+        while cuts.next_if(|&&c| c <= i).is_some() {
+            finder.cut(state);
+        }
         let Decoded::Record(rec, _) = record::decode(&recovered.bytes[offset..offset + size])
         else {
             continue;
@@ -191,6 +203,7 @@ fn open_segment(
         if rec.seq <= prev {
             warn!(path = %path.display(), offset, origin = %origin, seq = rec.seq, "skipping an out-of-order record");
         } else {
+            finder.record(&origin, rec.seq);
             let pos = Pos {
                 seg: id,
                 offset: offset as u64,
@@ -204,6 +217,9 @@ fn open_segment(
                 rec.created_on,
             );
         }
+    }
+    for _ in cuts {
+        finder.cut(state);
     }
     state.active().len = recovered.bytes.len() as u64;
     if !last {
@@ -219,7 +235,7 @@ fn open_segment(
 }
 
 /// Reads and checks the segment header (of either framing): the checkpoint and its length.
-fn read_header(bytes: &[u8]) -> std::result::Result<(Checkpoint, usize), String> {
+pub(crate) fn read_header(bytes: &[u8]) -> std::result::Result<(Checkpoint, usize), String> {
     let truncated = || Err("segment header is truncated".to_string());
     let Ok(total) = record::header_len(bytes) else {
         return truncated();

@@ -104,13 +104,142 @@ async fn damage_at_20_offsets_loses_only_the_damaged_records() {
             (1..=lost.len() as u64).contains(&counted.1),
             "round {round}: {counted:?}"
         );
+        // The hole is known, and refilling it (as the history restore does from a peer)
+        // puts every lost event back in order.
+        let holes = log.holes();
+        let hole = holes::Hole {
+            origin: "node-a".into(),
+            after: lost[0] - 1,
+            before: lost[lost.len() - 1] + 1,
+        };
+        assert_eq!(holes, std::slice::from_ref(&hole), "round {round}: lost {lost:?}");
+        let bodies: Vec<Vec<u8>> = lost.iter().map(|&s| ev("ref-updated", 100, s)).collect();
+        let refill = lost.iter().zip(&bodies).map(|(s, b)| (*s, &b[..]));
+        assert_eq!(
+            log.refill(&hole, refill.collect()).await.unwrap(),
+            lost.len()
+        );
+        assert!(log.holes().is_empty());
+        let (events, _) = read_all(&log, StartPoint::Beginning, &TypeFilter::all(), 33);
+        let got: Vec<u64> = events.iter().map(|(id, _)| id.seq).collect();
+        assert_eq!(
+            got,
+            (1..=100).collect::<Vec<_>>(),
+            "round {round}: refilled"
+        );
         let next = log
             .append_local(&ev("ref-updated", 100, 101))
             .await
             .unwrap();
         assert_eq!(next.seq, 101);
         log.shutdown().await.unwrap();
+        drop(log);
+        let log = EventLog::open(dir.path(), options(Arc::default())).unwrap();
+        assert!(
+            log.holes().is_empty(),
+            "round {round}: holes after reopening"
+        );
+        let (events, _) = read_all(&log, StartPoint::Beginning, &TypeFilter::all(), 33);
+        let got: Vec<u64> = events.iter().map(|(id, _)| id.seq).collect();
+        assert_eq!(
+            got,
+            (1..=101).collect::<Vec<_>>(),
+            "round {round}: reopened"
+        );
+        log.shutdown().await.unwrap();
     }
+}
+
+/// An origin whose last events were lost to damage in a sealed segment (nothing of it follows;
+/// later checkpoints still count them): the hole reaches up to the checkpoints' last seq, is
+/// kept across a restart until refilled, and the refill goes back into the damaged segment, so
+/// the origin's last seq never goes down and its later events follow in order.
+#[tokio::test]
+async fn the_lost_last_events_of_an_origin_are_refilled_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), options(Arc::default())).unwrap();
+        for seq in 1..=10 {
+            log.append_remote("node-b", seq, &ev("ref-updated", 100, seq))
+                .await
+                .unwrap();
+        }
+        for i in 1..=60 {
+            log.append_local(&ev("ref-updated", 100, i)).await.unwrap();
+        }
+        log.shutdown().await.unwrap();
+    }
+    let files = segments(dir.path());
+    assert!(files.len() >= 3, "several segments: {}", files.len());
+    // Zero the middle of node-b's records 9 and 10 (both in the first segment).
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let start = record::header_len(&bytes).unwrap();
+    let frames = frame::scan(&bytes, start, 1 << 20, |_| true).frames;
+    for &(at, n) in &frames {
+        let Decoded::Record(r, _) = record::decode(&bytes[at..]) else {
+            panic!("intact")
+        };
+        if r.origin == "node-b" && r.seq >= 9 {
+            bytes[at + n / 2..at + n / 2 + 8].fill(0);
+        }
+    }
+    std::fs::write(&files[0], &bytes).unwrap();
+    let hole = holes::Hole {
+        origin: "node-b".into(),
+        after: 8,
+        before: 11,
+    };
+    let log = EventLog::open(dir.path(), options(Arc::default())).unwrap();
+    assert_eq!(log.holes(), std::slice::from_ref(&hole));
+    assert_eq!(log.last_seq_by_origin()["node-b"], 10);
+    // While the history restore runs, stream reads wait for the refill.
+    log.set_restoring(true);
+    let refused = log.read(&StartPoint::Beginning, &TypeFilter::all(), 10);
+    assert!(matches!(refused, Err(EventError::Refilling)), "{refused:?}");
+    log.set_restoring(false);
+    log.shutdown().await.unwrap();
+    drop(log);
+    // Not refilled: still known after a restart (the damage itself was cut out at the first).
+    let log = EventLog::open(dir.path(), options(Arc::default())).unwrap();
+    assert_eq!(log.holes(), std::slice::from_ref(&hole));
+    // A refill outside the hole is refused.
+    let outside = log
+        .refill(&hole, vec![(11, &ev("ref-updated", 100, 11)[..])])
+        .await;
+    assert!(outside.is_err(), "{outside:?}");
+    let (nine, ten) = (ev("ref-updated", 100, 9), ev("ref-updated", 100, 10));
+    assert_eq!(
+        log.refill(&hole, vec![(9, &nine[..]), (10, &ten[..])])
+            .await
+            .unwrap(),
+        2
+    );
+    let b_seqs = |log: &EventLog| -> Vec<u64> {
+        let (events, _) = read_all(log, StartPoint::Beginning, &TypeFilter::all(), 7);
+        assert_eq!(events.len(), 70);
+        events
+            .iter()
+            .filter(|(id, _)| &*id.origin == "node-b")
+            .map(|(id, _)| id.seq)
+            .collect()
+    };
+    assert_eq!(b_seqs(&log), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        log.append_remote("node-b", 10, &ten).await.unwrap(),
+        AppendOutcome::Duplicate
+    );
+    log.shutdown().await.unwrap();
+    drop(log);
+    let log = EventLog::open(dir.path(), options(Arc::default())).unwrap();
+    assert!(log.holes().is_empty());
+    assert_eq!(b_seqs(&log), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        log.append_remote("node-b", 11, &ev("ref-updated", 100, 11))
+            .await
+            .unwrap(),
+        AppendOutcome::Appended
+    );
+    log.shutdown().await.unwrap();
 }
 
 /// A log written by the previous version (`HAEVSEG1`, records framed `len | crc`) opens: its
