@@ -165,9 +165,10 @@ async fn damaged_event_log_records_are_refilled_from_a_peer() {
 }
 
 /// 20 damaged records in A's outbox while B is down: at its restart A counts them and
-/// delivers every other message; B receives exactly the undamaged events.
+/// delivers every other message; B receives exactly the undamaged events, notes the gaps, and
+/// refills them from A's event log at its next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_outbox_records_lose_only_themselves() {
+async fn damaged_outbox_records_lose_only_themselves_until_the_receiver_refills_them() {
     let dir = tempfile::tempdir().unwrap();
     let specs = mesh_specs(dir.path(), 2, "[sidecar]\n  outboxSegmentSize = 16k\n");
     let mut a = Proc::spawn(&specs[0], dir.path(), &[]);
@@ -213,6 +214,19 @@ async fn damaged_outbox_records_lose_only_themselves() {
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order: {got:?}");
     let status = api::status(&h, &specs[0].peer_url()).await;
     assert_eq!(status["peers"][0]["outbox_depth"], 0, "{status}");
+    // B noted the gaps in A's seqs as holes; at its next start it refills them from A's event
+    // log, in place, and holds all 200 in order.
+    assert!(specs[1].data_dir.join("events/holes").exists());
+    b.terminate(libc::SIGTERM, Duration::from_secs(20));
+    b.start();
+    b.wait_ready(&h).await;
+    eventually("B healthy after refilling", Duration::from_secs(30), || {
+        let (h, url) = (h.clone(), format!("{peer_b}health"));
+        async move { h.get(&url).send().await.is_ok_and(|r| r.status() == 204) }
+    })
+    .await;
+    let on_b = all_events(&peer_b, 200).await;
+    assert_eq!(of(&on_b, "node-a"), (0..200).collect::<Vec<_>>());
 }
 
 /// 20 damaged records in B's index journal (B SIGKILLed before its next commit, so the journal

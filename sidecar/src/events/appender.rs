@@ -19,6 +19,7 @@ use super::ring::{self, RecentEvent};
 use super::segment::{self, Active};
 use super::state::Pos;
 use super::{io_err, EventError, EventId, Result};
+use crate::locks::LockExt;
 
 /// A batch stops growing at this many requests or bytes, to bound commit latency.
 const MAX_BATCH_REQUESTS: usize = 4096;
@@ -79,6 +80,8 @@ pub(crate) struct Appender {
     buf: Vec<u8>,
     pending: Vec<Pending>,
     replies: Vec<Reply>,
+    /// Gaps in origins' seqs staged in this batch, noted as holes once it is committed.
+    gaps: Vec<Hole>,
     /// Records in the active segment, pending ones included (an empty segment never rolls).
     active_records: u64,
     /// A segment was sealed since the last retention pass (the size limit may be exceeded).
@@ -112,6 +115,7 @@ impl Appender {
             buf: Vec::with_capacity(1 << 20),
             pending: Vec::new(),
             replies: Vec::new(),
+            gaps: Vec::new(),
             active_records,
             rolled: false,
             last_retention: Instant::now(),
@@ -244,13 +248,23 @@ impl Appender {
                 .push(Reply::Remote(reply, AppendOutcome::Duplicate));
             return;
         }
-        if seq > last.saturating_add(1) {
-            warn!(origin = %origin, seq, last, "gap in an origin's events: the missing ones were dropped by the origin");
-        }
+        // A gap after events already held (the origin set some aside, its retention dropped
+        // them before they came, or they were lost to damage in its outbox): noted as a hole,
+        // refilled in place from peers at the next start where they still hold them.
+        let gap = (last > 0 && seq > last.saturating_add(1)).then(|| Hole {
+            origin: origin.to_string(),
+            after: last,
+            before: seq,
+        });
         match self.stage(&origin, seq, &body, &head) {
-            Ok(()) => self
-                .replies
-                .push(Reply::Remote(reply, AppendOutcome::Appended)),
+            Ok(()) => {
+                if let Some(hole) = gap {
+                    warn!(hole = %hole, "gap in an origin's events; noted to be refilled from peers");
+                    self.gaps.push(hole);
+                }
+                self.replies
+                    .push(Reply::Remote(reply, AppendOutcome::Appended))
+            }
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
@@ -343,6 +357,9 @@ impl Appender {
                 }
             }
             self.shared.notify.send_replace(appended);
+            if !self.gaps.is_empty() {
+                self.note_gaps();
+            }
         }
         for reply in self.replies.drain(..) {
             match reply {
@@ -352,11 +369,26 @@ impl Appender {
         }
     }
 
+    /// Adds the gaps of a committed batch to the holes to refill, durably (rare: an origin's
+    /// run of seqs has a gap only when events were set aside, dropped or lost).
+    fn note_gaps(&mut self) {
+        let mut holes = self.shared.holes.locked();
+        for hole in self.gaps.drain(..) {
+            if !holes.contains(&hole) {
+                holes.push(hole);
+            }
+        }
+        if let Err(e) = holes::store(&self.shared.dir, &holes) {
+            error!(error = %e, "cannot write the event log's holes; they are refilled only if this node restarts before it stops");
+        }
+    }
+
     /// Undoes a batch whose write or fsync failed (the append log cut its bytes), so no reader
     /// or later seq ever sees it.
     fn fail_batch(&mut self, path: std::path::PathBuf, source: std::io::Error) {
         error!(path = %path.display(), error = %source, "event log write failed; failing the batch");
         self.active_records -= self.pending.len() as u64;
+        self.gaps.clear();
         for p in self.pending.drain(..).rev() {
             self.hw.insert(p.origin, p.prev);
         }

@@ -76,6 +76,9 @@ pub(crate) struct Shared {
     /// The newest committed records, for live tailers (see [`ring`](super::ring)).
     ring: RwLock<Ring>,
     pub notify: watch::Sender<u64>,
+    /// Events this log lacks in the middle of an origin's run (lost to damage, or never
+    /// received), waiting to be refilled from peers ([`holes`](super::holes)).
+    pub holes: Mutex<Vec<Hole>>,
 }
 
 impl Shared {
@@ -110,8 +113,6 @@ pub struct EventLog {
     bound: crate::durable::bound::Bound,
     /// Set while the history is restored from peers: peer batches' events are refused.
     restoring: std::sync::atomic::AtomicBool,
-    /// Events lost to damage, waiting to be refilled from peers ([`holes`](super::holes)).
-    holes: Mutex<Vec<Hole>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -146,6 +147,7 @@ impl EventLog {
             state: RwLock::new(state),
             ring: RwLock::new(Ring::new(appended + 1)),
             notify: watch::Sender::new(appended),
+            holes: Mutex::new(holes),
         });
         let appender = Appender::new(shared.clone(), active);
         let (tx, rx) = mpsc::channel();
@@ -158,7 +160,6 @@ impl EventLog {
             tx,
             bound: crate::durable::bound::Bound::default(),
             restoring: std::sync::atomic::AtomicBool::new(false),
-            holes: Mutex::new(holes),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -236,7 +237,7 @@ impl EventLog {
 
     /// Events this log lost to damage and has not refilled yet.
     pub fn holes(&self) -> Vec<Hole> {
-        self.holes.locked().clone()
+        self.shared.holes.locked().clone()
     }
 
     /// Puts the events of `hole` fetched from a peer (seq ascending, each inside the hole)
@@ -253,8 +254,14 @@ impl EventLog {
                 )));
             }
             prev = seq;
-            let head = event::validate(bytes, self.shared.opts.max_event_bytes)?;
-            checked.push((seq, Bytes::copy_from_slice(bytes), head));
+            match event::validate(bytes, self.shared.opts.max_event_bytes) {
+                Ok(head) => checked.push((seq, Bytes::copy_from_slice(bytes), head)),
+                // Refused here like it was refused when it came (why it is missing): the
+                // hole still closes, or it would be asked for at every start.
+                Err(e) => {
+                    tracing::warn!(origin = %hole.origin, seq, error = %e, "a refilled event is refused");
+                }
+            }
         }
         let n = checked.len();
         if n > 0 {
@@ -266,7 +273,7 @@ impl EventLog {
             })?;
             rx.await.map_err(|_| EventError::Closed)??;
         }
-        let mut holes = self.holes.locked();
+        let mut holes = self.shared.holes.locked();
         holes.retain(|h| h != hole);
         holes::store(&self.shared.dir, &holes)?;
         Ok(n)
@@ -364,7 +371,7 @@ impl EventLog {
         // A reader passing a hole now would move its cursor beyond the events refilled into
         // it; while the history restore (which refills) runs, it waits.
         if self.restoring.load(std::sync::atomic::Ordering::SeqCst)
-            && !self.holes.locked().is_empty()
+            && !self.shared.holes.locked().is_empty()
         {
             return Err(EventError::Refilling);
         }
