@@ -35,22 +35,12 @@ async fn pair(extra_a: &str, b_env: &[(&str, &str)]) -> anyhow::Result<Pair> {
 }
 
 /// Two nodes over https with mutual TLS between them (a CA and node certificates generated
-/// here, as `integration/tests/tls.rs` does); the local APIs stay plain, as a master's are.
+/// here, by the integration tests' `TestCa::https_mesh`); the local APIs stay plain.
 async fn pair_tls() -> anyhow::Result<Pair> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let ca = integration::tls::TestCa::new(d, "ca");
-    let mut specs = mesh_specs(d, 2, "");
-    for s in specs.iter_mut() {
-        let (cert, key) = ca.issue(d, &s.id, &[&s.id, "127.0.0.1"]);
-        s.scheme = "https";
-        s.peers = s
-            .peers
-            .iter()
-            .map(|p| p.replace("http://", "https://"))
-            .collect();
-        s.extra = ca.node_config(&cert, &key, true);
-    }
+    let (specs, _) = ca.https_mesh(d, 2);
     let a = Proc::spawn(&specs[0], d, &[]);
     let b = Proc::spawn(&specs[1], d, &[]);
     let h = integration::tls::client(&ca.pem, None);

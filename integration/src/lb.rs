@@ -55,12 +55,21 @@ pub fn substitute(text: &str, pairs: &[(&str, String)]) -> String {
 /// HAProxy from the shipped `examples/haproxy.cfg` with `pairs` substituted (the admin socket
 /// goes under `dir`), checked with `haproxy -c`, then started. Returns it and its admin socket.
 pub fn start_haproxy(dir: &Path, pairs: &[(&str, String)]) -> (LbProc, PathBuf) {
+    start_haproxy_recipe(dir, "haproxy.cfg", pairs)
+}
+
+/// Like [`start_haproxy`] from another shipped recipe (`examples/<recipe>`).
+pub fn start_haproxy_recipe(
+    dir: &Path,
+    recipe: &str,
+    pairs: &[(&str, String)],
+) -> (LbProc, PathBuf) {
     let haproxy = require("haproxy", "haproxy");
     let socket = dir.join("haproxy.sock");
     let mut all = vec![("/run/haproxy/admin.sock", socket.display().to_string())];
     all.extend(pairs.iter().cloned());
     let cfg_path = dir.join("haproxy.cfg");
-    std::fs::write(&cfg_path, substitute(&example("haproxy.cfg"), &all)).unwrap();
+    std::fs::write(&cfg_path, substitute(&example(recipe), &all)).unwrap();
     let check = Command::new(&haproxy)
         .arg("-c")
         .arg("-f")

@@ -445,15 +445,18 @@ pub mod api {
         name: &str,
         needles: &[&str],
     ) -> f64 {
-        let text = http
-            .get(format!("{peer_base}metrics"))
+        metric_in(&metrics_text(http, peer_base).await, name, needles)
+    }
+
+    /// The node's `/metrics` page, for several [`metric_in`] reads of one scrape.
+    pub async fn metrics_text(http: &reqwest::Client, peer_base: &str) -> String {
+        http.get(format!("{peer_base}metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        metric_in(&text, name, needles)
+            .unwrap()
     }
 
     pub fn metric_in(text: &str, name: &str, needles: &[&str]) -> f64 {

@@ -65,6 +65,30 @@ impl TestCa {
         t.push_str(&format!("[http]\n  caFile = {}\n", self.pem.display()));
         t
     }
+
+    /// Specs of an `n`-node mesh whose peers talk https with mutual TLS, each node with a
+    /// certificate from this CA for its id and 127.0.0.1 (the local APIs stay plain, as a
+    /// master's are); also each node's (certificate, key).
+    pub fn https_mesh(
+        &self,
+        dir: &Path,
+        n: usize,
+    ) -> (Vec<crate::NodeSpec>, Vec<(PathBuf, PathBuf)>) {
+        let mut specs = crate::mesh_specs(dir, n, "");
+        let mut keys = Vec::new();
+        for s in specs.iter_mut() {
+            let (cert, key) = self.issue(dir, &s.id, &[&s.id, "127.0.0.1"]);
+            s.scheme = "https";
+            s.peers = s
+                .peers
+                .iter()
+                .map(|p| p.replace("http://", "https://"))
+                .collect();
+            s.extra = self.node_config(&cert, &key, true);
+            keys.push((cert, key));
+        }
+        (specs, keys)
+    }
 }
 
 /// A reqwest client trusting `ca`, presenting `identity` (cert, key) when given.

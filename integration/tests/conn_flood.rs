@@ -87,14 +87,7 @@ async fn a_connection_flood_leaves_health_and_peer_traffic_answered() {
     let open = |t: &str| api::metric_in(t, "ha_connections", &["listener=\"peer\""]);
 
     // Every series exists from the start.
-    let text = h
-        .get(format!("{bp}metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api::metrics_text(&h, &bp).await;
     for reason in ["request", "idle"] {
         assert!(
             text.contains(&format!(
@@ -114,14 +107,7 @@ async fn a_connection_flood_leaves_health_and_peer_traffic_answered() {
         "the idle connections are counted",
         Duration::from_secs(3),
         || async {
-            let t = h
-                .get(format!("{bp}metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let t = api::metrics_text(&h, &bp).await;
             open(&t) >= (MAX - RESERVED) as f64
         },
     )
@@ -161,14 +147,7 @@ async fn a_connection_flood_leaves_health_and_peer_traffic_answered() {
         || async { api::get(&h, &bl, "projects", "k1").await == 404 },
     )
     .await;
-    let text = h
-        .get(format!("{bp}metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api::metrics_text(&h, &bp).await;
     let now_open = open(&text);
     let idle = api::metric_in(
         &text,

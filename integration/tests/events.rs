@@ -86,14 +86,7 @@ async fn tails_of_either_node_see_every_event_once_in_order() {
     let mut replay = SseReader::open(&sh, &b.peer_url(), "since=beginning", None).await;
     let all = replay.take(2000, Duration::from_secs(30)).await;
     assert_once_in_order(&parsed(&all), &seqs, "replay of B");
-    let text = h
-        .get(format!("{}metrics", b.peer_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api::metrics_text(&h, &b.peer_url()).await;
     assert_eq!(
         api::metric_in(&text, "ha_events_appended_total", &["local"]),
         1000.0

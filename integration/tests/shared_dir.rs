@@ -174,14 +174,7 @@ async fn a_hung_nfs_server_answers_503_fast_without_piling_up_threads() {
         most_threads <= baseline + CONCURRENCY + 4,
         "threads grew from {baseline} to {most_threads}"
     );
-    let metrics = h
-        .get(format!("{}metrics", spec.peer_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = integration::api::metrics_text(&h, &spec.peer_url()).await;
     let refused = integration::api::metric_in(&metrics, "ha_shared_dir_not_responding_total", &[]);
     assert!(refused >= 128.0, "{refused}");
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use integration::tls::{client, TestCa};
-use integration::{api, eventually, http, mesh_specs, Proc};
+use integration::{api, eventually, http, Proc};
 use serde_json::json;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
@@ -54,19 +54,7 @@ async fn https_between_nodes_with_mutual_tls_refusals_and_rotation() {
     let d = dir.path();
     let ca = TestCa::new(d, "ca");
     let other_ca = TestCa::new(d, "other-ca");
-    let mut specs = mesh_specs(d, 2, "");
-    let mut keys = Vec::new();
-    for s in specs.iter_mut() {
-        let (cert, key) = ca.issue(d, &s.id, &[&s.id, "127.0.0.1"]);
-        s.scheme = "https";
-        s.peers = s
-            .peers
-            .iter()
-            .map(|p| p.replace("http://", "https://"))
-            .collect();
-        s.extra = ca.node_config(&cert, &key, true);
-        keys.push((cert, key));
-    }
+    let (specs, keys) = ca.https_mesh(d, 2);
     let nodes: Vec<Proc> = specs.iter().map(|s| Proc::spawn(s, d, &[])).collect();
     let anon = client(&ca.pem, None);
     for n in &nodes {

@@ -1,17 +1,15 @@
 //! The hot-standby HAProxy recipe (`examples/haproxy-hot-standby.cfg`) with real HAProxy in
 //! front of three real processes: the health check alone sends traffic to the active node.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration::lb::{self, LbProc, Traffic};
+use integration::lb::{self, Traffic};
 use integration::{eventually, free_port, http, mesh_specs, NodeSpec};
 
 use super::{hot, one_active, spawn_all, TTL_MS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn haproxy_hot_standby_recipe_sends_traffic_to_the_active_node_only() {
-    let haproxy = lb::require("haproxy", "haproxy");
     let dir = tempfile::tempdir().unwrap();
     let specs = mesh_specs(dir.path(), 3, &hot("keep-majority"));
     let mut procs = spawn_all(&specs, dir.path());
@@ -20,11 +18,10 @@ async fn haproxy_hot_standby_recipe_sends_traffic_to_the_active_node_only() {
         p.wait_ready(&h).await;
     }
     let front = free_port();
-    let socket = dir.path().join("haproxy.sock");
-    let cfg = lb::substitute(
-        &lb::example("haproxy-hot-standby.cfg"),
+    let (_hp, socket) = lb::start_haproxy_recipe(
+        dir.path(),
+        "haproxy-hot-standby.cfg",
         &[
-            ("/run/haproxy/admin.sock", socket.display().to_string()),
             ("bind :8080", format!("bind 127.0.0.1:{front}")),
             // The test's "masters" are the sidecars themselves (they answer /livez with their
             // X-HA-Instance), so the check goes to the server's own port.
@@ -42,19 +39,6 @@ async fn haproxy_hot_standby_recipe_sends_traffic_to_the_active_node_only() {
                 format!("127.0.0.1:{}", specs[2].listen_port),
             ),
         ],
-    );
-    let cfg_path = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let check = Command::new(&haproxy)
-        .arg("-c")
-        .arg("-f")
-        .arg(&cfg_path)
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "haproxy -c: {check:?}");
-    let _hp = LbProc::spawn(
-        Command::new(&haproxy).arg("-db").arg("-f").arg(&cfg_path),
-        dir.path().join("haproxy.log"),
     );
     let all: Vec<&NodeSpec> = specs.iter().collect();
     let ttl = Duration::from_millis(TTL_MS);
