@@ -333,6 +333,18 @@ impl Proc {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// Waits until `/health` is 204: started, and done catching up (history restore, refill,
+    /// index catch-up).
+    pub async fn wait_healthy(&self, http: &reqwest::Client) {
+        let url = format!("{}health", self.spec.peer_url());
+        let what = format!("{} healthy", self.spec.id);
+        eventually(&what, Duration::from_secs(30), || {
+            let (h, url) = (http.clone(), url.clone());
+            async move { h.get(&url).send().await.is_ok_and(|r| r.status() == 204) }
+        })
+        .await;
+    }
+
     pub async fn wait_ready(&self, http: &reqwest::Client) {
         let url = format!("{}readyz", self.spec.peer_url());
         let id = self.spec.id.clone();

@@ -129,11 +129,7 @@ async fn damaged_event_log_records_are_refilled_from_a_peer() {
     b.start();
     b.wait_ready(&h).await;
     let peer_b = specs[1].peer_url();
-    eventually("B healthy after refilling", Duration::from_secs(30), || {
-        let (h, url) = (h.clone(), format!("{peer_b}health"));
-        async move { h.get(&url).send().await.is_ok_and(|r| r.status() == 204) }
-    })
-    .await;
+    b.wait_healthy(&h).await;
     let corrupt = api::metric(
         &h,
         &peer_b,
@@ -220,11 +216,7 @@ async fn damaged_outbox_records_lose_only_themselves_until_the_receiver_refills_
     b.terminate(libc::SIGTERM, Duration::from_secs(20));
     b.start();
     b.wait_ready(&h).await;
-    eventually("B healthy after refilling", Duration::from_secs(30), || {
-        let (h, url) = (h.clone(), format!("{peer_b}health"));
-        async move { h.get(&url).send().await.is_ok_and(|r| r.status() == 204) }
-    })
-    .await;
+    b.wait_healthy(&h).await;
     let on_b = all_events(&peer_b, 200).await;
     assert_eq!(of(&on_b, "node-a"), (0..200).collect::<Vec<_>>());
 }

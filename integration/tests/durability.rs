@@ -491,12 +491,7 @@ async fn a_wiped_node_restores_the_event_history_and_an_old_cursor_resumes_there
     std::fs::remove_dir_all(&specs[1].data_dir).unwrap();
     b.start();
     b.wait_ready(&h).await;
-    let health = format!("{}health", specs[1].peer_url());
-    integration::eventually("B healthy after restoring", Duration::from_secs(30), || {
-        let (h, url) = (h.clone(), health.clone());
-        async move { h.get(&url).send().await.is_ok_and(|r| r.status() == 204) }
-    })
-    .await;
+    b.wait_healthy(&h).await;
     let mut resumed = SseReader::open(&sh, &specs[1].peer_url(), "", Some(&cursor)).await;
     let rest: Vec<(String, u64)> = resumed
         .take(13, Duration::from_secs(10))
