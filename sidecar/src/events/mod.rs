@@ -80,7 +80,13 @@
 //!
 //! # Errors
 //! [`EventError`] maps to HTTP as: `BadEvent`, `BadCursor`, `BadOrigin`, `ImplausibleSeq` → 400; `TooLarge` → 413;
-//! `CursorExpired` → 410; `Io`, `Corrupt`, `Closed`, `Internal` → 500 (503 for `Closed`).
+//! `CursorExpired` → 410; `Io`, `Corrupt`, `Closed`, `Internal` → 500 (503 for `Closed`,
+//! `Restoring` and `Refilling`).
+//!
+//! # Damage and gaps
+//! Recovery skips damaged records and keeps the rest; the events lost in the middle of an
+//! origin's run, and gaps noted at run time, are [`holes`], refilled from peers in place (in
+//! the segment they belong to, which is rewritten), so log order stays seq order per origin.
 
 mod appender;
 mod cursor;
