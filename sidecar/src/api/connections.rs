@@ -16,8 +16,11 @@
 //!   and a load balancer's probe or a peer's batch queued behind them gets in. A real client
 //!   sends its request with (plain) or right after (TLS: `on_connect` follows the handshake) the
 //!   last packet of the connection's setup, so 0.1 s is ample; a client that waited in the
-//!   backlog has its request already there. Clients beyond `maxConnections` wait in the backlog,
-//!   which drains at `reservedConnections` per [`PROBATION`] while the flood lasts.
+//!   backlog has its request already there. Clients beyond `maxConnections` wait in the backlog;
+//!   a connection accepted while the listener is full (every slot taken) is one of them, so its
+//!   probation is [`PROBATION_FULL`], and during a flood the backlog drains at
+//!   `reservedConnections` per [`PROBATION_FULL`] (a probe queued behind 550 idle flooders with
+//!   50 reserved slots: about 0.2 s).
 //! * **Counting.** `on_connect` counts a connection and leaves a [`Conn`] in its extensions; the
 //!   count drops when actix drops the connection. `ha_connections{listener}` is the count,
 //!   `ha_connections_refused_total{listener,reason}` the refusals (`request`: a `503`, `idle`: a
@@ -38,6 +41,9 @@ use crate::metrics::Metrics;
 
 /// How long a connection accepted above the soft limit may stay without a reserved request.
 pub const PROBATION: Duration = Duration::from_millis(100);
+/// The same for a connection accepted while the listener is full: it waited in the kernel's
+/// backlog for a slot, so a real client's request is already in its socket when it is accepted.
+pub const PROBATION_FULL: Duration = Duration::from_millis(20);
 
 /// The listeners the descriptor budget is split between.
 const LISTENERS: usize = 2;
@@ -134,12 +140,17 @@ impl Connections {
             State::Admitted
         }));
         if let (State::Probation, Some(fd)) = (state.get(), fd) {
+            let probation = if n >= self.hard {
+                PROBATION_FULL
+            } else {
+                PROBATION
+            };
             let state = state.clone();
             let this = self.clone();
             // On the connection's own worker thread: the check and the shutdown cannot race the
             // connection's close (which sets `Closed` on this thread), so `fd` is still its socket.
             actix_web::rt::spawn(async move {
-                actix_web::rt::time::sleep(PROBATION).await;
+                actix_web::rt::time::sleep(probation).await;
                 if state.get() == State::Probation {
                     state.set(State::Closed);
                     this.refused_idle.inc();
