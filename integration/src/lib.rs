@@ -215,6 +215,16 @@ pub struct Proc {
 impl Proc {
     /// Writes the config and starts the process; logs go to `<dir>/<id>.log` (appended).
     pub fn spawn(spec: &NodeSpec, dir: &Path, env: &[(&str, &str)]) -> Proc {
+        Self::launch(spec, dir, env, None)
+    }
+
+    /// As [`Proc::spawn`], with an open-files limit of `nofile` (soft and hard: the node cannot
+    /// raise it).
+    pub fn spawn_with_nofile(spec: &NodeSpec, dir: &Path, nofile: u64) -> Proc {
+        Self::launch(spec, dir, &[], Some(nofile))
+    }
+
+    fn launch(spec: &NodeSpec, dir: &Path, env: &[(&str, &str)], nofile: Option<u64>) -> Proc {
         let config_path = dir.join(format!("{}.config", spec.id));
         std::fs::write(&config_path, spec.text()).unwrap();
         let mut p = Proc {
@@ -226,24 +236,7 @@ impl Proc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            nofile: None,
-        };
-        p.start();
-        p
-    }
-
-    /// As [`Proc::spawn`], with an open-files limit of `nofile` (soft and hard: the node cannot
-    /// raise it).
-    pub fn spawn_with_nofile(spec: &NodeSpec, dir: &Path, nofile: u64) -> Proc {
-        let config_path = dir.join(format!("{}.config", spec.id));
-        std::fs::write(&config_path, spec.text()).unwrap();
-        let mut p = Proc {
-            spec: spec.clone(),
-            config_path,
-            log_path: dir.join(format!("{}.log", spec.id)),
-            child: None,
-            env: Vec::new(),
-            nofile: Some(nofile),
+            nofile,
         };
         p.start();
         p

@@ -153,30 +153,11 @@ impl EventHistory {
                 if mine >= their_last || Instant::now() >= deadline {
                     break;
                 }
-                let body = self
-                    .get(
-                        peer,
-                        &format!(
-                            "v1/peer/events/{origin}?after={mine}&limit={PAGE}&from_oldest=true"
-                        ),
-                    )
-                    .await?;
-                let reply =
-                    CatchUpReply::decode(&body).map_err(|source| HistoryError::BadReply {
-                        what: format!("catch-up ({origin})"),
-                        source,
-                    })?;
-                if reply.origin != origin {
-                    return Err(HistoryError::WrongOrigin {
-                        asked: origin,
-                        got: reply.origin.to_string(),
-                    });
-                }
-                let events: Vec<(u64, &[u8])> = reply
-                    .events
+                let page = self.page(peer, &origin, mine).await?;
+                let events: Vec<(u64, &[u8])> = page
                     .iter()
-                    .filter(|e| e.seq > mine)
-                    .map(|e| (e.seq, e.event))
+                    .filter(|(seq, _)| *seq > mine)
+                    .map(|(seq, event)| (*seq, event.as_ref()))
                     .collect();
                 if events.is_empty() {
                     break;
@@ -249,40 +230,55 @@ impl EventHistory {
         peer: &url::Url,
         hole: &Hole,
     ) -> Result<Vec<(u64, bytes::Bytes)>, HistoryError> {
-        let origin = &hole.origin;
         let mut out: Vec<(u64, bytes::Bytes)> = Vec::new();
         let mut after = hole.after;
         loop {
-            let body = self
-                .get(
-                    peer,
-                    &format!("v1/peer/events/{origin}?after={after}&limit={PAGE}&from_oldest=true"),
-                )
-                .await?;
-            let reply = CatchUpReply::decode(&body).map_err(|source| HistoryError::BadReply {
-                what: format!("catch-up ({origin})"),
-                source,
-            })?;
-            if *reply.origin != **origin {
-                return Err(HistoryError::WrongOrigin {
-                    asked: origin.clone(),
-                    got: reply.origin.to_string(),
-                });
-            }
-            let page = reply.events.len();
+            let page = self.page(peer, &hole.origin, after).await?;
+            let full = page.len() == PAGE;
             let mut beyond = false;
-            for e in &reply.events {
-                if e.seq >= hole.before {
+            for (seq, event) in page {
+                if seq >= hole.before {
                     beyond = true;
-                } else if e.seq > after {
-                    out.push((e.seq, bytes::Bytes::copy_from_slice(e.event)));
-                    after = e.seq;
+                } else if seq > after {
+                    out.push((seq, event));
+                    after = seq;
                 }
             }
-            if beyond || page < PAGE || after + 1 >= hole.before {
+            if beyond || !full || after + 1 >= hole.before {
                 return Ok(out);
             }
         }
+    }
+
+    /// One page of a peer's events of `origin` after seq `after` (from its oldest when it
+    /// holds none that early), checked to be that origin's.
+    async fn page(
+        &self,
+        peer: &url::Url,
+        origin: &str,
+        after: u64,
+    ) -> Result<Vec<(u64, bytes::Bytes)>, HistoryError> {
+        let body = self
+            .get(
+                peer,
+                &format!("v1/peer/events/{origin}?after={after}&limit={PAGE}&from_oldest=true"),
+            )
+            .await?;
+        let reply = CatchUpReply::decode(&body).map_err(|source| HistoryError::BadReply {
+            what: format!("catch-up ({origin})"),
+            source,
+        })?;
+        if reply.origin != origin {
+            return Err(HistoryError::WrongOrigin {
+                asked: origin.to_owned(),
+                got: reply.origin.to_string(),
+            });
+        }
+        Ok(reply
+            .events
+            .iter()
+            .map(|e| (e.seq, bytes::Bytes::copy_from_slice(e.event)))
+            .collect())
     }
 
     fn mine(&self) -> BTreeMap<String, u64> {

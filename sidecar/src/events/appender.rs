@@ -372,13 +372,9 @@ impl Appender {
     /// Adds the gaps of a committed batch to the holes to refill, durably (rare: an origin's
     /// run of seqs has a gap only when events were set aside, dropped or lost).
     fn note_gaps(&mut self) {
+        let gaps = std::mem::take(&mut self.gaps);
         let mut holes = self.shared.holes.locked();
-        for hole in self.gaps.drain(..) {
-            if !holes.contains(&hole) {
-                holes.push(hole);
-            }
-        }
-        if let Err(e) = holes::store(&self.shared.dir, &holes) {
+        if let Err(e) = holes::add(&self.shared.dir, &mut holes, gaps) {
             error!(error = %e, "cannot write the event log's holes; they are refilled only if this node restarts before it stops");
         }
     }

@@ -134,14 +134,21 @@ pub(crate) fn note(dir: &Path, found: Vec<Hole>) -> Result<Vec<Hole>> {
     if found.is_empty() {
         return Ok(holes);
     }
-    for h in found {
+    for h in &found {
         tracing::error!(hole = %h, "events lost to damage in the event log; they will be refilled from peers");
+    }
+    add(dir, &mut holes, found)?;
+    Ok(holes)
+}
+
+/// Adds `new` holes to `holes` (once each) and writes the list down.
+pub(crate) fn add(dir: &Path, holes: &mut Vec<Hole>, new: Vec<Hole>) -> Result<()> {
+    for h in new {
         if !holes.contains(&h) {
             holes.push(h);
         }
     }
-    store(dir, &holes)?;
-    Ok(holes)
+    store(dir, holes)
 }
 
 fn path(dir: &Path) -> PathBuf {

@@ -235,7 +235,8 @@ impl EventLog {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Events this log lost to damage and has not refilled yet.
+    /// Events this log lacks (lost to damage, or gaps in an origin's run) and has not
+    /// refilled yet.
     pub fn holes(&self) -> Vec<Hole> {
         self.shared.holes.locked().clone()
     }
